@@ -1,0 +1,35 @@
+# dporef: the two set-up commands are `make demo` and `make test`; both install into .venv when needed.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+OUT     ?= runs
+ARGS    ?=
+
+.PHONY: setup demo test lint sweep-beta compare-objectives swap-reference clean
+
+# torch is installed first and pinned (the CPU build on this machine's disk); the rest comes from pyproject.toml.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)            ## RQ1 beta sweep on the embedded world (no download; minutes on a laptop CPU)
+	$(BIN)/dporef sweep-beta --out $(OUT) $(ARGS)
+
+test: $(STAMP)            ## the whole suite (hermetic, offline, < 10 minutes on 2 cores)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check dpo_ref tests bench
+	$(BIN)/ruff format --check dpo_ref tests bench
+
+sweep-beta: $(STAMP)      ## make sweep-beta EXP=experiments/rq1_sweep_beta/default.yaml
+	$(BIN)/dporef sweep-beta $(EXP) --out $(OUT) $(ARGS)
+
+clean:
+	rm -rf $(OUT) .pytest_cache

@@ -1,0 +1,220 @@
+"""The YAML experiment: pydantic models (unknown keys rejected, ranges checked), `--set` overrides, grid expansion.
+
+Every field's `description` is its documentation: the README's YAML reference and `dporef ... --help` are built from
+the same text. An experiment expands into `RunSpec`s, one per (reference x objective x beta x seed) plus the SFT row.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+from .objectives import OBJECTIVES
+from .world import WorldConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ReferenceConfig(Strict):
+    name: str = Field(description="Short name of the reference, used in run ids and tables (letters, digits, -_.).")
+    model: str = Field(
+        description="Model spec: `world:<name>` (a model of the embedded world), a local directory, "
+        "or a Hugging Face hub id (read from the local cache when offline)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", v):
+            raise ValueError("must be letters, digits, '-', '_' or '.', starting with a letter or digit")
+        return v
+
+
+class ObjectiveGrid(Strict):
+    name: str = Field(description=f"Training objective, one of: {', '.join(OBJECTIVES)}.")
+    betas: list[float] = Field(min_length=1, description="Grid of beta (KL strength / reward scale), each > 0.")
+    gamma: float = Field(0.5, ge=0, description="Target margin of `simpo` (ignored by the other objectives).")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in OBJECTIVES:
+            raise ValueError(f"unknown objective {v!r}; allowed: {', '.join(OBJECTIVES)}")
+        return v
+
+    @field_validator("betas")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(b <= 0 for b in v):
+            raise ValueError("every beta must be > 0")
+        return v
+
+
+class TrainConfig(Strict):
+    learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate of AdamW (paper: 5e-7 for 7B models).")
+    epochs: float = Field(2.0, gt=0, description="Passes over the preference pairs (paper: 3).")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 uses `epochs`.")
+    batch_size: int = Field(16, ge=1, description="Pairs per device per step (paper: 4 x 8 GPUs).")
+    grad_accum: int = Field(
+        1, ge=1, description="Gradient accumulation steps (global batch = batch_size x grad_accum x GPUs)."
+    )
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear warm-up (paper: 0.1).")
+    scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field("linear", description="LR schedule.")
+    max_length: int = Field(1024, ge=8, description="Tokens kept of prompt + response (start kept); paper: 2048.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="`auto`: bf16 on a GPU that supports it, fp32 on CPU."
+    )
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto", description="`auto`: on for GPU runs of models over 1B parameters, off otherwise."
+    )
+    logging_steps: int = Field(10, ge=1, description="Log training metrics every this many steps.")
+
+
+class EvalConfig(Strict):
+    max_new_tokens: int = Field(32, ge=1, description="Generation limit; a response that hits it has no EOS.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    batch_size: int = Field(128, ge=1, description="Prompts per generation / scoring batch.")
+    n_prompts: int | None = Field(None, ge=1, description="Evaluate on the first N held-out prompts (default: all).")
+    seed: int = Field(1234, description="Seed of the policies' samples.")
+    baseline_seed: int = Field(4321, description="Seed of the SFT baseline's samples every policy is judged against.")
+
+
+class Experiment(Strict):
+    name: str = Field(description="Experiment name: the results directory is `<out>/<name>/`.")
+    world: WorldConfig = Field(default_factory=WorldConfig, description="Settings of the embedded world.")
+    policy: str = Field("world:sft", description="Model spec of the SFT policy every run starts from.")
+    data: str = Field("world", description="Preference data: `world` (the embedded world's pairs).")
+    references: list[ReferenceConfig] = Field(
+        default_factory=lambda: [ReferenceConfig(name="sft", model="world:sft")],
+        min_length=1,
+        description="References to train against; objectives without a reference ignore them.",
+    )
+    objectives: list[ObjectiveGrid] = Field(min_length=1, description="Objectives, each with its beta grid.")
+    seeds: list[int] = Field([0], min_length=1, description="Training seeds; each is a separate run.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings shared by all runs.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings shared by all runs.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return ReferenceConfig._safe_name(v)
+
+    @model_validator(mode="after")
+    def _unique_references(self) -> Experiment:
+        names = [r.name for r in self.references]
+        if len(set(names)) != len(names):
+            raise ValueError(f"reference names must be unique, got {names}")
+        return self
+
+
+class RunSpec(BaseModel):
+    """One unit of work: train (unless `objective == 'sft'`) and evaluate one policy."""
+
+    model_config = ConfigDict(frozen=True)
+    run_id: str
+    objective: str  # "sft" for the untrained SFT row
+    reference: str | None  # reference name; None for reference-free objectives and the SFT row
+    beta: float | None
+    seed: int
+    gamma: float = 0.0
+
+
+def expand(exp: Experiment) -> list[RunSpec]:
+    """The grid, SFT row first. Reference-free objectives get one run per beta, not one per reference."""
+    runs = [RunSpec(run_id="sft", objective="sft", reference=None, beta=None, seed=exp.seeds[0])]
+    for grid in exp.objectives:
+        # Only a conditional reference is chosen in the YAML; `likelihood` always uses the policy's own p_LM(y).
+        conditional = OBJECTIVES[grid.name].reference == "conditional"
+        refs = [r.name for r in exp.references] if conditional else [None]
+        for ref in refs:
+            for beta in grid.betas:
+                for seed in exp.seeds:
+                    parts = [grid.name, ref, f"b{beta:g}", f"s{seed}"]
+                    run_id = "-".join(p for p in parts if p is not None)
+                    runs.append(
+                        RunSpec(
+                            run_id=run_id,
+                            objective=grid.name,
+                            reference=ref,
+                            beta=beta,
+                            seed=seed,
+                            gamma=grid.gamma,
+                        )
+                    )
+    return runs
+
+
+# ---- loading -------------------------------------------------------------------------------------------------------
+
+
+def apply_override(data: dict, assignment: str, source: str) -> None:
+    """Apply one `--set key.sub=value` (value parsed as YAML; list items addressed by index, `objectives.0.betas`)."""
+    if "=" not in assignment:
+        raise UserError(f"--set {assignment}", "expected KEY=VALUE, e.g. train.learning_rate=1e-4")
+    key, raw = assignment.split("=", 1)
+    value = yaml.safe_load(raw)
+    node: Any = data
+    parts = key.strip().split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserError(f"{source}: {'.'.join(parts[: i + 1])}", f"no list item {part!r} (has {len(node)})")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        else:
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict | list):
+                    raise UserError(f"{source}: {'.'.join(parts[: i + 1])}", "is not a mapping; cannot set a sub-key")
+
+
+def _describe(err: dict, model: type[BaseModel]) -> tuple[str, str]:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent: Any = model
+        for p in err["loc"][:-1]:
+            if isinstance(p, int):
+                continue
+            ann = parent.model_fields[p].annotation
+            parent = getattr(ann, "__args__", (ann,))[0] if not isinstance(ann, type) else ann
+        allowed = ", ".join(parent.model_fields) if isinstance(parent, type) else "?"
+        return loc, f"unknown key; allowed: {allowed}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if "input" in err and err["type"] != "missing":
+        msg += f" (got {err['input']!r})"
+    return loc, msg
+
+
+def load_experiment(path: Path | str, overrides: list[str] = ()) -> Experiment:
+    """Read, override and validate a YAML experiment; any problem is a `UserError` naming file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(str(path), "experiment file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise UserError(str(path), "top level must be a mapping of keys (name, objectives, ...)")
+    for assignment in overrides:
+        apply_override(data, assignment, str(path))
+    try:
+        return Experiment.model_validate(data)
+    except ValidationError as e:
+        loc, msg = _describe(e.errors()[0], Experiment)
+        raise UserError(f"{path}: {loc}", msg) from None

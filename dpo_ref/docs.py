@@ -1,0 +1,44 @@
+"""The README's YAML reference, generated from the pydantic field descriptions (`python -m dpo_ref.docs`).
+
+A test checks the README holds exactly this text, so the documentation cannot drift from the code.
+"""
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from .config import EvalConfig, Experiment, ObjectiveGrid, ReferenceConfig, TrainConfig
+from .world import WorldConfig
+
+SECTIONS = [
+    ("top level", Experiment),
+    ("`references[]`", ReferenceConfig),
+    ("`objectives[]`", ObjectiveGrid),
+    ("`train`", TrainConfig),
+    ("`eval`", EvalConfig),
+    ("`world`", WorldConfig),
+]
+
+
+def _default(field) -> str:
+    if field.default is PydanticUndefined and field.default_factory is None:
+        return "required"
+    value = field.default_factory() if field.default_factory is not None else field.default
+    if isinstance(value, BaseModel):
+        return "see below"
+    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+        return "; ".join(", ".join(f"{k}: {v}" for k, v in item.model_dump().items()) for item in value)
+    return f"`{value}`"
+
+
+def yaml_reference() -> str:
+    out = []
+    for title, model in SECTIONS:
+        out += [f"**{title}**", "", "| key | default | meaning |", "|---|---|---|"]
+        for name, field in model.model_fields.items():
+            out.append(f"| `{name}` | {_default(field)} | {field.description or ''} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(yaml_reference())

@@ -1,0 +1,30 @@
+"""Terminal output: one rich console, and progress bars that every stage (scoring, training, generation) shares."""
+
+import os
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True, highlight=False)  # logs and progress; results tables go to stdout
+stdout = Console(highlight=False, width=None if Console().is_terminal else 160)  # files/pipes get full tables
+
+
+def progress() -> Progress:
+    """A progress display; hidden when DPOREF_QUIET is set (tests) or the console is not a terminal."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=bool(os.environ.get("DPOREF_QUIET")),
+    )

@@ -1,0 +1,113 @@
+"""YAML validation, overrides and grid expansion; bad input is one line on stderr and exit code 2."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from dpo_ref.cli import app
+from dpo_ref.config import expand, load_experiment
+from dpo_ref.errors import UserError
+
+DEFAULT = Path(__file__).resolve().parent.parent / "experiments" / "rq1_sweep_beta" / "default.yaml"
+
+
+def write(tmp_path, data) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def base():
+    return {"name": "t", "objectives": [{"name": "dpo", "betas": [0.1, 0.01]}]}
+
+
+def test_default_expands_to_sft_row_plus_paper_grid():
+    runs = expand(load_experiment(DEFAULT))
+    assert [r.run_id for r in runs] == ["sft"] + [f"dpo-sft-b{b}-s0" for b in ("0.1", "0.05", "0.02", "0.01", "0.005")]
+
+
+def test_reference_free_objectives_are_not_crossed_with_references(tmp_path):
+    data = base() | {
+        "references": [{"name": "a", "model": "world:sft"}, {"name": "b", "model": "world:sft"}],
+        "objectives": [{"name": "dpo", "betas": [0.1]}, {"name": "posterior", "betas": [10]}],
+        "seeds": [0, 1],
+    }
+    ids = [r.run_id for r in expand(load_experiment(write(tmp_path, data)))]
+    assert ids == [
+        "sft",
+        "dpo-a-b0.1-s0",
+        "dpo-a-b0.1-s1",
+        "dpo-b-b0.1-s0",
+        "dpo-b-b0.1-s1",
+        "posterior-b10-s0",
+        "posterior-b10-s1",
+    ]
+
+
+def test_set_overrides_nested_keys_and_list_items(tmp_path):
+    exp = load_experiment(
+        write(tmp_path, base()),
+        ["train.learning_rate=1e-4", "objectives.0.betas=[0.5]", "seeds=[3,4]", "world.seed=7"],
+    )
+    assert exp.train.learning_rate == 1e-4 and exp.objectives[0].betas == [0.5] and exp.seeds == [3, 4]
+    assert exp.world.seed == 7
+
+
+@pytest.mark.parametrize(
+    "data, where, says",
+    [
+        (base() | {"trian": {}}, "exp.yaml: trian", "unknown key; allowed: name, world"),
+        (
+            base() | {"train": {"learning_rat": 1}},
+            "exp.yaml: train.learning_rat",
+            "unknown key; allowed: learning_rate",
+        ),
+        (base() | {"train": {"batch_size": "big"}}, "exp.yaml: train.batch_size", "valid integer"),
+        ({"name": "t", "objectives": [{"name": "dpo", "betas": [0.1, -1]}]}, "objectives.0.betas", "> 0"),
+        (
+            {"name": "t", "objectives": [{"name": "dop", "betas": [0.1]}]},
+            "objectives.0.name",
+            "allowed: dpo, posterior",
+        ),
+        ({"name": "t"}, "exp.yaml: objectives", "Field required"),
+        ("name: [unclosed", "exp.yaml:1", "not valid YAML"),
+    ],
+)
+def test_bad_yaml_names_file_and_key(tmp_path, data, where, says):
+    with pytest.raises(UserError) as err:
+        load_experiment(write(tmp_path, data))
+    assert where in str(err.value) and says in str(err.value)
+
+
+def test_cli_bad_yaml_is_one_line_and_exit_2(tmp_path):
+    path = write(tmp_path, base() | {"train": {"epochs": 0}})
+    result = CliRunner().invoke(app, ["sweep-beta", str(path), "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "exp.yaml: train.epochs" in lines[0] and "greater than 0" in lines[0]
+    assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_cli_missing_file_and_bad_set(tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(app, ["sweep-beta", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "experiment file not found" in missing.stderr
+    bad_set = runner.invoke(app, ["sweep-beta", str(DEFAULT), "--set", "train.learning_rate"])
+    assert bad_set.exit_code == 2 and "KEY=VALUE" in bad_set.stderr
+
+
+def test_sweep_beta_refuses_two_references(tmp_path):
+    data = base() | {"references": [{"name": "a", "model": "world:sft"}, {"name": "b", "model": "world:sft"}]}
+    result = CliRunner().invoke(app, ["sweep-beta", str(write(tmp_path, data)), "--dry-run"])
+    assert result.exit_code == 2 and "references" in result.stderr and "exactly one reference" in result.stderr
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path):
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["sweep-beta", "--dry-run", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "references to score" in result.stdout and "sft: world:sft [p_ref(y|x)]" in result.stdout
+    assert "dpo-sft-b0.005-s0" in result.stdout and "optimizer steps each" in result.stdout
+    assert not out.exists()
