@@ -5,6 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 OUT     ?= runs
 ARGS    ?=
+EXP     ?=
 
 .PHONY: setup demo test lint sweep-beta compare-objectives swap-reference clean
 
@@ -28,8 +29,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check dpo_ref tests bench
 	$(BIN)/ruff format --check dpo_ref tests bench
 
-sweep-beta: $(STAMP)      ## make sweep-beta EXP=experiments/rq1_sweep_beta/default.yaml
+sweep-beta: $(STAMP)          ## RQ1; make sweep-beta EXP=experiments/rq1_sweep_beta/default.yaml ARGS="--set seeds=[0,1]"
 	$(BIN)/dporef sweep-beta $(EXP) --out $(OUT) $(ARGS)
+
+compare-objectives: $(STAMP)  ## RQ2; default experiments/rq2_compare_objectives/default.yaml
+	$(BIN)/dporef compare-objectives $(EXP) --out $(OUT) $(ARGS)
+
+swap-reference: $(STAMP)      ## RQ3; default experiments/rq3_swap_reference/default.yaml
+	$(BIN)/dporef swap-reference $(EXP) --out $(OUT) $(ARGS)
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -18,10 +18,6 @@ app = typer.Typer(
     help="Study how the reference policy shapes DPO: beta sweeps, objectives, reference swaps.",
 )
 
-DEFAULTS = {
-    "sweep-beta": "experiments/rq1_sweep_beta/default.yaml",
-}
-
 ExperimentArg = Annotated[Path | None, typer.Argument(help="YAML experiment; default: the command's embedded default.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Results root: runs land in OUT/<experiment name>/.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a key, e.g. --set train.learning_rate=1e-4.")]
@@ -30,7 +26,9 @@ DryOpt = Annotated[bool, typer.Option("--dry-run", help="Print the expanded plan
 
 def default_experiment(study: str) -> Path:
     """The study's default YAML, looked up in the working directory, then beside the installed package."""
-    rel = Path(DEFAULTS[study])
+    from .runner import STUDIES
+
+    rel = Path(STUDIES[study].default)
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
         if (base / rel).is_file():
             return base / rel
@@ -74,6 +72,24 @@ def sweep_beta(
     _run("sweep-beta", experiment, out, set_, dry_run)
 
 
+@app.command("compare-objectives")
+def compare_objectives(
+    experiment: ExperimentArg = None, out: OutOpt = Path("runs"), set_: SetOpt = None, dry_run: DryOpt = False
+) -> None:
+    """RQ2: DPO vs posterior probability (no reference), likelihood (unconditional reference), SimPO, IPO; each
+    objective with its own beta grid, plus the best beta of each chosen on validation prompts."""
+    _run("compare-objectives", experiment, out, set_, dry_run)
+
+
+@app.command("swap-reference")
+def swap_reference(
+    experiment: ExperimentArg = None, out: OutOpt = Path("runs"), set_: SetOpt = None, dry_run: DryOpt = False
+) -> None:
+    """RQ3: DPO against each listed reference (stronger, same or other family, other tokenizer) across beta, with
+    measures of how similar each reference is to the policy beside the outcome."""
+    _run("swap-reference", experiment, out, set_, dry_run)
+
+
 @app.command("report")
 def report(
     exp_dir: Annotated[Path, typer.Argument(help="An experiment's results directory, e.g. runs/rq1_sweep_beta.")],
@@ -81,18 +97,17 @@ def report(
     """Rebuild results.csv / .md / .json and the plot from the run directories on disk."""
     import yaml
 
-    from .config import Experiment, expand
-    from .report import SHOWN, collect, rich_table, write_report
-    from .ui import stdout
+    from .config import Experiment
+    from .runner import report as rebuild
+    from .store import read_json
 
-    spec = exp_dir / "experiment.yaml"
-    if not spec.is_file():
-        typer.echo(f"error: {spec}: not an experiment results directory (no experiment.yaml)", err=True)
+    spec, command = exp_dir / "experiment.yaml", exp_dir / "command.json"
+    if not (spec.is_file() and command.is_file()):
+        typer.echo(
+            f"error: {exp_dir}: not an experiment results directory (no experiment.yaml / command.json)", err=True
+        )
         raise typer.Exit(2)
-    exp = Experiment.model_validate(yaml.safe_load(spec.read_text()))
-    rows = collect(exp_dir, [r.run_id for r in expand(exp)])
-    write_report(exp_dir, rows, exp.name)
-    stdout.print(rich_table(rows, SHOWN, exp.name))
+    rebuild(exp_dir, Experiment.model_validate(yaml.safe_load(spec.read_text())), read_json(command)["study"])
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -128,10 +128,19 @@ def ranking_accuracy(chosen_rewards, rejected_rewards) -> float:
     return float(np.mean(np.where(c > r, 1.0, np.where(c == r, 0.5, 0.0))))
 
 
+@dataclass(frozen=True)
+class PromptSet:
+    """Prompts and the gold rewards of the SFT baseline's samples on them, which every policy is judged against."""
+
+    prompts: list
+    baseline_rewards: list[float]
+
+
 @dataclass
 class EvalResult:
     win_rate: float
     win_rate_se: float
+    val_win_rate: float  # on the validation prompts: what best-beta selection may look at (never the test prompts)
     reward: float
     length: float
     eos_rate: float
@@ -149,8 +158,8 @@ class EvalResult:
 def evaluate_policy(
     model,
     tokenizer,
-    prompts: Sequence,
-    baseline_rewards: Sequence[float],
+    test: PromptSet,
+    val: PromptSet,
     gold_reward: Callable,
     ref_logps_of: Callable[[Generations], np.ndarray],
     implicit_rewards: Callable,
@@ -158,17 +167,26 @@ def evaluate_policy(
     cfg: EvalConfig,
     max_length: int,
 ) -> tuple[EvalResult, Generations]:
-    """Score one policy. `ref_logps_of` gives the reference's log-probs of samples; `implicit_rewards(chosen,
-    rejected, chosen_len, rejected_len)` the objective's rewards on validation pairs (with cached reference columns)."""
-    gens = generate(model, tokenizer, prompts, cfg, cfg.seed, desc="sampling policy")
-    rewards = [gold_reward(p, r, e) for p, r, e in zip(gens.prompts, gens.responses, gens.ended)]
-    wr, wr_se = win_rate(rewards, baseline_rewards)
+    """Score one policy on the held-out `test` prompts (and `val` prompts, for model selection). `ref_logps_of` gives
+    the reference's log-probs of samples; `implicit_rewards(chosen, rejected, chosen_len, rejected_len)` the
+    objective's rewards on validation pairs (with cached reference columns)."""
+
+    def judge(gens: Generations) -> list[float]:
+        return [gold_reward(p, r, e) for p, r, e in zip(gens.prompts, gens.responses, gens.ended)]
+
+    gens = generate(model, tokenizer, test.prompts, cfg, cfg.seed, desc="sampling policy")
+    rewards = judge(gens)
+    wr, wr_se = win_rate(rewards, test.baseline_rewards)
+    val_gens = generate(model, tokenizer, val.prompts, cfg, cfg.seed + 2, desc="sampling policy (validation)")
+    val_wr, _ = win_rate(judge(val_gens), val.baseline_rewards)
 
     # KL needs samples from the policy itself (temperature 1, no nucleus); draw them apart when eval samples differ.
     kl_gens = (
         gens
         if (cfg.temperature == 1.0 and cfg.top_p == 1.0)
-        else generate(model, tokenizer, prompts, cfg, cfg.seed + 1, temperature=1.0, top_p=1.0, desc="sampling for KL")
+        else generate(
+            model, tokenizer, test.prompts, cfg, cfg.seed + 1, temperature=1.0, top_p=1.0, desc="sampling for KL"
+        )
     )
     policy_logps = sequence_logps(model, kl_gens.sequences(), cfg.batch_size, desc="scoring samples under policy")
     kl = kl_estimates(policy_logps, ref_logps_of(kl_gens))
@@ -185,6 +203,7 @@ def evaluate_policy(
     result = EvalResult(
         win_rate=wr,
         win_rate_se=wr_se,
+        val_win_rate=val_wr,
         reward=float(np.mean(rewards)),
         length=float(np.mean(gens.lengths)),
         eos_rate=float(np.mean(gens.ended)),

@@ -86,11 +86,13 @@ def sequence_logps(
 
 @dataclass
 class ReferenceEngine:
-    """Scores references over preference pairs, once per cache key; counts passes computed vs served from cache."""
+    """Scores references over preference pairs, once per cache key; counts passes computed vs served from cache.
+    Within one command an entry is read at most once (kept in memory), so each count is per distinct reference."""
 
     cache_dir: Path = field(default_factory=lambda: cache_root() / "refscores")
     computed: int = 0
     cached: int = 0
+    memo: dict = field(default_factory=dict, repr=False)
 
     def key(self, ref: ModelRef, pairs_fp: str, max_length: int, unconditional: bool) -> str:
         mode = "unconditional" if unconditional else "conditional"
@@ -108,12 +110,15 @@ class ReferenceEngine:
     ) -> dict[str, dict[str, np.ndarray]]:
         """{split: {"chosen": log p_ref(yw), "rejected": log p_ref(yl)}} over every row of `pairs`, in row order."""
         key = self.key(ref, pairs_fp, max_length, unconditional)
+        if key in self.memo:
+            return self.memo[key]
         path = self.cache_dir / f"{key}.json"
         if path.is_file():
             try:
                 entry = read_json(path)
+                self.memo[key] = {s: {k: np.asarray(v) for k, v in c.items()} for s, c in entry["scores"].items()}
                 self.cached += 1
-                return {s: {k: np.asarray(v) for k, v in cols.items()} for s, cols in entry["scores"].items()}
+                return self.memo[key]
             except (ValueError, KeyError):
                 console.print(f"[yellow]reference cache entry {path} is corrupt; rescoring")
         tokenizer = load_tokenizer(ref)
@@ -135,6 +140,7 @@ class ReferenceEngine:
             "unconditional": unconditional,
             "pairs": pairs_fp,
         }
+        self.memo[key] = scores
         atomic_write_json(
             path,
             {"meta": meta, "scores": {s: {k: v.tolist() for k, v in c.items()} for s, c in scores.items()}},
@@ -162,3 +168,22 @@ class ReferenceEngine:
             prompt_ids, completion = render(tokenizer, p, r)
             seqs.append((prompt_ids, completion if done else completion[: len(completion) - end_of_turn]))
         return sequence_logps(model, seqs, batch_size, desc=f"scoring samples under {ref.spec}")
+
+
+def similarity(policy: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, float]:
+    """How alike a reference is to the policy's starting point, from their cached scores of the same pairs (before
+    any training). Every chosen and rejected response counts as one sample y.
+
+    - `log_ratio`: mean of log p_policy(y|x) - log p_ref(y|x); when the responses are samples of the policy (as in
+      the embedded world, and in on-policy data) this is the sequence-level KL(policy || ref).
+    - `logp_corr`: Pearson correlation of the two models' sequence log-probs over the responses.
+    - `ref_pref_acc`: share of pairs where the reference alone gives the chosen response the higher log-prob.
+    """
+    p = np.concatenate([policy["chosen"], policy["rejected"]])
+    r = np.concatenate([ref["chosen"], ref["rejected"]])
+    wins = np.where(ref["chosen"] > ref["rejected"], 1.0, np.where(ref["chosen"] == ref["rejected"], 0.5, 0.0))
+    return {
+        "log_ratio": float(np.mean(p - r)),
+        "logp_corr": float(np.corrcoef(p, r)[0, 1]),
+        "ref_pref_acc": float(wins.mean()),
+    }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 
@@ -21,6 +20,7 @@ COLUMNS = [
     "status",
     "win_rate",
     "win_rate_se",
+    "val_win_rate",
     "reward",
     "length",
     "eos_rate",
@@ -111,41 +111,60 @@ def to_markdown(rows: list[dict], columns: list[str], caption: str) -> str:
 def rich_table(rows: list[dict], columns: list[str], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     for c in columns:
-        table.add_column(c, justify="left" if c in ("run_id", "status") else "right")
+        table.add_column(c, justify="left" if c in ("run_id", "status", "method") else "right")
     for r in rows:
-        style = None if r["status"] == "done" else "dim"
-        table.add_row(*[_fmt(r[c], c) for c in columns], style=style)
+        style = None if r.get("status", "done") == "done" else "dim"
+        table.add_row(*[_fmt(r[c], "beta" if c == "best_beta" else c) for c in columns], style=style)
     return table
 
 
+AGGREGATED = ["win_rate", "val_win_rate", "reward", "length", "eos_rate", "kl", "rank_acc_reward", "rank_acc_policy"]
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Finished runs grouped by (objective, reference, beta) across seeds: mean and sample s.d. of each metric.
+    The s.d. over seeds is the noise a difference between betas has to beat."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["status"] == "done":
+            groups.setdefault((r["objective"], r["reference"], r["beta"]), []).append(r)
+    out = []
+    for (objective, reference, beta), grp in groups.items():
+        row = {"objective": objective, "reference": reference, "beta": beta, "seeds": len(grp)}
+        for key in AGGREGATED:
+            values = [r[key] for r in grp]
+            mean = sum(values) / len(values)
+            sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+            row[key], row[f"{key}_sd"] = mean, sd
+        out.append(row)
+    return out
+
+
+def _label(row: dict) -> str:
+    return row["objective"] + (f" <- {row['reference']}" if row["reference"] else "")
+
+
 def plot_beta(rows: list[dict], path: Path, title: str) -> None:
-    """Win rate, length and KL against beta (log axis), one line per (objective, reference); SFT as a dashed line."""
+    """Win rate, length and KL against beta (log axis), one line per (objective, reference), mean over seeds with
+    s.d. bars when there are several; the SFT model as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [r for r in rows if r["status"] == "done"]
-    sft = next((r for r in done if r["objective"] == "sft"), None)
-    groups: dict[str, list[dict]] = {}
-    for r in done:
+    agg = aggregate(rows)
+    sft = next((r for r in agg if r["objective"] == "sft"), None)
+    lines: dict[str, list[dict]] = {}
+    for r in agg:
         if r["beta"] is not None:
-            label = r["objective"] + (f" <- {r['reference']}" if r["reference"] else "")
-            groups.setdefault(label, []).append(r)
+            lines.setdefault(_label(r), []).append(r)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    panels = [
-        ("win_rate", "win rate vs SFT"),
-        ("length", "mean length (tokens)"),
-        ("kl", "KL(policy || ref), k1"),
-    ]
+    panels = [("win_rate", "win rate vs SFT"), ("length", "mean length (tokens)"), ("kl", "KL(policy || ref), k1")]
     for ax, (key, label) in zip(axes, panels):
-        for name, grp in groups.items():
-            by_beta: dict[float, list[float]] = {}
-            for r in grp:
-                by_beta.setdefault(r["beta"], []).append(r[key])
-            betas = sorted(by_beta)
-            means = [sum(by_beta[b]) / len(by_beta[b]) for b in betas]
-            ax.plot(betas, means, marker="o", label=name)
+        for name, grp in lines.items():
+            grp = sorted(grp, key=lambda r: r["beta"])
+            errors = [r[f"{key}_sd"] or 0.0 for r in grp]
+            ax.errorbar([r["beta"] for r in grp], [r[key] for r in grp], yerr=errors, marker="o", capsize=3, label=name)
         if sft is not None and key != "kl":
             ax.axhline(sft[key], color="gray", linestyle="--", label="SFT")
         ax.set_xscale("log")
@@ -164,8 +183,98 @@ def plot_beta(rows: list[dict], path: Path, title: str) -> None:
     tmp.replace(path)
 
 
-def write_report(exp_dir: Path, rows: list[dict], title: str, extra: dict | None = None) -> list[Path]:
-    """results.csv / results.md / results.json / results.png under `exp_dir`; returns the paths written."""
+def seed_table(rows: list[dict]) -> str:
+    """Markdown table of means over seeds (± s.d.), shown when some setting has more than one seed."""
+    agg = aggregate(rows)
+    if all(r["seeds"] < 2 for r in agg):
+        return ""
+    cols = ["objective", "reference", "beta", "seeds"] + AGGREGATED
+    lines = [
+        "\nMean over seeds (± sample s.d. across seeds):\n",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
+    for r in agg:
+        cells = [
+            _fmt(r[c], c)
+            if c not in AGGREGATED
+            else _fmt(r[c], c) + (f" ± {_fmt(r[c + '_sd'], c)}" if r[c + "_sd"] is not None else "")
+            for c in cols
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def beta_grid_table(rows: list[dict], metric: str = "win_rate") -> str:
+    """Markdown pivot: one row per (objective, reference), one column per beta, mean `metric` over seeds
+    (PAPER.md's RQ1 and Table 4 shape)."""
+    agg = [r for r in aggregate(rows) if r["beta"] is not None]
+    betas = sorted({r["beta"] for r in agg}, reverse=True)
+    labels = list(dict.fromkeys(_label(r) for r in agg))
+    cell = {(_label(r), r["beta"]): r for r in agg}
+    lines = [f"\n{metric} by beta (mean over seeds):\n", "| | " + " | ".join(f"{b:g}" for b in betas) + " |"]
+    lines.append("|---|" + "---|" * len(betas))
+    for label in labels:
+        values = [_fmt(cell[(label, b)][metric], metric) if (label, b) in cell else "" for b in betas]
+        lines.append(f"| {label} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+BEST_COLUMNS = ["method", "best_beta", "win_rate", "rank_acc_policy", "length", "kl", "val_win_rate", "seeds"]
+BEST_RULE = (
+    "best beta = the highest mean win rate on the validation prompts (the validation pairs' prompts, judged like the "
+    "test prompts); the held-out test prompts never take part in the choice"
+)
+
+
+SIMILARITY_COLUMNS = ["log_ratio", "logp_corr", "ref_pref_acc"]
+SIMILARITY_NOTE = (
+    "Similarity of each reference to the SFT policy, on the training pairs before training: log_ratio = mean "
+    "log p_sft(y|x) - log p_ref(y|x) over the responses (the sequence-level KL(SFT || ref), the responses being SFT "
+    "samples), logp_corr = correlation of the two models' sequence log-probs, ref_pref_acc = pairs where the "
+    "reference alone prefers the chosen response."
+)
+
+
+def best_per_method(rows: list[dict], similarity: dict | None = None) -> list[dict]:
+    """One row per (objective, reference) at its best beta by BEST_RULE, after the SFT row (PAPER.md Tables 3, 5);
+    with `similarity` ({reference: measures}), each row that trains against a reference carries its measures."""
+    best: dict[str, dict] = {}
+    for r in aggregate(rows):
+        label = "SFT" if r["objective"] == "sft" else _label(r)
+        if label not in best or r["val_win_rate"] > best[label]["val_win_rate"]:
+            best[label] = r
+    out = []
+    for label, r in best.items():
+        row = {"method": label, "best_beta": r["beta"], "seeds": r["seeds"], **{k: r[k] for k in AGGREGATED}}
+        if similarity is not None:
+            sim = similarity.get(r["reference"] or "", {})
+            row.update({k: sim.get(k) for k in SIMILARITY_COLUMNS})
+        out.append(row)
+    return out
+
+
+def best_table(rows: list[dict], similarity: dict | None = None) -> str:
+    best = best_per_method(rows, similarity)
+    columns = BEST_COLUMNS + (SIMILARITY_COLUMNS if similarity is not None else [])
+    lines = [f"\nBest beta per method ({BEST_RULE}):\n", "| " + " | ".join(columns) + " |"]
+    lines.append("|" + "---|" * len(columns))
+    lines += ["| " + " | ".join(_fmt(r[c], "beta" if c == "best_beta" else c) for c in columns) + " |" for r in best]
+    if similarity is not None:
+        lines.append(f"\n{SIMILARITY_NOTE}")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    exp_dir: Path,
+    rows: list[dict],
+    title: str,
+    tables: tuple[str, ...] = (),
+    extra: dict | None = None,
+    similarity: dict | None = None,
+) -> list[Path]:
+    """results.csv / results.md / results.json / results.png under `exp_dir`; returns the paths written.
+    `tables` adds study-specific views to results.md: "grid" (metric by beta) and "best" (best beta per method)."""
     caption = (
         f"{title}. Win rate: gold reward of the policy's sample vs the SFT baseline's sample on each held-out "
         "prompt (ties 0.5). KL: sequence-level k1 estimate from policy samples. Rank acc.: validation pairs."
@@ -177,11 +286,14 @@ def write_report(exp_dir: Path, rows: list[dict], title: str, extra: dict | None
         exp_dir / "results.png",
     ]
     atomic_write_text(paths[0], to_csv(rows))
-    atomic_write_text(paths[1], to_markdown(rows, SHOWN, caption))
-    atomic_write_json(paths[2], {"title": title, "rows": rows, **(extra or {})})
+    views = {"grid": lambda: beta_grid_table(rows), "best": lambda: best_table(rows, similarity)}
+    markdown = to_markdown(rows, SHOWN, caption) + seed_table(rows) + "".join(views[t]() for t in tables)
+    atomic_write_text(paths[1], markdown)
+    summary = {"title": title, "rows": rows, "by_setting": aggregate(rows), **(extra or {})}
+    if "best" in tables:
+        summary["best"] = {"rule": BEST_RULE, "rows": best_per_method(rows, similarity)}
+    if similarity is not None:
+        summary["similarity"] = {"note": SIMILARITY_NOTE, "references": similarity}
+    atomic_write_json(paths[2], summary)
     plot_beta(rows, paths[3], title)
     return paths
-
-
-def load_rows(exp_dir: Path) -> list[dict]:
-    return json.loads((exp_dir / "results.json").read_text())["rows"]

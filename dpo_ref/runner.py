@@ -8,6 +8,8 @@ command resumes after a crash and a finished experiment only rebuilds its tables
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import shutil
 import time
@@ -22,26 +24,53 @@ import yaml
 from . import data as data_mod
 from .config import Experiment, RunSpec, expand
 from .errors import UserError
-from .evaluate import Generations, evaluate_policy, generate
+from .evaluate import Generations, PromptSet, evaluate_policy, generate
 from .models import ModelRef, load_model, load_tokenizer, resolve, use_bf16
 from .objectives import OBJECTIVES
-from .reference import ReferenceEngine, sequence_logps
-from .report import SHOWN, collect, rich_table, write_report
+from .reference import ReferenceEngine, sequence_logps, similarity
+from .report import (
+    BEST_COLUMNS,
+    BEST_RULE,
+    SHOWN,
+    SIMILARITY_COLUMNS,
+    best_per_method,
+    collect,
+    rich_table,
+    write_report,
+)
 from .store import atomic_dir, atomic_write_json, atomic_write_text, content_hash, read_json
 from .ui import console, stdout
 from .world import build_world
 
+
+@dataclass(frozen=True)
+class Study:
+    title: str
+    default: str  # the embedded default experiment, relative to the repository root
+    tables: tuple[str, ...]  # study-specific views in results.md (see report.write_report)
+    similarity: bool = False  # measure how alike each reference is to the policy (similarity.json)
+
+
 STUDIES = {
-    "sweep-beta": "RQ1: DPO across beta for one reference",
-    "compare-objectives": "RQ2: DPO vs objectives without / with an unconditional reference",
-    "swap-reference": "RQ3: references of other strength and family across beta",
+    "sweep-beta": Study("RQ1: DPO across beta for one reference", "experiments/rq1_sweep_beta/default.yaml", ("grid",)),
+    "compare-objectives": Study(
+        "RQ2: DPO vs objectives without a reference or with an unconditional one",
+        "experiments/rq2_compare_objectives/default.yaml",
+        ("grid", "best"),
+    ),
+    "swap-reference": Study(
+        "RQ3: references of other strength, family and tokenizer, across beta",
+        "experiments/rq3_swap_reference/default.yaml",
+        ("grid", "best"),
+        similarity=True,
+    ),
 }
 
 
 def check_study(exp: Experiment, study: str, source: str) -> None:
     """Each command studies one axis; refuse experiments that do not fit it, naming the key."""
-    if study == "sweep-beta" and len(exp.references) != 1:
-        raise UserError(f"{source}: references", f"sweep-beta takes exactly one reference, got {len(exp.references)}")
+    if study in ("sweep-beta", "compare-objectives") and len(exp.references) != 1:
+        raise UserError(f"{source}: references", f"{study} takes exactly one reference, got {len(exp.references)}")
 
 
 def run_hash(exp: Experiment, run: RunSpec) -> str:
@@ -110,7 +139,7 @@ def plan_text(exp: Experiment, runs: list[RunSpec], exp_dir: Path) -> str:
     return "\n".join(lines)
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: `reference` memoizes per Context
 class Context:
     """What every run of one command shares: the world, tokenized data, reference scores, the SFT baseline."""
 
@@ -123,9 +152,8 @@ class Context:
     tokenized: object = None
     pairs_fp: str = ""
     pairs: object = None
-    prompts: list = field(default_factory=list)
-    baseline_rewards: list[float] = field(default_factory=list)
-    ref_scores: dict = field(default_factory=dict)  # (reference name | "policy:uncond") -> {split: {chosen, rejected}}
+    test: PromptSet | None = None  # held-out evaluation prompts + SFT baseline rewards
+    val: PromptSet | None = None  # validation pairs' prompts + SFT baseline rewards (for model selection only)
 
     def setup(self) -> None:
         exp = self.exp
@@ -143,59 +171,57 @@ class Context:
                 f"max_length, {report.dropped_prompt_too_long[split]} dropped (prompt fills max_length)"
             )
         prompts = self.world.eval_prompts()
-        self.prompts = prompts[: exp.eval.n_prompts] if exp.eval.n_prompts else prompts
-        self.baseline_rewards = self._baseline()
+        self.test = self._baseline("test", prompts[: exp.eval.n_prompts] if exp.eval.n_prompts else prompts)
+        self.val = self._baseline("validation", list(dict.fromkeys(self.pairs["validation"]["prompt"])))
 
-    def _baseline(self) -> list[float]:
-        """Gold rewards of the SFT model's samples (baseline seed), generated once per experiment and config."""
+    def _baseline(self, name: str, prompts: list) -> PromptSet:
+        """The SFT model's samples (baseline seed) on `prompts`, judged once per experiment and config."""
         exp = self.exp
-        key = content_hash([self.policy.fingerprint, exp.eval.model_dump(), self.prompts])
-        path = self.exp_dir / "baseline" / "generations.jsonl"
-        meta_path = self.exp_dir / "baseline" / "meta.json"
+        key = content_hash([self.policy.fingerprint, exp.eval.model_dump(), prompts])
+        path = self.exp_dir / "baseline" / f"{name}.jsonl"
+        meta_path = self.exp_dir / "baseline" / f"{name}.meta.json"
         if meta_path.is_file() and read_json(meta_path).get("key") == key:
-            import json
-
-            return [json.loads(line)["gold_reward"] for line in path.read_text().splitlines()]
+            rows = [json.loads(line) for line in path.read_text().splitlines()]
+            return PromptSet(prompts, [r["gold_reward"] for r in rows])
         model = load_model(self.policy, bf16=use_bf16(exp.train.precision))
-        gens = generate(
-            model,
-            self.tokenizer,
-            self.prompts,
-            exp.eval,
-            exp.eval.baseline_seed,
-            desc="sampling SFT baseline",
-        )
+        gens = generate(model, self.tokenizer, prompts, exp.eval, exp.eval.baseline_seed, desc=f"sampling SFT ({name})")
         rewards = [self.world.gold_reward(p, r, e) for p, r, e in zip(gens.prompts, gens.responses, gens.ended)]
         write_generations(path, gens, rewards)
         atomic_write_json(meta_path, {"key": key, "policy": exp.policy, "seed": exp.eval.baseline_seed})
-        return rewards
+        return PromptSet(prompts, rewards)
 
     def reference_columns(self, run: RunSpec) -> dict | None:
         """Cached reference scores this run's objective reads, scoring them now if no cache entry exists."""
         mode = OBJECTIVES[run.objective].reference
         if mode == "none":
             return None
-        name = run.reference if mode == "conditional" else "policy:uncond"
-        if name not in self.ref_scores:
-            spec = (
-                self.policy
-                if mode == "unconditional"
-                else resolve(
-                    next(r.model for r in self.exp.references if r.name == run.reference),
-                    self.world,
-                    where=f"references.{run.reference}",
-                )
-            )
-            self.ref_scores[name] = self.engine.pair_scores(
-                spec,
-                self.pairs,
-                self.pairs_fp,
-                self.exp.train.max_length,
-                self.exp.eval.batch_size,
-                unconditional=mode == "unconditional",
-                precision=self.exp.train.precision,
-            )
-        return self.ref_scores[name]
+        ref = self.policy if mode == "unconditional" else self.reference(run.reference)
+        return self.scores(ref, unconditional=mode == "unconditional")
+
+    def scores(self, ref: ModelRef, unconditional: bool = False) -> dict:
+        """{split: {chosen, rejected}} of `ref` over the pairs, from the engine (computed once per command)."""
+        return self.engine.pair_scores(
+            ref,
+            self.pairs,
+            self.pairs_fp,
+            self.exp.train.max_length,
+            self.exp.eval.batch_size,
+            unconditional=unconditional,
+            precision=self.exp.train.precision,
+        )
+
+    @functools.cache  # noqa: B019 - one Context per command; resolving hashes the model's files
+    def reference(self, name: str) -> ModelRef:
+        spec = next(r.model for r in self.exp.references if r.name == name)
+        return resolve(spec, self.world, where=f"references.{name}")
+
+    def similarity(self) -> dict[str, dict]:
+        """For each reference: how alike it is to the SFT policy on the training pairs, before any training."""
+        policy = self.scores(self.policy)["train"]
+        return {
+            r.name: {"model": r.model, **similarity(policy, self.scores(self.reference(r.name))["train"])}
+            for r in self.exp.references
+        }
 
     def with_reference(self, split: str, run: RunSpec):
         """The tokenized split with `ref_chosen_logps` / `ref_rejected_logps` joined by pair index (zeros if none)."""
@@ -209,15 +235,10 @@ class Context:
 
     def kl_reference(self, run: RunSpec) -> ModelRef:
         """KL is measured against the run's reference; reference-free runs (and the SFT row) against the SFT policy."""
-        if run.reference is None:
-            return self.policy
-        spec = next(r.model for r in self.exp.references if r.name == run.reference)
-        return resolve(spec, self.world, where=f"references.{run.reference}")
+        return self.policy if run.reference is None else self.reference(run.reference)
 
 
 def write_generations(path: Path, gens: Generations, rewards: list[float]) -> None:
-    import json
-
     lines = [json.dumps({**row, "gold_reward": r}) for row, r in zip(gens.rows(), rewards)]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -238,6 +259,8 @@ def execute(ctx: Context, run: RunSpec) -> None:
     atomic_write_json(run_dir / "status.json", {"status": "running", "started": time.time()})
     bf16 = use_bf16(exp.train.precision)
     model = load_model(ctx.policy, bf16=bf16)
+    if bf16 and run.objective != "sft" and sum(p.numel() for p in model.parameters()) < 1e9:
+        model.float()  # small models train with fp32 master weights under bf16 autocast; large ones stay in bf16
     metrics: dict = {
         "run_id": run.run_id,
         "steps": 0,
@@ -300,8 +323,8 @@ def execute(ctx: Context, run: RunSpec) -> None:
     result, gens = evaluate_policy(
         model,
         ctx.tokenizer,
-        ctx.prompts,
-        ctx.baseline_rewards,
+        ctx.test,
+        ctx.val,
         ctx.world.gold_reward,
         ref_logps_of,
         implicit_rewards,
@@ -316,6 +339,21 @@ def execute(ctx: Context, run: RunSpec) -> None:
     atomic_write_json(run_dir / "status.json", {"status": "done", "finished": time.time()})
 
 
+def report(exp_dir: Path, exp: Experiment, study: str, extra: dict | None = None) -> None:
+    """Rebuild the results files from the run directories on disk and print the tables."""
+    rows = collect(exp_dir, [r.run_id for r in expand(exp)])
+    sim_path = exp_dir / "similarity.json"
+    sim = read_json(sim_path) if sim_path.is_file() else None
+    write_report(
+        exp_dir, rows, f"{exp.name} ({STUDIES[study].title})", STUDIES[study].tables, extra=extra, similarity=sim
+    )
+    stdout.print(rich_table(rows, SHOWN, f"{exp.name}: {STUDIES[study].title}"))
+    if "best" in STUDIES[study].tables:
+        best = best_per_method(rows, sim)
+        columns = BEST_COLUMNS + (SIMILARITY_COLUMNS if sim else [])
+        stdout.print(rich_table(best, columns, f"best beta per method ({BEST_RULE})"))
+
+
 def run_experiment(exp: Experiment, out: Path, study: str, source: str, dry_run: bool = False) -> int:
     """Run every pending run of `exp` and rebuild its report; returns the number of runs that failed."""
     check_study(exp, study, source)
@@ -326,6 +364,7 @@ def run_experiment(exp: Experiment, out: Path, study: str, source: str, dry_run:
         return 0
     exp_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(exp_dir / "experiment.yaml", yaml.safe_dump(exp.model_dump(), sort_keys=False))
+    atomic_write_json(exp_dir / "command.json", {"study": study, "experiment_file": source})
     pending = [r for r in runs if not is_done(exp_dir, exp, r)]
     for r in runs:
         if r not in pending:
@@ -354,15 +393,12 @@ def run_experiment(exp: Experiment, out: Path, study: str, source: str, dry_run:
                     {"status": "failed", "error": repr(e), "traceback": traceback.format_exc()},
                 )
                 console.print(f"[red]failed[/]: {run.run_id}: {e!r}")
-    rows = collect(exp_dir, [r.run_id for r in runs])
+    if STUDIES[study].similarity and (pending or not (exp_dir / "similarity.json").is_file()):
+        if ctx.world is None:
+            ctx.setup()
+        atomic_write_json(exp_dir / "similarity.json", ctx.similarity())
     scoring = {"computed": ctx.engine.computed, "from_cache": ctx.engine.cached}
-    write_report(
-        exp_dir,
-        rows,
-        f"{exp.name} ({STUDIES[study]})",
-        extra={"reference_scoring": scoring, "wall_seconds": time.time() - t_start},
-    )
-    stdout.print(rich_table(rows, SHOWN, f"{exp.name}: {STUDIES[study]}"))
+    report(exp_dir, exp, study, extra={"reference_scoring": scoring, "wall_seconds": time.time() - t_start})
     console.print(
         f"reference scoring passes: {scoring['computed']} computed, {scoring['from_cache']} from cache; "
         f"{len(runs) - len(pending)} of {len(runs)} runs already done; "

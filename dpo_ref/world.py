@@ -21,7 +21,7 @@ import random
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,8 @@ if TYPE_CHECKING:  # heavy imports stay inside the functions, so importing this 
     import datasets
     from transformers import PreTrainedTokenizerFast
 
-WORLD_VERSION = "1"  # part of the cache key: bump it when a build would change for the same config
+WORLD_VERSION = "2"  # part of the cache key: bump it when a build would change for the same config
+MODEL_NAMES = ("sft", "strong-same", "strong-other")  # the world's models: the SFT policy and two stronger references
 
 # ---------------------------------------------------------------------------------------------------------
 # Tasks and the gold reward
@@ -105,15 +106,39 @@ class WorldConfig(BaseModel):
     sft_batch_size: int = Field(64, ge=1, le=4096, description="Demonstrations per SFT step.")
     sft_learning_rate: float = Field(3e-3, gt=0, le=1, description="Peak SFT learning rate (cosine, 5% warmup).")
     sample_temperature: float = Field(1.0, gt=0, description="Temperature of the SFT samples that form pairs.")
+    strong_demo_truncate: float = Field(
+        0.03, ge=0, le=1, description="Demonstrations of the strong references that stop 1-3 letters early."
+    )
+    strong_demo_ramble: float = Field(
+        0.01, ge=0, le=1, description="Demonstrations of the strong references that add 1-4 letters at the end."
+    )
+    strong_demo_substitute: float = Field(
+        0.03, ge=0, le=1, description="Demonstrations of the strong references with one letter wrong."
+    )
+    strong_sft_steps: int = Field(
+        300, ge=1, description="SFT steps of each strong reference (batch size and learning rate as for `sft`)."
+    )
+    other_vocab_size: int = Field(
+        256, ge=64, le=4096, description="Vocabulary of strong-other's BPE tokenizer, special tokens included."
+    )
+    other_hidden_size: int = Field(
+        64, ge=8, le=1024, description="Width of strong-other's GPT-2 (n_embd, a multiple of other_num_heads)."
+    )
+    other_num_layers: int = Field(2, ge=1, le=12, description="Transformer layers of strong-other's GPT-2.")
+    other_num_heads: int = Field(4, ge=1, le=16, description="Attention heads of strong-other's GPT-2.")
+    other_intermediate_size: int = Field(256, ge=8, le=4096, description="MLP width of strong-other's GPT-2.")
 
     @model_validator(mode="after")
     def _consistent(self) -> WorldConfig:
         if self.min_letters > self.max_letters:
             raise ValueError(f"min_letters ({self.min_letters}) > max_letters ({self.max_letters})")
-        if self.demo_truncate + self.demo_ramble + self.demo_substitute > 1:
-            raise ValueError("demo_truncate + demo_ramble + demo_substitute must be at most 1")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size ({self.hidden_size}) is not a multiple of num_heads ({self.num_heads})")
+        for prefix in ("demo", "strong_demo"):
+            if sum(getattr(self, f"{prefix}_{kind}") for kind in ("truncate", "ramble", "substitute")) > 1:
+                raise ValueError(f"{prefix}_truncate + {prefix}_ramble + {prefix}_substitute must be at most 1")
+        for prefix in ("", "other_"):
+            width, heads = getattr(self, f"{prefix}hidden_size"), getattr(self, f"{prefix}num_heads")
+            if width % heads:
+                raise ValueError(f"{prefix}hidden_size ({width}) is not a multiple of {prefix}num_heads ({heads})")
         return self
 
     @property
@@ -123,7 +148,11 @@ class WorldConfig(BaseModel):
 
     @property
     def max_length(self) -> int:
-        """Longest sequence the world's models see: the longest rendered prompt plus the generation budget."""
+        """Longest sequence the world's models see: the longest rendered prompt plus the generation budget.
+
+        In characters, which is the length in tokens for the char-level tokenizer; strong-other's template has one
+        more special token and its BPE tokens are at least a character long, so it allows one more (see
+        `_other_max_length`)."""
         return max(map(len, TASKS)) + 1 + self.max_letters + 1 + self.max_new_tokens
 
 
@@ -223,6 +252,54 @@ def make_tokenizer(model_max_length: int) -> PreTrainedTokenizerFast:
     )
 
 
+# strong-other's own family: "rev abc" renders as "<|user|>rev abc<|assistant|>" with the generation prompt and as
+# "<|user|>rev abc<|assistant|>cba<|end|>" with the answer. Special tokens mark the turn boundaries, so BPE merges
+# never cross them and the prompt with the generation prompt is again an exact prefix of prompt + answer.
+OTHER_CHAT_TEMPLATE = (
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'user' -%}<|user|>{{ m['content'] }}"
+    "{%- elif m['role'] == 'assistant' -%}"
+    "<|assistant|>{% generation %}{{ m['content'] }}{{ eos_token }}{% endgeneration %}"
+    "{%- else -%}{{ raise_exception('the world chat template has no role ' + m['role']) }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+)
+OTHER_SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|user|>", "<|assistant|>", "<|unk|>"]  # ids 0-4
+
+
+def make_other_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int) -> PreTrainedTokenizerFast:
+    """A BPE tokenizer trained on `texts` (world prompts and responses), with its own special tokens and chat
+    template: tokens are chunks of letters such as `ffhh` or `cde` that do not line up with the characters.
+
+    Words are split at spaces (a space is a token of its own) and decoding concatenates tokens; the base alphabet
+    is the world's CHARACTERS, so every world text tokenizes without <|unk|>. Adds no BOS or EOS by itself.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token="<|unk|>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(" ", behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=OTHER_SPECIAL_TOKENS,
+        initial_alphabet=list(CHARACTERS),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<|pad|>",
+        eos_token="<|end|>",
+        unk_token="<|unk|>",
+        extra_special_tokens=["<|user|>", "<|assistant|>"],
+        padding_side="left",
+        chat_template=OTHER_CHAT_TEMPLATE,
+        model_max_length=model_max_length,
+    )
+
+
 def _user(prompt: str) -> dict:
     return {"role": "user", "content": prompt}
 
@@ -253,17 +330,18 @@ def _prompts(rng: random.Random, n: int, cfg: WorldConfig, seen: set[str]) -> li
     return out
 
 
-def _demonstration(prompt: str, rng: random.Random, cfg: WorldConfig) -> str:
-    """A noisy SFT demonstration: stopped early, rambling, one letter wrong, or correct."""
+def _demonstration(prompt: str, rng: random.Random, truncate: float, ramble: float, substitute: float) -> str:
+    """A noisy SFT demonstration: stopped early (with probability `truncate`), rambling (`ramble`), one letter
+    wrong (`substitute`), or correct."""
     target = solve(prompt)
     u = rng.random()
-    if u < cfg.demo_truncate and len(target) > 1:
+    if u < truncate and len(target) > 1:
         return target[: -rng.randint(1, min(3, len(target) - 1))]
-    u -= cfg.demo_truncate
-    if u < cfg.demo_ramble:
+    u -= truncate
+    if u < ramble:
         return target + "".join(rng.choice(ALPHABET) for _ in range(rng.randint(1, 4)))
-    u -= cfg.demo_ramble
-    if u < cfg.demo_substitute:
+    u -= ramble
+    if u < substitute:
         i = rng.randrange(len(target))
         return target[:i] + rng.choice([c for c in ALPHABET if c != target[i]]) + target[i + 1 :]
     return target
@@ -294,8 +372,42 @@ def _init_model(cfg: WorldConfig, tokenizer):
     return model
 
 
-def _sft(model, tokenizer, prompts: list[str], demos: list[str], cfg: WorldConfig):
-    """SFT through TRL's SFTTrainer, with the loss on the completion (answer + EOS) only.
+def _other_max_length(cfg: WorldConfig) -> int:
+    """strong-other's longest sequence, in its tokens: one more special token than the char template (<|user|>)."""
+    return cfg.max_length + 1
+
+
+def _init_other_model(cfg: WorldConfig, tokenizer):
+    """strong-other's architecture: a tiny GPT-2 (learned absolute positions, LayerNorm, GELU MLP, no dropout),
+    whose config and generation config agree with its tokenizer on pad/eos; there is no BOS."""
+    from transformers import GPT2Config, GPT2LMHeadModel, set_seed
+
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=_other_max_length(cfg),
+        n_embd=cfg.other_hidden_size,
+        n_layer=cfg.other_num_layers,
+        n_head=cfg.other_num_heads,
+        n_inner=cfg.other_intermediate_size,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=True,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        bos_token_id=None,
+    )
+    set_seed(cfg.seed)
+    model = GPT2LMHeadModel(config)
+    gen = model.generation_config
+    gen.pad_token_id, gen.eos_token_id, gen.bos_token_id = pad, eos, None
+    return model
+
+
+def _sft(model, tokenizer, prompts: list[str], demos: list[str], cfg: WorldConfig, max_length: int | None = None):
+    """SFT through TRL's SFTTrainer, with the loss on the completion (answer + EOS) only: one pass over the
+    demonstrations in batches of `cfg.sft_batch_size` (so len(demos) // batch size steps).
 
     The pairs are tokenized here through the chat template in one batched call (TRL's per-example preparation
     takes longer than the training) and handed over with `skip_prepare_dataset`. The build runs on the CPU on
@@ -316,13 +428,13 @@ def _sft(model, tokenizer, prompts: list[str], demos: list[str], cfg: WorldConfi
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(
             output_dir=out,  # receives nothing (save_strategy="no"); the caller saves the model
-            max_steps=cfg.sft_steps,  # one pass over sft_steps * sft_batch_size demonstrations
+            max_steps=len(demos) // cfg.sft_batch_size,  # one pass over the demonstrations
             per_device_train_batch_size=cfg.sft_batch_size,
             learning_rate=cfg.sft_learning_rate,
             lr_scheduler_type="cosine",
-            warmup_steps=max(1, cfg.sft_steps // 20),  # 5% warmup
+            warmup_steps=max(1, len(demos) // cfg.sft_batch_size // 20),  # 5% warmup
             weight_decay=0.0,
-            max_length=cfg.max_length,  # no demonstration is longer
+            max_length=max_length or cfg.max_length,  # no demonstration is longer
             dataset_kwargs={"skip_prepare_dataset": True},  # tokenized above, labels included
             bf16=False,  # fp32 on the CPU
             activation_checkpointing=False,  # tiny activations (the new name of gradient_checkpointing)
@@ -352,13 +464,18 @@ def generate_responses(
 ) -> list[tuple[str, bool]]:
     """(response text without EOS, ended) per prompt: greedy when temperature is None, else sampled.
 
-    Special tokens other than EOS are suppressed, so a response is plain text that tokenizes back to the tokens
-    generated; `ended` is False when the budget ran out before EOS. Sampling draws from a torch RNG seeded with
-    `seed` and forked from the global one, which is left as it was.
+    Works with any world model and its own tokenizer: the prompt goes through the tokenizer's chat template, the
+    model stops at the tokenizer's EOS (which its generation config shares), and special tokens other than EOS are
+    suppressed, so a response is plain text (decoded with skip_special_tokens); `ended` is False when the budget
+    of `max_new_tokens` tokens ran out before EOS. Sampling draws from a torch RNG seeded with `seed` and forked
+    from the global one, which is left as it was.
     """
     import torch
 
-    suppress = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS if t != tokenizer.eos_token]
+    eos = tokenizer.eos_token_id
+    suppress = sorted(
+        i for i, t in tokenizer.added_tokens_decoder.items() if t.special and i != eos and i < model.config.vocab_size
+    )
     if temperature is None:
         decoding = {"do_sample": False}
     else:  # plain temperature sampling: no top-k / top-p truncation
@@ -374,11 +491,18 @@ def generate_responses(
                 return_tensors="pt",
                 return_dict=True,
             ).to(model.device)
-            tokens = model.generate(**enc, max_new_tokens=max_new_tokens, suppress_tokens=suppress, **decoding)
+            tokens = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                suppress_tokens=suppress,
+                eos_token_id=eos,
+                pad_token_id=tokenizer.pad_token_id,
+                **decoding,
+            )
             for row in tokens[:, enc["input_ids"].shape[1] :].tolist():
-                ended = tokenizer.eos_token_id in row
-                row = row[: row.index(tokenizer.eos_token_id)] if ended else row
-                out.append((tokenizer.decode(row), ended))
+                ended = eos in row
+                row = row[: row.index(eos)] if ended else row
+                out.append((tokenizer.decode(row, skip_special_tokens=True), ended))
     return out
 
 
@@ -451,6 +575,46 @@ def _pair_stats(rows: dict[str, list]) -> dict:
 # The build
 
 
+def _win_rate(prompts: list[str], samples: list[tuple[str, bool]], baseline: list[tuple[str, bool]]) -> float:
+    """Fraction of prompts where the sample's gold reward beats the baseline's, ties counting 0.5."""
+    wins = 0.0
+    for prompt, a, b in zip(prompts, samples, baseline, strict=True):
+        ra, rb = gold_reward(prompt, *a), gold_reward(prompt, *b)
+        wins += 1.0 if ra > rb else 0.5 if ra == rb else 0.0
+    return wins / len(prompts)
+
+
+def _model_stats(models: dict, prompts: list[str], cfg: WorldConfig, rng: random.Random) -> dict[str, dict]:
+    """Per model (name -> (model, tokenizer)), on the held-out prompts: size, greedy exact match and reward, and
+    T=1 samples' mean reward, exact match and win rate against T=1 samples of `sft` (a draw of their own, so
+    `sft`'s own win rate is that of two independent draws of one policy, about 0.5)."""
+    sft_model, sft_tokenizer = models["sft"]
+    seed, baseline_seed = rng.getrandbits(63), rng.getrandbits(63)
+    baseline = generate_responses(sft_model, sft_tokenizer, prompts, cfg.max_new_tokens, 1.0, baseline_seed)
+    stats = {}
+    for name, (model, tokenizer) in models.items():
+        greedy = generate_responses(model, tokenizer, prompts, cfg.max_new_tokens)
+        samples = generate_responses(model, tokenizer, prompts, cfg.max_new_tokens, 1.0, seed)
+        n = len(prompts)
+        stats[name] = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "architecture": type(model).__name__,
+            "vocab_size": len(tokenizer),
+            "greedy_exact_match": sum(e and t == solve(p) for p, (t, e) in zip(prompts, greedy, strict=True)) / n,
+            "greedy_mean_reward": sum(gold_reward(p, *g) for p, g in zip(prompts, greedy, strict=True)) / n,
+            "sample_mean_reward": sum(gold_reward(p, *x) for p, x in zip(prompts, samples, strict=True)) / n,
+            "sample_exact_match": sum(e and t == solve(p) for p, (t, e) in zip(prompts, samples, strict=True)) / n,
+            "sample_ended_frac": sum(e for _, e in samples) / n,
+            "win_rate_vs_sft": _win_rate(prompts, samples, baseline),
+        }
+    return stats
+
+
+def _save(model, tokenizer, path: Path) -> None:
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
 def _build(cfg: WorldConfig, root: Path) -> None:
     """Every stage of the build, writing into `root` (a temporary directory the caller renames)."""
     import datasets
@@ -459,23 +623,25 @@ def _build(cfg: WorldConfig, root: Path) -> None:
     import trl
 
     t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
     tokenizer = make_tokenizer(cfg.max_length)
-    seen: set[str] = set()  # every prompt drawn: eval, SFT, validation and train prompts are disjoint
+    seen: set[str] = set()  # every prompt drawn: eval, SFT, validation, train and strong prompts are disjoint
     eval_prompts = _prompts(random.Random(f"{cfg.seed}-eval"), cfg.n_eval_prompts, cfg, seen)
     demo_rng = random.Random(f"{cfg.seed}-sft")
     sft_prompts = _prompts(demo_rng, cfg.sft_steps * cfg.sft_batch_size, cfg, seen)
-    demos = [_demonstration(p, demo_rng, cfg) for p in sft_prompts]
+    mix = (cfg.demo_truncate, cfg.demo_ramble, cfg.demo_substitute)
+    demos = [_demonstration(p, demo_rng, *mix) for p in sft_prompts]
 
     model = _sft(_init_model(cfg, tokenizer), tokenizer, sft_prompts, demos, cfg)
-    model.save_pretrained(root / "models" / "sft")
-    tokenizer.save_pretrained(root / "models" / "sft")
-    sft_s = time.perf_counter() - t0
+    _save(model, tokenizer, root / "models" / "sft")
+    seconds["sft"] = time.perf_counter() - t0
 
     greedy = generate_responses(model, tokenizer, eval_prompts, cfg.max_new_tokens)
     exact_by_task: dict[str, list[bool]] = {task: [] for task in TASKS}
     for prompt, (text, ended) in zip(eval_prompts, greedy, strict=True):
         exact_by_task[prompt.partition(" ")[0]].append(ended and text == solve(prompt))
 
+    t = time.perf_counter()
     splits, split_stats = {}, {}
     for split, n in (("validation", cfg.n_val_pairs), ("train", cfg.n_train_pairs)):
         rows, stats = _sample_pairs(model, tokenizer, cfg, random.Random(f"{cfg.seed}-{split}"), seen, n)
@@ -483,6 +649,38 @@ def _build(cfg: WorldConfig, root: Path) -> None:
         split_stats[split] = {**_pair_stats(rows), **stats}
     datasets.DatasetDict(splits).save_to_disk(str(root / "preference"))
     (root / "eval_prompts.json").write_text(json.dumps(eval_prompts, indent=0) + "\n")
+    seconds["pairs"] = time.perf_counter() - t
+
+    # The strong references (RQ3), built after the pairs so that everything above is as it was before they
+    # existed: cleaner demonstrations on prompts of their own, one set for both, each rendered by its own template.
+    t = time.perf_counter()
+    strong_rng = random.Random(f"{cfg.seed}-strong")
+    strong_prompts = _prompts(strong_rng, cfg.strong_sft_steps * cfg.sft_batch_size, cfg, seen)
+    strong_mix = (cfg.strong_demo_truncate, cfg.strong_demo_ramble, cfg.strong_demo_substitute)
+    strong_demos = [_demonstration(p, strong_rng, *strong_mix) for p in strong_prompts]
+    strong_same = _sft(_init_model(cfg, tokenizer), tokenizer, strong_prompts, strong_demos, cfg)
+    _save(strong_same, tokenizer, root / "models" / "strong-same")
+    seconds["strong-same"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    other_tokenizer = make_other_tokenizer(
+        (text for pair in zip(strong_prompts, strong_demos, strict=True) for text in pair),
+        cfg.other_vocab_size,
+        _other_max_length(cfg),
+    )
+    other = _init_other_model(cfg, other_tokenizer)
+    other = _sft(other, other_tokenizer, strong_prompts, strong_demos, cfg, _other_max_length(cfg))
+    _save(other, other_tokenizer, root / "models" / "strong-other")
+    seconds["strong-other"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    world_models = {
+        "sft": (model, tokenizer),
+        "strong-same": (strong_same, tokenizer),
+        "strong-other": (other, other_tokenizer),
+    }
+    model_stats = _model_stats(world_models, eval_prompts, cfg, random.Random(f"{cfg.seed}-model-stats"))
+    seconds["model_stats"] = time.perf_counter() - t
 
     n_samples = 2 * sum(s["prompts_used"] for s in split_stats.values())
     total = {k: sum(s[k] for s in split_stats.values()) for k in ("sample_reward_sum", "sample_exact", "ended")}
@@ -490,12 +688,13 @@ def _build(cfg: WorldConfig, root: Path) -> None:
     meta = {
         "world_version": WORLD_VERSION,
         "config": cfg.model_dump(),
-        "models": {"sft": "models/sft"},  # name -> directory relative to the world root
+        "models": {name: f"models/{name}" for name in MODEL_NAMES},  # name -> directory relative to the world root
         "counts": {
             "train_pairs": len(splits["train"]),
             "validation_pairs": len(splits["validation"]),
             "eval_prompts": len(eval_prompts),
             "sft_demonstrations": len(demos),
+            "strong_demonstrations": len(strong_demos),
             "identical_pairs_dropped": sum(s["identical_dropped"] for s in split_stats.values()),
         },
         "vocab_size": len(tokenizer),
@@ -503,6 +702,8 @@ def _build(cfg: WorldConfig, root: Path) -> None:
         "max_new_tokens": cfg.max_new_tokens,
         "max_length": cfg.max_length,
         "sft_demo_exact_frac": sum(d == solve(p) for p, d in zip(sft_prompts, demos, strict=True)) / len(demos),
+        "strong_demo_exact_frac": sum(d == solve(p) for p, d in zip(strong_prompts, strong_demos, strict=True))
+        / len(strong_demos),
         "sft_greedy_exact_match": sum(map(sum, exact_by_task.values())) / len(eval_prompts),
         "sft_greedy_exact_match_by_task": {t: sum(v) / len(v) for t, v in exact_by_task.items() if v},
         "sft_greedy_mean_reward": sum(gold_reward(p, *g) for p, g in zip(eval_prompts, greedy, strict=True))
@@ -513,9 +714,10 @@ def _build(cfg: WorldConfig, root: Path) -> None:
         "mean_chosen_len": train["mean_chosen_len"],
         "mean_rejected_len": train["mean_rejected_len"],
         "frac_chosen_longer": train["frac_chosen_longer"],
+        "model_stats": model_stats,
         "splits": split_stats,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
-        "build_seconds": {"sft": sft_s, "total": time.perf_counter() - t0},
+        "build_seconds": {**seconds, "total": time.perf_counter() - t0},
     }
     atomic_write_json(root / "meta.json", meta)
 

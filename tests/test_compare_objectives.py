@@ -1,0 +1,61 @@
+"""`dporef compare-objectives` on a tiny world: reference passes only where needed, the best-beta table, p_LM(y)."""
+
+import json
+
+from typer.testing import CliRunner
+
+from dpo_ref.cli import app
+from dpo_ref.data import render
+from dpo_ref.world import WorldConfig, build_world
+
+TINY = [
+    "world.n_train_pairs=48",
+    "world.n_val_pairs=24",
+    "world.n_eval_prompts=24",
+    "world.sft_steps=60",
+    "train.max_steps=4",
+    "eval.max_new_tokens=20",
+]
+
+
+def compare(out, *sets):
+    args = ["compare-objectives", "--out", str(out)]
+    for s in TINY + list(sets):
+        args += ["--set", s]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return json.loads((out / "rq2_compare_objectives" / "results.json").read_text()), result
+
+
+def test_reference_free_objectives_score_nothing(tmp_path, cache_dir):
+    summary, _ = compare(tmp_path, "objectives=[{name: posterior, betas: [10]}, {name: simpo, betas: [2.0]}]")
+    assert summary["reference_scoring"] == {"computed": 0, "from_cache": 0}
+    assert [r["run_id"] for r in summary["rows"]] == ["sft", "posterior-b10-s0", "simpo-b2-s0"]
+    assert all(r["status"] == "done" for r in summary["rows"])
+
+
+def test_each_objective_reads_its_own_reference_and_best_table(tmp_path, cache_dir):
+    objectives = (
+        "objectives=[{name: dpo, betas: [0.1, 0.01]}, {name: likelihood, betas: [0.1]}, {name: posterior, betas: [10]}]"
+    )
+    summary, result = compare(tmp_path, objectives)
+    # dpo reads p_ref(y|x), likelihood p_LM(y): two distinct passes (or cache hits), none for posterior
+    assert summary["reference_scoring"]["computed"] + summary["reference_scoring"]["from_cache"] == 2
+    best = summary["best"]
+    assert "validation prompts" in best["rule"] and "never" in best["rule"]
+    methods = {r["method"]: r for r in best["rows"]}
+    assert set(methods) == {"SFT", "dpo <- sft", "likelihood", "posterior"}
+    dpo_rows = [r for r in summary["rows"] if r["objective"] == "dpo"]
+    top = max(dpo_rows, key=lambda r: r["val_win_rate"])
+    assert methods["dpo <- sft"]["best_beta"] == top["beta"] and methods["dpo <- sft"]["win_rate"] == top["win_rate"]
+    md = (tmp_path / "rq2_compare_objectives" / "results.md").read_text()
+    assert "Best beta per method" in md and "win_rate by beta" in md
+    assert "best beta per method" in result.stdout
+
+
+def test_unconditional_rendering_drops_the_prompt_but_keeps_the_framing(cache_dir):
+    tok = build_world(WorldConfig(n_train_pairs=48, n_val_pairs=24, n_eval_prompts=24, sft_steps=60)).tokenizer()
+    prompt_ids, completion = render(tok, "rev abc", "cba")
+    uncond_prompt, uncond_completion = render(tok, "rev abc", "cba", unconditional=True)
+    assert uncond_completion == completion  # the same response tokens, EOS included
+    assert tok.decode(uncond_prompt) == "=" and tok.decode(prompt_ids) == "rev abc="
