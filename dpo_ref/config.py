@@ -58,7 +58,9 @@ class ObjectiveGrid(Strict):
 
 
 class TrainConfig(Strict):
-    learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate of AdamW (paper: 5e-7 for 7B models).")
+    learning_rate: float = Field(
+        1e-4, gt=0, description="Peak learning rate of AdamW (default suits the embedded world; paper: 5e-7 for 7B)."
+    )
     epochs: float = Field(2.0, gt=0, description="Passes over the preference pairs (paper: 3).")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 uses `epochs`.")
     batch_size: int = Field(16, ge=1, description="Pairs per device per step (paper: 4 x 8 GPUs).")

@@ -1,7 +1,12 @@
-"""The README's YAML reference, generated from the pydantic field descriptions (`python -m dpo_ref.docs`).
+"""The README's YAML reference, generated from the pydantic field descriptions.
+
+`python -m dpo_ref.docs` prints it; `python -m dpo_ref.docs README.md` rewrites the README's section in place.
 
 A test checks the README holds exactly this text, so the documentation cannot drift from the code.
 """
+
+import sys
+from pathlib import Path
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
@@ -40,5 +45,17 @@ def yaml_reference() -> str:
     return "\n".join(out)
 
 
+START, END = "<!-- yaml-reference:start -->\n", "<!-- yaml-reference:end -->"
+
+
+def update_readme(path: Path) -> None:
+    text = path.read_text()
+    head, rest = text.split(START, 1)
+    path.write_text(head + START + yaml_reference() + "\n" + END + rest.split(END, 1)[1])
+
+
 if __name__ == "__main__":
-    print(yaml_reference())
+    if len(sys.argv) > 1:
+        update_readme(Path(sys.argv[1]))
+    else:
+        print(yaml_reference())

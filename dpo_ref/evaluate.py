@@ -11,6 +11,7 @@ import torch
 
 from .config import EvalConfig
 from .data import prompt_ids as render_prompt
+from .lc import lc_win_rate
 from .reference import sequence_logps
 from .ui import progress
 
@@ -107,10 +108,15 @@ def mean_se(x) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
 
 
+def preferences(rewards: Sequence[float], baseline_rewards: Sequence[float]) -> np.ndarray:
+    """Per prompt: 1 if the policy's response beats the baseline's, 0.5 for a tie, 0 otherwise."""
+    r, b = np.asarray(rewards), np.asarray(baseline_rewards)
+    return np.where(r > b, 1.0, np.where(r == b, 0.5, 0.0))
+
+
 def win_rate(rewards: Sequence[float], baseline_rewards: Sequence[float]) -> tuple[float, float]:
     """Share of prompts where the policy's response beats the baseline's; ties count 0.5. Returns (mean, s.e.)."""
-    r, b = np.asarray(rewards), np.asarray(baseline_rewards)
-    return mean_se(np.where(r > b, 1.0, np.where(r == b, 0.5, 0.0)))
+    return mean_se(preferences(rewards, baseline_rewards))
 
 
 def kl_estimates(policy_logps, ref_logps) -> dict[str, float]:
@@ -134,12 +140,14 @@ class PromptSet:
 
     prompts: list
     baseline_rewards: list[float]
+    baseline_lengths: list[int]
 
 
 @dataclass
 class EvalResult:
     win_rate: float
     win_rate_se: float
+    lc_win_rate: float  # length-controlled (AlpacaEval 2's GLM, see lc.py)
     val_win_rate: float  # on the validation prompts: what best-beta selection may look at (never the test prompts)
     reward: float
     length: float
@@ -203,6 +211,7 @@ def evaluate_policy(
     result = EvalResult(
         win_rate=wr,
         win_rate_se=wr_se,
+        lc_win_rate=lc_win_rate(preferences(rewards, test.baseline_rewards), gens.lengths, test.baseline_lengths),
         val_win_rate=val_wr,
         reward=float(np.mean(rewards)),
         length=float(np.mean(gens.lengths)),

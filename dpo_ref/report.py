@@ -20,6 +20,7 @@ COLUMNS = [
     "status",
     "win_rate",
     "win_rate_se",
+    "lc_win_rate",
     "val_win_rate",
     "reward",
     "length",
@@ -40,6 +41,7 @@ SHOWN = [
     "beta",
     "status",
     "win_rate",
+    "lc_win_rate",
     "reward",
     "length",
     "eos_rate",
@@ -118,7 +120,17 @@ def rich_table(rows: list[dict], columns: list[str], title: str) -> Table:
     return table
 
 
-AGGREGATED = ["win_rate", "val_win_rate", "reward", "length", "eos_rate", "kl", "rank_acc_reward", "rank_acc_policy"]
+AGGREGATED = [
+    "win_rate",
+    "lc_win_rate",
+    "val_win_rate",
+    "reward",
+    "length",
+    "eos_rate",
+    "kl",
+    "rank_acc_reward",
+    "rank_acc_policy",
+]
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -220,7 +232,17 @@ def beta_grid_table(rows: list[dict], metric: str = "win_rate") -> str:
     return "\n".join(lines) + "\n"
 
 
-BEST_COLUMNS = ["method", "best_beta", "win_rate", "rank_acc_policy", "length", "kl", "val_win_rate", "seeds"]
+BEST_COLUMNS = [
+    "method",
+    "best_beta",
+    "win_rate",
+    "lc_win_rate",
+    "rank_acc_policy",
+    "length",
+    "kl",
+    "val_win_rate",
+    "seeds",
+]
 BEST_RULE = (
     "best beta = the highest mean win rate on the validation prompts (the validation pairs' prompts, judged like the "
     "test prompts); the held-out test prompts never take part in the choice"

@@ -182,13 +182,13 @@ class Context:
         meta_path = self.exp_dir / "baseline" / f"{name}.meta.json"
         if meta_path.is_file() and read_json(meta_path).get("key") == key:
             rows = [json.loads(line) for line in path.read_text().splitlines()]
-            return PromptSet(prompts, [r["gold_reward"] for r in rows])
+            return PromptSet(prompts, [r["gold_reward"] for r in rows], [r["length"] for r in rows])
         model = load_model(self.policy, bf16=use_bf16(exp.train.precision))
         gens = generate(model, self.tokenizer, prompts, exp.eval, exp.eval.baseline_seed, desc=f"sampling SFT ({name})")
         rewards = [self.world.gold_reward(p, r, e) for p, r, e in zip(gens.prompts, gens.responses, gens.ended)]
         write_generations(path, gens, rewards)
         atomic_write_json(meta_path, {"key": key, "policy": exp.policy, "seed": exp.eval.baseline_seed})
-        return PromptSet(prompts, rewards)
+        return PromptSet(prompts, rewards, gens.lengths)
 
     def reference_columns(self, run: RunSpec) -> dict | None:
         """Cached reference scores this run's objective reads, scoring them now if no cache entry exists."""

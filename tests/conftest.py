@@ -25,3 +25,27 @@ def _seeded(cache_dir):
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+# A world small enough for end-to-end tests: builds in seconds, trains in a few steps.
+TINY_WORLD = ["world.n_train_pairs=48", "world.n_val_pairs=24", "world.n_eval_prompts=24", "world.sft_steps=60"]
+
+
+@pytest.fixture(scope="session")
+def run_study(cache_dir):
+    """Run `dporef <study> --out OUT --set ...` on the tiny world; return (results.json, CliRunner result)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from dpo_ref.cli import app
+
+    def run(study: str, out, *sets: str, experiment: str):
+        args = [study, "--out", str(out)]
+        for s in TINY_WORLD + list(sets):
+            args += ["--set", s]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        return json.loads((out / experiment / "results.json").read_text()), result
+
+    return run

@@ -1,44 +1,30 @@
 """`dporef compare-objectives` on a tiny world: reference passes only where needed, the best-beta table, p_LM(y)."""
 
-import json
-
-from typer.testing import CliRunner
-
-from dpo_ref.cli import app
 from dpo_ref.data import render
 from dpo_ref.world import WorldConfig, build_world
 
-TINY = [
-    "world.n_train_pairs=48",
-    "world.n_val_pairs=24",
-    "world.n_eval_prompts=24",
-    "world.sft_steps=60",
-    "train.max_steps=4",
-    "eval.max_new_tokens=20",
-]
+SHORT = ["train.max_steps=4", "eval.max_new_tokens=20"]
+EXPERIMENT = "rq2_compare_objectives"
 
 
-def compare(out, *sets):
-    args = ["compare-objectives", "--out", str(out)]
-    for s in TINY + list(sets):
-        args += ["--set", s]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return json.loads((out / "rq2_compare_objectives" / "results.json").read_text()), result
-
-
-def test_reference_free_objectives_score_nothing(tmp_path, cache_dir):
-    summary, _ = compare(tmp_path, "objectives=[{name: posterior, betas: [10]}, {name: simpo, betas: [2.0]}]")
+def test_reference_free_objectives_score_nothing(tmp_path, run_study):
+    summary, _ = run_study(
+        "compare-objectives",
+        tmp_path,
+        *SHORT,
+        "objectives=[{name: posterior, betas: [10]}, {name: simpo, betas: [2.0]}]",
+        experiment=EXPERIMENT,
+    )
     assert summary["reference_scoring"] == {"computed": 0, "from_cache": 0}
     assert [r["run_id"] for r in summary["rows"]] == ["sft", "posterior-b10-s0", "simpo-b2-s0"]
     assert all(r["status"] == "done" for r in summary["rows"])
 
 
-def test_each_objective_reads_its_own_reference_and_best_table(tmp_path, cache_dir):
+def test_each_objective_reads_its_own_reference_and_best_table(tmp_path, run_study):
     objectives = (
         "objectives=[{name: dpo, betas: [0.1, 0.01]}, {name: likelihood, betas: [0.1]}, {name: posterior, betas: [10]}]"
     )
-    summary, result = compare(tmp_path, objectives)
+    summary, result = run_study("compare-objectives", tmp_path, *SHORT, objectives, experiment=EXPERIMENT)
     # dpo reads p_ref(y|x), likelihood p_LM(y): two distinct passes (or cache hits), none for posterior
     assert summary["reference_scoring"]["computed"] + summary["reference_scoring"]["from_cache"] == 2
     best = summary["best"]

@@ -2,16 +2,15 @@
 
 from pathlib import Path
 
-from dpo_ref.docs import yaml_reference
+from dpo_ref.docs import END, START, yaml_reference
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_readme_yaml_reference_is_current():
     text = README.read_text()
-    start, end = "<!-- yaml-reference:start -->\n", "<!-- yaml-reference:end -->"
-    current = text[text.index(start) + len(start) : text.index(end)]
-    assert current.strip() == yaml_reference().strip(), "README is stale: regenerate it with `python -m dpo_ref.docs`"
+    current = text[text.index(START) + len(START) : text.index(END)]
+    assert current.strip() == yaml_reference().strip(), "README is stale: run `python -m dpo_ref.docs README.md`"
 
 
 def test_every_config_field_is_documented():
