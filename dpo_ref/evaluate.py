@@ -103,6 +103,31 @@ def generate(
     return Generations(list(prompts), encoded, completions, responses, ended, lengths)
 
 
+DEGENERATE_SHARE = 0.5  # a run is degenerate when more than this share of its responses is broken
+
+
+def degeneration(gens: Generations) -> str | None:
+    """Why a policy's outputs count as degenerate (PAPER.md marks such runs), or None. A response is broken when it
+    hit the length limit without EOS, or loops: one token 8+ times in a row, or a 4-gram repeated 4+ times. The run is
+    degenerate when more than DEGENERATE_SHARE of its responses are broken; its numbers are still reported."""
+
+    def loops(tokens: list[int]) -> bool:
+        run = 1
+        for a, b in zip(tokens, tokens[1:]):
+            run = run + 1 if a == b else 1
+            if run >= 8:
+                return True
+        grams = [tuple(tokens[i : i + 4]) for i in range(len(tokens) - 3)]
+        return any(grams.count(g) >= 4 for g in set(grams))
+
+    unended = float(np.mean([not e for e in gens.ended]))
+    looping = float(np.mean([loops(c) for c in gens.completion_ids]))
+    broken = float(np.mean([not e or loops(c) for e, c in zip(gens.ended, gens.completion_ids)]))
+    if broken > DEGENERATE_SHARE:
+        return f"{broken:.0%} of responses broken ({unended:.0%} without EOS, {looping:.0%} looping)"
+    return None
+
+
 def mean_se(x) -> tuple[float, float]:
     x = np.asarray(x, dtype=np.float64)
     return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
@@ -158,6 +183,7 @@ class EvalResult:
     kl_k3_se: float
     rank_acc_reward: float
     rank_acc_policy: float
+    degenerate: str | None  # the reason, when `degeneration` fires
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -219,5 +245,6 @@ def evaluate_policy(
         **kl,
         rank_acc_reward=ranking_accuracy(chosen_r, rejected_r),
         rank_acc_policy=ranking_accuracy(chosen, rejected),
+        degenerate=degeneration(gens),
     )
     return result, gens

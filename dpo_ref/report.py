@@ -115,7 +115,7 @@ def rich_table(rows: list[dict], columns: list[str], title: str) -> Table:
     for c in columns:
         table.add_column(c, justify="left" if c in ("run_id", "status", "method") else "right")
     for r in rows:
-        style = None if r.get("status", "done") == "done" else "dim"
+        style = {"done": None, "degenerate": "yellow"}.get(r.get("status", "done"), "dim")
         table.add_row(*[_fmt(r[c], "beta" if c == "best_beta" else c) for c in columns], style=style)
     return table
 
@@ -138,11 +138,12 @@ def aggregate(rows: list[dict]) -> list[dict]:
     The s.d. over seeds is the noise a difference between betas has to beat."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r["status"] == "done":
+        if r["status"] in ("done", "degenerate"):  # degenerate runs keep their numbers, marked as such
             groups.setdefault((r["objective"], r["reference"], r["beta"]), []).append(r)
     out = []
     for (objective, reference, beta), grp in groups.items():
-        row = {"objective": objective, "reference": reference, "beta": beta, "seeds": len(grp)}
+        status = "degenerate" if any(r["status"] == "degenerate" for r in grp) else "done"
+        row = {"objective": objective, "reference": reference, "beta": beta, "seeds": len(grp), "status": status}
         for key in AGGREGATED:
             values = [r[key] for r in grp]
             mean = sum(values) / len(values)
@@ -177,6 +178,9 @@ def plot_beta(rows: list[dict], path: Path, title: str) -> None:
             grp = sorted(grp, key=lambda r: r["beta"])
             errors = [r[f"{key}_sd"] or 0.0 for r in grp]
             ax.errorbar([r["beta"] for r in grp], [r[key] for r in grp], yerr=errors, marker="o", capsize=3, label=name)
+            bad = [r for r in grp if r["status"] == "degenerate"]
+            marked = "degenerate" if bad and key == "win_rate" else None
+            ax.scatter([r["beta"] for r in bad], [r[key] for r in bad], marker="x", s=90, color="red", label=marked)
         if sft is not None and key != "kl":
             ax.axhline(sft[key], color="gray", linestyle="--", label="SFT")
         ax.set_xscale("log")
@@ -224,10 +228,18 @@ def beta_grid_table(rows: list[dict], metric: str = "win_rate") -> str:
     betas = sorted({r["beta"] for r in agg}, reverse=True)
     labels = list(dict.fromkeys(_label(r) for r in agg))
     cell = {(_label(r), r["beta"]): r for r in agg}
-    lines = [f"\n{metric} by beta (mean over seeds):\n", "| | " + " | ".join(f"{b:g}" for b in betas) + " |"]
+    lines = [
+        f"\n{metric} by beta (mean over seeds; * = degenerate):\n",
+        "| | " + " | ".join(f"{b:g}" for b in betas) + " |",
+    ]
     lines.append("|---|" + "---|" * len(betas))
     for label in labels:
-        values = [_fmt(cell[(label, b)][metric], metric) if (label, b) in cell else "" for b in betas]
+        values = [
+            _fmt(cell[(label, b)][metric], metric) + ("*" if cell[(label, b)]["status"] == "degenerate" else "")
+            if (label, b) in cell
+            else ""
+            for b in betas
+        ]
         lines.append(f"| {label} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
@@ -264,6 +276,8 @@ def best_per_method(rows: list[dict], similarity: dict | None = None) -> list[di
     best: dict[str, dict] = {}
     for r in aggregate(rows):
         label = "SFT" if r["objective"] == "sft" else _label(r)
+        if r["status"] == "degenerate":  # as in the paper, a degenerate run is never a method's best
+            continue
         if label not in best or r["val_win_rate"] > best[label]["val_win_rate"]:
             best[label] = r
     out = []

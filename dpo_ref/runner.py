@@ -73,6 +73,9 @@ def check_study(exp: Experiment, study: str, source: str) -> None:
         raise UserError(f"{source}: references", f"{study} takes exactly one reference, got {len(exp.references)}")
 
 
+FINISHED = ("done", "degenerate", "diverged")  # statuses a rerun skips; their numbers are reported as they are
+
+
 def run_hash(exp: Experiment, run: RunSpec) -> str:
     """Hash of everything that determines a run's result; a finished run with another hash is run again."""
     ref = next((r.model for r in exp.references if r.name == run.reference), None)
@@ -97,7 +100,7 @@ def is_done(exp_dir: Path, exp: Experiment, run: RunSpec) -> bool:
         meta = yaml.safe_load((run_dir / "run.yaml").read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return False
-    return status.get("status") in ("done", "diverged") and meta.get("config_hash") == run_hash(exp, run)
+    return status.get("status") in FINISHED and meta.get("config_hash") == run_hash(exp, run)
 
 
 def estimated_steps(exp: Experiment, n_pairs: int) -> int:
@@ -336,7 +339,10 @@ def execute(ctx: Context, run: RunSpec) -> None:
     write_generations(run_dir / "generations.jsonl", gens, rewards)
     metrics.update(eval=result.as_dict(), eval_seconds=time.time() - t0)
     atomic_write_json(run_dir / "metrics.json", metrics)
-    atomic_write_json(run_dir / "status.json", {"status": "done", "finished": time.time()})
+    status = {"status": "degenerate", "reason": result.degenerate} if result.degenerate else {"status": "done"}
+    atomic_write_json(run_dir / "status.json", {**status, "finished": time.time()})
+    if result.degenerate:
+        console.print(f"[yellow]degenerate[/]: {run.run_id}: {result.degenerate}")
 
 
 def report(exp_dir: Path, exp: Experiment, study: str, extra: dict | None = None) -> None:
