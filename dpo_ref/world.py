@@ -6,10 +6,30 @@ like a real SFT model, it is imperfect and its samples vary in length and qualit
 samples of that policy per prompt, labelled by r* with Bradley-Terry noise (as GPT-4 labels UltraFeedback), and
 held-out prompts play AlpacaEval. Everything is deterministic from `WorldConfig.seed` and built once:
 
-    <cache>/world/<hash>/meta.json          config, counts, statistics, timings
-                         models/sft/        model + tokenizer (AutoModelForCausalLM / AutoTokenizer)
-                         preference/        datasets.DatasetDict: train, validation
-                         eval_prompts.json  held-out prompts
+    <cache>/world/<hash>/meta.json                config, counts, per-model statistics, timings
+                         models/sft/              the SFT policy and default reference
+                         models/strong-same/      a stronger reference of the same family
+                         models/strong-other/     a stronger reference of another family
+                         preference/              datasets.DatasetDict: train, validation
+                         eval_prompts.json        held-out prompts
+
+Each model directory holds model + tokenizer (chat template included) for AutoModelForCausalLM / AutoTokenizer.
+
+The two stronger references (RQ3, `swap-reference`) learn from one stream of cleaner demonstrations (by default
+93% correct, against sft's 40%: 3% stopped early, 1% rambling, 3% one letter wrong) on prompts of their own:
+- strong-same, the same family: sft's tokenizer, chat template, architecture and size. It is the sft checkpoint
+  trained further with sft's recipe: `strong_sft_steps` more SFT steps (at the lower `strong_learning_rate`, as
+  one fine-tunes a trained model) on the cleaner demonstrations. Stronger through more steps and cleaner data.
+- strong-other, another family: its own tokenizer, a BPE trained on the world's text whose merges (`aa`, `ff`,
+  `copy`, `sort`, ...) make tokens that do not line up with characters, with its own special tokens and chat
+  template (`<|user|>rev abc<|assistant|>cba<|end|>`, EOS `<|end|>`); another architecture, a tiny Mistral
+  (grouped-query attention, 2 key/value heads for 4 query heads). Trained from scratch, `other_sft_steps` steps on
+  the cleaner demonstrations (sft's batch size and learning rate). Stronger through the cleaner data; it needs
+  twice sft's steps to get there, as multi-character tokens make the tasks harder to learn (a vocabulary of a few
+  hundred, or GPT-2's learned positions, need over 1000 steps to reach sft's level: too slow for the default).
+meta.json records per model (`model_stats`) its size, greedy exact match and mean gold reward of greedy and T=1
+responses on the held-out prompts, and the win rate of its T=1 samples against T=1 samples of sft (gold reward,
+ties 0.5): how much stronger each reference is, measured rather than assumed.
 """
 
 from __future__ import annotations
@@ -85,9 +105,9 @@ class WorldConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = Field(0, description="Seed of every random choice: prompts, demonstrations, init, samples, labels.")
-    n_train_pairs: int = Field(1024, ge=1, description="Preference pairs in the train split.")
+    n_train_pairs: int = Field(4096, ge=1, description="Preference pairs in the train split.")
     n_val_pairs: int = Field(256, ge=1, description="Preference pairs in the validation split.")
-    n_eval_prompts: int = Field(256, ge=1, description="Held-out evaluation prompts (the world's AlpacaEval).")
+    n_eval_prompts: int = Field(512, ge=1, description="Held-out evaluation prompts (the world's AlpacaEval).")
     label_temperature: float = Field(
         0.1, gt=0, description="Bradley-Terry label noise: P(a chosen over b) = sigmoid((r*(a) - r*(b)) / this)."
     )
@@ -107,7 +127,7 @@ class WorldConfig(BaseModel):
     sft_learning_rate: float = Field(3e-3, gt=0, le=1, description="Peak SFT learning rate (cosine, 5% warmup).")
     sample_temperature: float = Field(1.0, gt=0, description="Temperature of the SFT samples that form pairs.")
     strong_demo_truncate: float = Field(
-        0.03, ge=0, le=1, description="Demonstrations of the strong references that stop 1-3 letters early."
+        0.03, ge=0, le=1, description="Demonstrations of the strong references (strong-*) that stop 1-3 letters early."
     )
     strong_demo_ramble: float = Field(
         0.01, ge=0, le=1, description="Demonstrations of the strong references that add 1-4 letters at the end."
@@ -116,17 +136,31 @@ class WorldConfig(BaseModel):
         0.03, ge=0, le=1, description="Demonstrations of the strong references with one letter wrong."
     )
     strong_sft_steps: int = Field(
-        300, ge=1, description="SFT steps of each strong reference (batch size and learning rate as for `sft`)."
+        80,
+        ge=1,
+        description="SFT steps that train a copy of sft further into strong-same, on the strong demonstrations.",
+    )
+    strong_learning_rate: float = Field(
+        1e-3, gt=0, le=1, description="Peak learning rate of strong-same's further SFT (cosine, 5% warmup)."
+    )
+    other_sft_steps: int = Field(
+        600, ge=1, description="SFT steps of strong-other (from scratch) on the strong demonstrations."
     )
     other_vocab_size: int = Field(
-        256, ge=64, le=4096, description="Vocabulary of strong-other's BPE tokenizer, special tokens included."
+        61,
+        ge=48,
+        le=4096,
+        description="Vocabulary of strong-other's BPE tokenizer, special tokens and 38 single characters included.",
     )
     other_hidden_size: int = Field(
-        64, ge=8, le=1024, description="Width of strong-other's GPT-2 (n_embd, a multiple of other_num_heads)."
+        64, ge=8, le=1024, description="Width of strong-other's Mistral (a multiple of other_num_heads)."
     )
-    other_num_layers: int = Field(2, ge=1, le=12, description="Transformer layers of strong-other's GPT-2.")
-    other_num_heads: int = Field(4, ge=1, le=16, description="Attention heads of strong-other's GPT-2.")
-    other_intermediate_size: int = Field(256, ge=8, le=4096, description="MLP width of strong-other's GPT-2.")
+    other_num_layers: int = Field(2, ge=1, le=12, description="Transformer layers of strong-other's Mistral.")
+    other_num_heads: int = Field(4, ge=1, le=16, description="Attention (query) heads of strong-other's Mistral.")
+    other_num_kv_heads: int = Field(
+        2, ge=1, le=16, description="Key/value heads of strong-other's Mistral (grouped-query attention)."
+    )
+    other_intermediate_size: int = Field(256, ge=8, le=4096, description="MLP width of strong-other's Mistral.")
 
     @model_validator(mode="after")
     def _consistent(self) -> WorldConfig:
@@ -139,6 +173,11 @@ class WorldConfig(BaseModel):
             width, heads = getattr(self, f"{prefix}hidden_size"), getattr(self, f"{prefix}num_heads")
             if width % heads:
                 raise ValueError(f"{prefix}hidden_size ({width}) is not a multiple of {prefix}num_heads ({heads})")
+        if self.other_num_heads % self.other_num_kv_heads:
+            raise ValueError(
+                f"other_num_heads ({self.other_num_heads}) is not a multiple of other_num_kv_heads "
+                f"({self.other_num_kv_heads})"
+            )
         return self
 
     @property
@@ -162,11 +201,18 @@ class WorldConfig(BaseModel):
 
 @dataclass(frozen=True)
 class World:
-    """A built world: its paths and cheap loaders (nothing is read until asked for)."""
+    """A built world: its paths and cheap loaders (nothing is read until asked for).
+
+    `models` maps each name of MODEL_NAMES to its directory: "sft" (the SFT policy and default reference),
+    "strong-same" (sft trained further on cleaner demonstrations: same tokenizer, architecture and size) and
+    "strong-other" (another family: its own BPE tokenizer and chat template, a Mistral architecture, trained from
+    scratch on the cleaner demonstrations). See the module docstring, and `meta()["model_stats"]` for how strong
+    each one is.
+    """
 
     root: Path
     config: WorldConfig
-    models: dict[str, Path]  # name -> model dir; "sft" now, "strong-same" / "strong-other" slot in later
+    models: dict[str, Path]  # name -> model dir, for every name in MODEL_NAMES
 
     @classmethod
     def load(cls, root: Path) -> World:
@@ -175,11 +221,18 @@ class World:
         models = {name: Path(root) / rel for name, rel in meta["models"].items()}
         return cls(root=Path(root), config=WorldConfig(**meta["config"]), models=models)
 
-    def tokenizer(self) -> PreTrainedTokenizerFast:
-        """The character-level tokenizer with the world's chat template (shared by every world model)."""
+    def tokenizer(self, name: str = "sft") -> PreTrainedTokenizerFast:
+        """The tokenizer of model `name`: for sft and strong-same the character-level one with the world's chat
+        template, for strong-other its own BPE tokenizer and template."""
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(self.models["sft"])
+        return AutoTokenizer.from_pretrained(self.models[name])
+
+    def model(self, name: str = "sft"):
+        """Model `name` (an AutoModelForCausalLM in eval mode, on the CPU)."""
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(self.models[name]).eval()
 
     def preference_data(self) -> datasets.DatasetDict:
         """Splits train/validation; columns prompt, chosen, rejected (responses without EOS), chosen_reward,
@@ -378,36 +431,58 @@ def _other_max_length(cfg: WorldConfig) -> int:
 
 
 def _init_other_model(cfg: WorldConfig, tokenizer):
-    """strong-other's architecture: a tiny GPT-2 (learned absolute positions, LayerNorm, GELU MLP, no dropout),
-    whose config and generation config agree with its tokenizer on pad/eos; there is no BOS."""
-    from transformers import GPT2Config, GPT2LMHeadModel, set_seed
+    """strong-other's architecture: a tiny Mistral (grouped-query attention, sliding-window attention that is
+    inactive at these lengths, its own head and width settings), whose config and generation config agree with
+    its tokenizer on pad/eos; there is no BOS."""
+    from transformers import MistralConfig, MistralForCausalLM, set_seed
 
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    config = GPT2Config(
+    config = MistralConfig(
         vocab_size=len(tokenizer),
-        n_positions=_other_max_length(cfg),
-        n_embd=cfg.other_hidden_size,
-        n_layer=cfg.other_num_layers,
-        n_head=cfg.other_num_heads,
-        n_inner=cfg.other_intermediate_size,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+        hidden_size=cfg.other_hidden_size,
+        num_hidden_layers=cfg.other_num_layers,
+        num_attention_heads=cfg.other_num_heads,
+        num_key_value_heads=cfg.other_num_kv_heads,
+        head_dim=cfg.other_hidden_size // cfg.other_num_heads,
+        intermediate_size=cfg.other_intermediate_size,
+        max_position_embeddings=_other_max_length(cfg),
+        rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
         tie_word_embeddings=True,
         pad_token_id=pad,
         eos_token_id=eos,
         bos_token_id=None,
     )
     set_seed(cfg.seed)
-    model = GPT2LMHeadModel(config)
+    model = MistralForCausalLM(config)
     gen = model.generation_config
     gen.pad_token_id, gen.eos_token_id, gen.bos_token_id = pad, eos, None
     return model
 
 
-def _sft(model, tokenizer, prompts: list[str], demos: list[str], cfg: WorldConfig, max_length: int | None = None):
+def _demonstration_tokens(tokenizer, prompts: list[str], demos: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+    """(input ids, labels) of demonstrations rendered through the chat template in one batched call; the labels
+    mask the prompt with -100, so the loss is on the completion (answer + EOS) only."""
+    prompt_ids = _render(tokenizer, [[_user(p)] for p in prompts], add_generation_prompt=True)
+    full_ids = _render(tokenizer, [[_user(p), _assistant(d)] for p, d in zip(prompts, demos, strict=True)])
+    labels = []
+    for p, f in zip(prompt_ids, full_ids, strict=True):
+        assert f[: len(p)] == p, "chat template: the prompt is not a prefix of prompt + answer"
+        labels.append([-100] * len(p) + f[len(p) :])
+    return full_ids, labels
+
+
+def _sft(
+    model,
+    tokenizer,
+    prompts: list[str],
+    demos: list[str],
+    cfg: WorldConfig,
+    max_length: int | None = None,
+    learning_rate: float | None = None,
+):
     """SFT through TRL's SFTTrainer, with the loss on the completion (answer + EOS) only: one pass over the
-    demonstrations in batches of `cfg.sft_batch_size` (so len(demos) // batch size steps).
+    demonstrations in batches of `cfg.sft_batch_size` (so len(demos) // batch size steps), peak learning rate
+    `learning_rate` (default cfg.sft_learning_rate) and sequences up to `max_length` (default cfg.max_length).
 
     The pairs are tokenized here through the chat template in one batched call (TRL's per-example preparation
     takes longer than the training) and handed over with `skip_prepare_dataset`. The build runs on the CPU on
@@ -418,19 +493,14 @@ def _sft(model, tokenizer, prompts: list[str], demos: list[str], cfg: WorldConfi
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    prompt_ids = _render(tokenizer, [[_user(p)] for p in prompts], add_generation_prompt=True)
-    full_ids = _render(tokenizer, [[_user(p), _assistant(d)] for p, d in zip(prompts, demos, strict=True)])
-    labels = []
-    for p, f in zip(prompt_ids, full_ids, strict=True):
-        assert f[: len(p)] == p, "chat template: the prompt is not a prefix of prompt + answer"
-        labels.append([-100] * len(p) + f[len(p) :])
+    full_ids, labels = _demonstration_tokens(tokenizer, prompts, demos)
     data = Dataset.from_dict({"input_ids": full_ids, "labels": labels})
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(
             output_dir=out,  # receives nothing (save_strategy="no"); the caller saves the model
             max_steps=len(demos) // cfg.sft_batch_size,  # one pass over the demonstrations
             per_device_train_batch_size=cfg.sft_batch_size,
-            learning_rate=cfg.sft_learning_rate,
+            learning_rate=learning_rate or cfg.sft_learning_rate,
             lr_scheduler_type="cosine",
             warmup_steps=max(1, len(demos) // cfg.sft_batch_size // 20),  # 5% warmup
             weight_decay=0.0,
@@ -621,6 +691,7 @@ def _build(cfg: WorldConfig, root: Path) -> None:
     import torch
     import transformers
     import trl
+    from transformers import AutoModelForCausalLM
 
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -652,24 +723,33 @@ def _build(cfg: WorldConfig, root: Path) -> None:
     seconds["pairs"] = time.perf_counter() - t
 
     # The strong references (RQ3), built after the pairs so that everything above is as it was before they
-    # existed: cleaner demonstrations on prompts of their own, one set for both, each rendered by its own template.
+    # existed. One stream of cleaner demonstrations on prompts of their own: strong-same (a copy of sft trained
+    # further) takes its first strong_sft_steps batches, strong-other (from scratch) its first other_sft_steps.
     t = time.perf_counter()
     strong_rng = random.Random(f"{cfg.seed}-strong")
-    strong_prompts = _prompts(strong_rng, cfg.strong_sft_steps * cfg.sft_batch_size, cfg, seen)
+    n_strong = max(cfg.strong_sft_steps, cfg.other_sft_steps) * cfg.sft_batch_size
+    strong_prompts = _prompts(strong_rng, n_strong, cfg, seen)
     strong_mix = (cfg.strong_demo_truncate, cfg.strong_demo_ramble, cfg.strong_demo_substitute)
     strong_demos = [_demonstration(p, strong_rng, *strong_mix) for p in strong_prompts]
-    strong_same = _sft(_init_model(cfg, tokenizer), tokenizer, strong_prompts, strong_demos, cfg)
+    n_same = cfg.strong_sft_steps * cfg.sft_batch_size
+    # from the saved checkpoint, not a deepcopy: the trainer leaves sft's forward wrapped in a closure that a
+    # deepcopy would share, so the copy would still compute with sft's weights
+    sft_copy = AutoModelForCausalLM.from_pretrained(root / "models" / "sft")
+    strong_same = _sft(
+        sft_copy, tokenizer, strong_prompts[:n_same], strong_demos[:n_same], cfg, None, cfg.strong_learning_rate
+    )
     _save(strong_same, tokenizer, root / "models" / "strong-same")
     seconds["strong-same"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    n_other = cfg.other_sft_steps * cfg.sft_batch_size
     other_tokenizer = make_other_tokenizer(
-        (text for pair in zip(strong_prompts, strong_demos, strict=True) for text in pair),
+        (text for pair in zip(strong_prompts[:n_other], strong_demos[:n_other], strict=True) for text in pair),
         cfg.other_vocab_size,
         _other_max_length(cfg),
     )
     other = _init_other_model(cfg, other_tokenizer)
-    other = _sft(other, other_tokenizer, strong_prompts, strong_demos, cfg, _other_max_length(cfg))
+    other = _sft(other, other_tokenizer, strong_prompts[:n_other], strong_demos[:n_other], cfg, _other_max_length(cfg))
     _save(other, other_tokenizer, root / "models" / "strong-other")
     seconds["strong-other"] = time.perf_counter() - t
 
@@ -694,7 +774,7 @@ def _build(cfg: WorldConfig, root: Path) -> None:
             "validation_pairs": len(splits["validation"]),
             "eval_prompts": len(eval_prompts),
             "sft_demonstrations": len(demos),
-            "strong_demonstrations": len(strong_demos),
+            "strong_demonstrations": len(strong_demos),  # strong-same saw the first n_same, strong-other n_other
             "identical_pairs_dropped": sum(s["identical_dropped"] for s in split_stats.values()),
         },
         "vocab_size": len(tokenizer),

@@ -27,8 +27,23 @@ def _seeded(cache_dir):
     torch.manual_seed(0)
 
 
-# A world small enough for end-to-end tests: builds in seconds, trains in a few steps.
-TINY_WORLD = ["world.n_train_pairs=48", "world.n_val_pairs=24", "world.n_eval_prompts=24", "world.sft_steps=60"]
+# A world small enough for end-to-end tests: built once per session in seconds, trains in a few steps.
+TINY = {
+    "n_train_pairs": 48,
+    "n_val_pairs": 24,
+    "n_eval_prompts": 24,
+    "sft_steps": 60,
+    "strong_sft_steps": 20,
+    "other_sft_steps": 60,
+}
+TINY_WORLD = [f"world.{k}={v}" for k, v in TINY.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_world(cache_dir):
+    from dpo_ref.world import WorldConfig, build_world
+
+    return build_world(WorldConfig(**TINY))
 
 
 @pytest.fixture(scope="session")

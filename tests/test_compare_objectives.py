@@ -1,7 +1,6 @@
 """`dporef compare-objectives` on a tiny world: reference passes only where needed, the best-beta table, p_LM(y)."""
 
 from dpo_ref.data import render
-from dpo_ref.world import WorldConfig, build_world
 
 SHORT = ["train.max_steps=4", "eval.max_new_tokens=20"]
 EXPERIMENT = "rq2_compare_objectives"
@@ -39,8 +38,8 @@ def test_each_objective_reads_its_own_reference_and_best_table(tmp_path, run_stu
     assert "best beta per method" in result.stdout
 
 
-def test_unconditional_rendering_drops_the_prompt_but_keeps_the_framing(cache_dir):
-    tok = build_world(WorldConfig(n_train_pairs=48, n_val_pairs=24, n_eval_prompts=24, sft_steps=60)).tokenizer()
+def test_unconditional_rendering_drops_the_prompt_but_keeps_the_framing(tiny_world):
+    tok = tiny_world.tokenizer()
     prompt_ids, completion = render(tok, "rev abc", "cba")
     uncond_prompt, uncond_completion = render(tok, "rev abc", "cba", unconditional=True)
     assert uncond_completion == completion  # the same response tokens, EOS included

@@ -3,7 +3,6 @@
 from dpo_ref.config import EvalConfig
 from dpo_ref.evaluate import Generations, degeneration, generate
 from dpo_ref.models import load_model, load_tokenizer, resolve
-from dpo_ref.world import WorldConfig, build_world
 
 
 def gens(completions, ended):
@@ -22,9 +21,9 @@ def test_fires_on_loops_even_with_eos():
     assert reason is not None and "looping" in reason
 
 
-def test_quiet_on_healthy_outputs_and_on_the_sft_model(cache_dir):
+def test_quiet_on_healthy_outputs_and_on_the_sft_model(tiny_world):
     assert degeneration(gens([[5, 6, 2]] * 10, [True] * 10)) is None
-    world = build_world(WorldConfig(n_train_pairs=48, n_val_pairs=24, n_eval_prompts=24, sft_steps=60))
+    world = tiny_world
     ref = resolve("world:sft", world)
     samples = generate(load_model(ref), load_tokenizer(ref), world.eval_prompts(), EvalConfig(), seed=0)
     assert degeneration(samples) is None

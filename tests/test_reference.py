@@ -7,14 +7,11 @@ import torch
 from dpo_ref.data import pairs_fingerprint, render, tokenize_pairs
 from dpo_ref.models import load_model, load_tokenizer, resolve
 from dpo_ref.reference import ReferenceEngine, sequence_logps
-from dpo_ref.world import WorldConfig, build_world
-
-TINY = WorldConfig(n_train_pairs=48, n_val_pairs=24, n_eval_prompts=24, sft_steps=60)
 
 
 @pytest.fixture(scope="module")
-def world(cache_dir):
-    return build_world(TINY)
+def world(tiny_world):
+    return tiny_world
 
 
 def direct_logp(model, prompt_ids, completion_ids) -> float:

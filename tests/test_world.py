@@ -11,11 +11,28 @@ from dpo_ref import world as W
 from dpo_ref.store import file_hash
 from dpo_ref.world import World, WorldConfig, build_world, gold_reward
 
-# Builds in ~17 s on 2 cores, yet trained enough (250 steps of 48 demonstrations; the default is 300 of 64) for
-# the SFT policy to be imperfect but well above chance (greedy exact match ~0.4).
-SMALL = WorldConfig(n_train_pairs=48, n_val_pairs=16, n_eval_prompts=128, sft_steps=250, sft_batch_size=48)
+# Builds in ~20 s on 2 cores, yet trained enough (250 steps of 48 demonstrations; the default is 300 of 64) for
+# the SFT policy to be imperfect but well above chance (greedy exact match ~0.4). The strong references get a few
+# steps only (tests/test_world_references.py checks them on a world of their own).
+SMALL = WorldConfig(
+    n_train_pairs=48,
+    n_val_pairs=16,
+    n_eval_prompts=128,
+    sft_steps=250,
+    sft_batch_size=48,
+    strong_sft_steps=10,
+    other_sft_steps=10,
+)
 # Untrained but complete: for properties of the build itself (determinism, RNG isolation).
-TINY = WorldConfig(n_train_pairs=8, n_val_pairs=4, n_eval_prompts=4, sft_steps=3, sft_batch_size=8)
+TINY = WorldConfig(
+    n_train_pairs=8,
+    n_val_pairs=4,
+    n_eval_prompts=4,
+    sft_steps=3,
+    sft_batch_size=8,
+    strong_sft_steps=2,
+    other_sft_steps=3,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +123,8 @@ def test_tokenizer_round_trips_through_save_pretrained(tmp_path):
 def test_world_layout(world):
     from transformers import AutoModelForCausalLM
 
-    assert world.models == {"sft": world.root / "models" / "sft"}
+    assert world.models == {name: world.root / "models" / name for name in W.MODEL_NAMES}
+    assert set(W.MODEL_NAMES) == {"sft", "strong-same", "strong-other"}
     model = AutoModelForCausalLM.from_pretrained(world.models["sft"])
     tok = world.tokenizer()
     assert model.config.eos_token_id == model.generation_config.eos_token_id == tok.eos_token_id
@@ -180,7 +198,9 @@ def test_same_seed_same_world_and_caller_rng_untouched(tmp_path):
     for split in ("train", "validation"):
         assert a.preference_data()[split].to_dict() == b.preference_data()[split].to_dict()
     assert a.eval_prompts() == b.eval_prompts()
-    assert file_hash(a.models["sft"]) == file_hash(b.models["sft"])
+    for name in W.MODEL_NAMES:
+        assert file_hash(a.models[name]) == file_hash(b.models[name]), name
+    assert a.meta()["model_stats"] == b.meta()["model_stats"]
 
 
 def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
@@ -203,4 +223,14 @@ def test_config_is_validated():
         WorldConfig(demo_truncate=0.6, demo_ramble=0.6)
     with pytest.raises(ValidationError):
         WorldConfig(min_letters=5, max_letters=4)
+    with pytest.raises(ValidationError, match="strong_demo_truncate"):
+        WorldConfig(strong_demo_truncate=0.5, strong_demo_substitute=0.6)
+    with pytest.raises(ValidationError, match="other_hidden_size"):
+        WorldConfig(other_hidden_size=66)
+    with pytest.raises(ValidationError, match="other_num_kv_heads"):
+        WorldConfig(other_num_heads=4, other_num_kv_heads=3)
+    with pytest.raises(ValidationError):
+        WorldConfig(other_vocab_size=40)  # fewer than the special tokens and single characters
+    with pytest.raises(ValidationError):
+        WorldConfig(other_sft_steps=0)
     assert all(f.description for f in WorldConfig.model_fields.values())
