@@ -200,7 +200,7 @@ def evaluate_policy(
     validation,
     cfg: EvalConfig,
     max_length: int,
-) -> tuple[EvalResult, Generations]:
+) -> tuple[EvalResult, Generations, list[float]]:
     """Score one policy on the held-out `test` prompts (and `val` prompts, for model selection). `ref_logps_of` gives
     the reference's log-probs of samples; `implicit_rewards(chosen, rejected, chosen_len, rejected_len)` the
     objective's rewards on validation pairs (with cached reference columns)."""
@@ -247,4 +247,4 @@ def evaluate_policy(
         rank_acc_policy=ranking_accuracy(chosen, rejected),
         degenerate=degeneration(gens),
     )
-    return result, gens
+    return result, gens, rewards

@@ -323,7 +323,7 @@ def execute(ctx: Context, run: RunSpec) -> None:
         )
 
     t0 = time.time()
-    result, gens = evaluate_policy(
+    result, gens, rewards = evaluate_policy(
         model,
         ctx.tokenizer,
         ctx.test,
@@ -335,7 +335,6 @@ def execute(ctx: Context, run: RunSpec) -> None:
         exp.eval,
         exp.train.max_length,
     )
-    rewards = [ctx.world.gold_reward(p, r, e) for p, r, e in zip(gens.prompts, gens.responses, gens.ended)]
     write_generations(run_dir / "generations.jsonl", gens, rewards)
     metrics.update(eval=result.as_dict(), eval_seconds=time.time() - t0)
     atomic_write_json(run_dir / "metrics.json", metrics)
