@@ -77,6 +77,13 @@ class TrainConfig(Strict):
         "auto", description="`auto`: on for GPU runs of models over 1B parameters, off otherwise."
     )
     logging_steps: int = Field(10, ge=1, description="Log training metrics every this many steps.")
+    eval_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Checkpoint choice: every N steps compute the objective's loss on the validation pairs and keep "
+        "the checkpoint where it is lowest (the paper: DPO loss, every 500 steps). Default (null): keep the final "
+        "policy.",
+    )
 
 
 class EvalConfig(Strict):

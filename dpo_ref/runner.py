@@ -274,12 +274,13 @@ def execute(ctx: Context, run: RunSpec) -> None:
     if run.objective != "sft":
         from .train import train_policy
 
-        train = ctx.with_reference("train", run)
+        train, validation = ctx.with_reference("train", run), ctx.with_reference("validation", run)
         t0 = time.time()
-        history = train_policy(model, ctx.tokenizer, train, exp.train, run, run_dir / "trainer")
+        history, best_step = train_policy(model, ctx.tokenizer, train, validation, exp.train, run, run_dir / "trainer")
         shutil.rmtree(run_dir / "trainer", ignore_errors=True)
         metrics.update(
             history=history,
+            checkpoint_step=best_step,  # None: the final policy
             train_seconds=time.time() - t0,
             steps=max((h.get("step", 0) for h in history), default=0),
             train_loss=next((h["train_loss"] for h in history if "train_loss" in h), None),

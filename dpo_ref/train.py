@@ -119,7 +119,21 @@ def dpo_config(cfg: TrainConfig, run: RunSpec, output_dir: Path, params: float) 
         precompute_ref_log_probs=True,  # => TRL keeps no reference model in memory
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
-        save_strategy="no",
+        **(
+            {  # checkpoint choice by validation loss; only the weights are saved, and only the best two kept
+                "eval_strategy": "steps",
+                "eval_steps": cfg.eval_steps,
+                "save_strategy": "steps",
+                "save_steps": cfg.eval_steps,
+                "save_only_model": True,
+                "save_total_limit": 2,
+                "load_best_model_at_end": True,
+                "metric_for_best_model": "eval_loss",
+                "greater_is_better": False,
+            }
+            if cfg.eval_steps
+            else {"save_strategy": "no"}
+        ),
         report_to=[],
         disable_tqdm=True,
         seed=run.seed,
@@ -133,16 +147,19 @@ def train_policy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     train: Dataset,
+    validation: Dataset,
     cfg: TrainConfig,
     run: RunSpec,
     output_dir: Path,
-) -> list[dict]:
-    """Train `model` in place on `train` (tokenized pairs with reference columns); return TRL's log history."""
+) -> tuple[list[dict], int | None]:
+    """Train `model` on `train` (tokenized pairs with reference columns). Returns TRL's log history and, with
+    `cfg.eval_steps`, the step of the checkpoint kept (lowest validation loss), whose weights are then in `model`."""
     params = sum(p.numel() for p in model.parameters())
     trainer = CachedReferenceDPOTrainer(
         model=model,
         args=dpo_config(cfg, run, output_dir, params),
         train_dataset=train,
+        eval_dataset=validation if cfg.eval_steps else None,
         processing_class=tokenizer,
         objective=run.objective,
         gamma=run.gamma,
@@ -150,8 +167,9 @@ def train_policy(
     )
     trainer.remove_callback(PrinterCallback)  # metrics go to metrics.json, progress to the rich bar
     trainer.train()
-    history = [h for h in trainer.state.log_history if "loss" in h or "train_loss" in h]
+    history = [h for h in trainer.state.log_history if "loss" in h or "train_loss" in h or "eval_loss" in h]
     for h in history:
         if any(isinstance(v, float) and not math.isfinite(v) for v in h.values()):
             raise FloatingPointError(f"non-finite training metric at step {h.get('step')}: {h}")
-    return history
+    best = trainer.state.best_model_checkpoint
+    return history, int(best.rsplit("-", 1)[1]) if best else None

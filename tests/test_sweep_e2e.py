@@ -95,3 +95,13 @@ def test_changed_config_reruns_affected_runs(first, sweep):
     rerun = sweep(out, "train.learning_rate=1e-3")
     # a training setting invalidates the trained runs, not the untrained SFT row
     assert rerun.stderr.count("already done: ") == 1 and "already done: sft" in rerun.stderr
+
+
+def test_checkpoint_choice_keeps_the_lowest_validation_loss(sweep, tmp_path):
+    sweep(tmp_path, "objectives.0.betas=[0.5]", "train.eval_steps=2", "train.learning_rate=3e-3")
+    run = tmp_path / "rq1_sweep_beta" / "dpo-sft-b0.5-s0"
+    metrics = json.loads((run / "metrics.json").read_text())
+    evals = {h["step"]: h["eval_loss"] for h in metrics["history"] if "eval_loss" in h}
+    assert sorted(evals) == [2, 4, 6]
+    assert metrics["checkpoint_step"] == min(evals, key=evals.get)
+    assert (run / "policy" / "config.json").is_file() and not (run / "trainer").exists()
