@@ -90,6 +90,29 @@ def swap_reference(
     _run("swap-reference", experiment, out, set_, dry_run)
 
 
+@app.command("analyze")
+def analyze(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A finished training run, e.g. runs/rq1_sweep_beta/dpo-sft-b0.01-s0.")
+    ],
+    min_count: Annotated[int, typer.Option(help="Only list vocabulary items seen at least this many times.")] = 100,
+    top: Annotated[int, typer.Option(help="How many most up- and down-weighted items to list.")] = 15,
+) -> None:
+    """Token-level log-ratios log p_theta/p_ref over the validation responses, averaged per vocabulary item:
+    histogram and table of the most moved tokens, EOS singled out (PAPER.md Fig. 1, 2)."""
+    from .analyze import analyze_run
+    from .ui import stdout
+
+    try:
+        _quiet_libraries()
+        summary = analyze_run(run_dir, min_count, top)
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    stdout.print((run_dir / "analysis" / "tokens.md").read_text(), markup=False)
+    stdout.print(f"{summary['items']} vocabulary items; files in {run_dir / 'analysis'}", markup=False)
+
+
 @app.command("report")
 def report(
     exp_dir: Annotated[Path, typer.Argument(help="An experiment's results directory, e.g. runs/rq1_sweep_beta.")],

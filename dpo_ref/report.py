@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .store import atomic_write_json, atomic_write_text, read_json
+from .store import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 COLUMNS = [
     "run_id",
@@ -193,10 +193,7 @@ def plot_beta(rows: list[dict], path: Path, title: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".png.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def seed_table(rows: list[dict]) -> str:
