@@ -76,8 +76,7 @@ def sweep_beta(
 def compare_objectives(
     experiment: ExperimentArg = None, out: OutOpt = Path("runs"), set_: SetOpt = None, dry_run: DryOpt = False
 ) -> None:
-    """RQ2: DPO vs posterior probability (no reference), likelihood (unconditional reference), SimPO, IPO; each
-    objective with its own beta grid, plus the best beta of each chosen on validation prompts."""
+    """RQ2: DPO vs posterior probability (no reference), likelihood (unconditional reference), SimPO, IPO, each over its own beta grid; best beta chosen on validation prompts."""  # noqa: E501
     _run("compare-objectives", experiment, out, set_, dry_run)
 
 
@@ -85,8 +84,7 @@ def compare_objectives(
 def swap_reference(
     experiment: ExperimentArg = None, out: OutOpt = Path("runs"), set_: SetOpt = None, dry_run: DryOpt = False
 ) -> None:
-    """RQ3: DPO against each listed reference (stronger, same or other family, other tokenizer) across beta, with
-    measures of how similar each reference is to the policy beside the outcome."""
+    """RQ3: DPO against each listed reference (stronger, same or other family, other tokenizer) across beta, with how similar each reference is beside the outcome."""  # noqa: E501
     _run("swap-reference", experiment, out, set_, dry_run)
 
 
@@ -98,8 +96,7 @@ def analyze(
     min_count: Annotated[int, typer.Option(help="Only list vocabulary items seen at least this many times.")] = 100,
     top: Annotated[int, typer.Option(help="How many most up- and down-weighted items to list.")] = 15,
 ) -> None:
-    """Token-level log-ratios log p_theta/p_ref over the validation responses, averaged per vocabulary item:
-    histogram and table of the most moved tokens, EOS singled out (PAPER.md Fig. 1, 2)."""
+    """Token-level log p_theta/p_ref over validation responses, averaged per vocabulary item: histogram and most moved tokens, EOS singled out."""  # noqa: E501
     from .analyze import analyze_run
     from .ui import stdout
 
