@@ -20,7 +20,8 @@ from .data import load_pairs, tokenize_pairs
 from .errors import UserError
 from .models import load_model, load_tokenizer, resolve
 from .reference import sequence_logps
-from .store import atomic_write_bytes, atomic_write_text
+from .report import pyplot, save_png
+from .store import atomic_write_text
 from .world import build_world
 
 
@@ -112,12 +113,7 @@ def write_analysis(out: Path, items: dict, tokenizer, min_count: int, top: int, 
 
 
 def _histogram(path: Path, values: list[float], eos: dict | None, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = pyplot().subplots(figsize=(6, 3.6))
     ax.hist(values, bins=40, log=True, color="tab:blue")
     if eos is not None:
         ax.axvline(eos["mean_log_ratio"], color="red", linestyle="--", label="EOS")
@@ -125,8 +121,4 @@ def _histogram(path: Path, values: list[float], eos: dict | None, title: str) ->
     ax.set_xlabel("mean log p_theta / p_ref per vocabulary item")
     ax.set_ylabel("items (log scale)")
     ax.set_title(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)

@@ -160,11 +160,7 @@ def _label(row: dict) -> str:
 def plot_beta(rows: list[dict], path: Path, title: str) -> None:
     """Win rate, length and KL against beta (log axis), one line per (objective, reference), mean over seeds with
     s.d. bars when there are several; the SFT model as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     agg = aggregate(rows)
     sft = next((r for r in agg if r["objective"] == "sft"), None)
     lines: dict[str, list[dict]] = {}
@@ -189,10 +185,25 @@ def plot_beta(rows: list[dict], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
+    save_png(fig, path)
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on a server or in CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, path: Path) -> None:
+    """Write a figure atomically, like every other result file, and free it."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
