@@ -271,10 +271,12 @@ def execute(ctx: Context, run: RunSpec) -> None:
         "train_loss": None,
         "history": [],
     }
-    if run.objective != "sft":
+    objective = OBJECTIVES.get(run.objective)  # None for the untrained SFT row
+    validation = ctx.with_reference("validation", run) if objective else ctx.tokenized["validation"]
+    if objective is not None:
         from .train import train_policy
 
-        train, validation = ctx.with_reference("train", run), ctx.with_reference("validation", run)
+        train = ctx.with_reference("train", run)
         t0 = time.time()
         history, best_step = train_policy(model, ctx.tokenizer, train, validation, exp.train, run, run_dir / "trainer")
         shutil.rmtree(run_dir / "trainer", ignore_errors=True)
@@ -288,9 +290,6 @@ def execute(ctx: Context, run: RunSpec) -> None:
         with atomic_dir(run_dir / "policy") as tmp:
             model.save_pretrained(tmp)
             ctx.tokenizer.save_pretrained(tmp)
-
-    objective = OBJECTIVES.get(run.objective)
-    validation = ctx.with_reference("validation", run) if objective else ctx.tokenized["validation"]
 
     def implicit_rewards(chosen, rejected, chosen_len, rejected_len):
         if objective is None:  # the SFT row has no implicit reward: r = 0 for every response
