@@ -1,0 +1,224 @@
+"""Preference pairs from local files or the Hugging Face hub cache, normalised to what `data` consumes.
+
+Two schemas are read: `strings` (prompt, chosen and rejected as text) and `messages` (chosen and rejected as chat
+conversations that end with the assistant's response, as in HuggingFaceH4/ultrafeedback_binarized). Everything works
+offline: a hub dataset must already be in the local hub cache. Pairs that cannot teach a preference (empty, identical,
+conversations that differ before the response) are dropped and counted per split, never silently.
+"""
+
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+
+from .errors import UserError
+
+FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+SHARDED = (".parquet", ".jsonl")  # formats whose splits may come in shards named `<split>-*`
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+COLUMNS = ("prompt", "chosen", "rejected")
+NEEDS = "needs prompt/chosen/rejected as strings or chosen/rejected as chat messages"
+ALLOWED = "a .jsonl/.json/.parquet/.csv file, a directory of split files, or a hub dataset id org/name"
+VALIDATION_FRACTION = 0.05
+
+
+@dataclass
+class SourceReport:
+    """Per split: pairs read, kept, and dropped with the reason (nothing is dropped silently).
+
+    A dropped pair is counted once, under the first reason that applies: empty, mismatched, identical. Pairs left
+    out by `max_train`/`max_validation` are the rest: read - empty - mismatched - identical - kept."""
+
+    read: dict[str, int] = field(default_factory=dict)
+    kept: dict[str, int] = field(default_factory=dict)
+    empty: dict[str, int] = field(default_factory=dict)  # chosen or rejected empty/whitespace-only (or prompt empty)
+    identical: dict[str, int] = field(default_factory=dict)  # chosen == rejected
+    mismatched: dict[str, int] = field(default_factory=dict)  # conversations differ before the final assistant turn
+    schema: str = ""  # "strings" | "messages" (which schema was detected)
+    carved_validation: bool = False  # validation was held out from train: the source has no validation split
+
+    def lines(self) -> list[str]:
+        out = []
+        for split, read in self.read.items():
+            dropped = self.empty[split] + self.mismatched[split] + self.identical[split]
+            line = (
+                f"{split}: read {read}, kept {self.kept[split]}; dropped {self.empty[split]} empty, "
+                f"{self.mismatched[split]} mismatched, {self.identical[split]} identical"
+            )
+            if capped := read - dropped - self.kept[split]:
+                line += f"; {capped} over the maximum left out"
+            if split == "validation" and self.carved_validation:
+                line += f" (held out from train, {VALIDATION_FRACTION:.0%})"
+            out.append(line)
+        return out
+
+
+def load_source(
+    source: str,
+    train_split: str = "train",
+    validation_split: str = "validation",
+    max_train: int | None = None,
+    max_validation: int | None = None,
+    where: str = "data",
+) -> tuple[DatasetDict, SourceReport]:
+    """Splits `train` and `validation` with columns exactly prompt/chosen/rejected, and what was dropped.
+
+    `source` is a file (the train split), a directory holding `<split>.<ext>` or `<split>-*.parquet|jsonl` files at
+    any depth, or a hub dataset id in the local hub cache. Without a validation split, a fixed 5% of train (at least
+    one pair, seed 0) is held out as validation. `max_train`/`max_validation` keep the first N pairs left after
+    dropping, for quick runs on big sets. `prompt` is a string when every prompt is a single user message, otherwise
+    every prompt is a list of messages (a column has one type)."""
+    path = _locate(source, where)
+    if path.is_file():
+        train_files, validation_files = [path], None
+    else:
+        files = _data_files(path)
+        train_files, validation_files = _split_files(files, train_split), _split_files(files, validation_split)
+        if not train_files:
+            found = sorted({f.stem.split("-")[0] if f.suffix in SHARDED else f.stem for f in files})
+            raise UserError(where, f"{source}: no split {train_split!r}; splits found: {found or 'none'}")
+
+    raw = {"train": _read(train_files, where)}
+    schema = _schema(raw["train"], train_files[0], where)
+    if validation_files:
+        raw["validation"] = _read(validation_files, where)
+        if _schema(raw["validation"], validation_files[0], where) != schema:
+            raise UserError(where, f"{source}: splits {train_split!r} and {validation_split!r} differ in schema")
+    else:
+        raw["train"], raw["validation"] = _carve(raw["train"], train_files[0], where)
+
+    report = SourceReport(schema=schema, carved_validation=not validation_files)
+    pairs = {}
+    for split, cap in (("train", max_train), ("validation", max_validation)):
+        counts, kept = Counter(), []
+        for i, row in enumerate(raw[split].select_columns([c for c in COLUMNS if c in raw[split].column_names])):
+            dropped, pair = _pair(row, schema, f"{source} {split} row {i}", where)
+            if dropped:
+                counts[dropped] += 1
+            else:
+                kept.append(pair)
+        pairs[split] = kept[:cap]
+        report.read[split], report.kept[split] = len(raw[split]), len(pairs[split])
+        report.empty[split], report.identical[split] = counts["empty"], counts["identical"]
+        report.mismatched[split] = counts["mismatched"]
+
+    if not all(isinstance(p["prompt"], str) for kept in pairs.values() for p in kept):
+        for p in (p for kept in pairs.values() for p in kept if isinstance(p["prompt"], str)):
+            p["prompt"] = [{"role": "user", "content": p["prompt"]}]
+    out = DatasetDict({s: Dataset.from_dict({c: [p[c] for p in kept] for c in COLUMNS}) for s, kept in pairs.items()})
+    return out, report
+
+
+def _locate(source: str, where: str) -> Path:
+    """The local file or directory behind `source`; a hub id resolves to its snapshot in the local hub cache."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix not in FORMATS:
+            raise UserError(where, f"{source}: unsupported file type {path.suffix!r}; allowed: {', '.join(FORMATS)}")
+        return path
+    if path.is_dir():
+        return path
+    if path.suffix in FORMATS:
+        raise UserError(where, f"{source}: no such file")
+    if not HUB_ID.fullmatch(source):
+        raise UserError(where, f"{source!r} is not a file, a directory or a hub dataset id; allowed: {ALLOWED}")
+    try:
+        return Path(snapshot_download(source, repo_type="dataset", local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise UserError(
+            where,
+            f"hub dataset {source!r} is not in the local cache (dporef works offline); download it first with "
+            f"`hf download --repo-type dataset {source}` or give a local path",
+        ) from None
+
+
+def _data_files(root: Path) -> list[Path]:
+    """The readable files under `root` at any depth, hidden ones (such as `.cache/`) left out."""
+    files = (f for f in sorted(root.rglob("*")) if f.suffix in FORMATS and f.is_file())
+    return [f for f in files if not any(p.startswith(".") for p in f.relative_to(root).parts)]
+
+
+def _split_files(files: list[Path], split: str) -> list[Path]:
+    """The files of one split: `<split>.<ext>`, or shards `<split>-*.parquet|jsonl` (the hub layout)."""
+    return [f for f in files if f.stem == split or (f.suffix in SHARDED and f.stem.startswith(f"{split}-"))]
+
+
+def _read(files: list[Path], where: str) -> Dataset:
+    kinds = {FORMATS[f.suffix] for f in files}
+    if len(kinds) > 1:
+        raise UserError(where, f"{files[0].parent}: one split in several file types ({', '.join(sorted(kinds))})")
+    kind = kinds.pop()
+    try:
+        return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
+    except datasets.exceptions.DatasetGenerationError as e:
+        raise UserError(where, f"{files[0]}: cannot read as {kind}: {e.__cause__ or e}") from None
+
+
+def _kind(feature) -> str | None:
+    """ "text", "messages" (a list of role/content records) or None for a column's type."""
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        return "text"
+    inner = getattr(feature, "feature", None)
+    if isinstance(inner, dict) and {"role", "content"} <= inner.keys():
+        return "messages"
+    return None
+
+
+def _schema(ds: Dataset, path: Path, where: str) -> str:
+    prompt, chosen, rejected = (_kind(ds.features.get(c)) for c in COLUMNS)
+    if prompt == chosen == rejected == "text":
+        return "strings"
+    if chosen == rejected == "messages" and prompt in ("text", None):
+        return "messages"
+    raise UserError(where, f"{path}: columns {ds.column_names} found; {NEEDS}")
+
+
+def _carve(ds: Dataset, path: Path, where: str) -> tuple[Dataset, Dataset]:
+    """(train, validation): a fixed random 5% of the rows, at least one, held out in file order."""
+    if len(ds) < 2:
+        raise UserError(where, f"{path}: {len(ds)} pair(s); holding out a validation split needs at least 2")
+    held = set(random.Random(0).sample(range(len(ds)), max(1, round(VALIDATION_FRACTION * len(ds)))))
+    return ds.select([i for i in range(len(ds)) if i not in held]), ds.select(sorted(held))
+
+
+def _pair(row: dict, schema: str, at: str, where: str) -> tuple[str | None, dict]:
+    """(why the pair is dropped, or None; the pair as prompt/chosen/rejected)."""
+    if schema == "strings":
+        prompt, chosen, rejected = (row[c] or "" for c in COLUMNS)
+        same_prefix = True
+    else:
+        prefix, chosen = _final_turn(row["chosen"], at, where)
+        other_prefix, rejected = _final_turn(row["rejected"], at, where)
+        same_prefix = prefix == other_prefix
+        if not prefix:
+            prompt = row.get("prompt") or ""
+        elif len(prefix) == 1 and prefix[0]["role"] == "user":
+            prompt = prefix[0]["content"]
+        else:
+            prompt = prefix
+    pair = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if not (prompt if isinstance(prompt, list) else prompt.strip()) or not chosen.strip() or not rejected.strip():
+        return "empty", pair
+    if not same_prefix:
+        return "mismatched", pair
+    if chosen == rejected:
+        return "identical", pair
+    return None, pair
+
+
+def _final_turn(conversation: list[dict] | None, at: str, where: str) -> tuple[list[dict], str]:
+    """(the messages before the response, the response text); an empty conversation has an empty response."""
+    if not conversation:
+        return [], ""
+    if conversation[-1]["role"] != "assistant":
+        raise UserError(
+            where, f"{at}: a conversation ends with a {conversation[-1]['role']!r} message; needs a final assistant one"
+        )
+    prefix = [{"role": m["role"], "content": m["content"]} for m in conversation[:-1]]
+    return prefix, conversation[-1]["content"] or ""
