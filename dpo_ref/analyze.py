@@ -16,7 +16,7 @@ import numpy as np
 import yaml
 
 from .config import Experiment, RunSpec
-from .data import load_pairs, tokenize_pairs
+from .data import load_data, tokenize_pairs
 from .errors import UserError
 from .models import load_model, load_tokenizer, resolve
 from .reference import sequence_logps
@@ -48,14 +48,15 @@ def analyze_run(run_dir: Path, min_count: int = 100, top: int = 15) -> dict:
         raise UserError(str(run_dir), "not a finished training run (needs run.yaml, ../experiment.yaml and policy/)")
     exp = Experiment.model_validate(yaml.safe_load(exp_file.read_text()))
     run = RunSpec.model_validate(yaml.safe_load(run_file.read_text())["run"])
-    world = build_world(exp.world)
+    world = build_world(exp.world) if exp.uses_world() else None
     policy_ref = resolve(exp.policy, world)
     ref_spec = next((r.model for r in exp.references if r.name == run.reference), exp.policy)
     reference = resolve(ref_spec, world, where=f"references.{run.reference}")
     tokenizer = load_tokenizer(policy_ref)
     if load_tokenizer(reference).get_vocab() != tokenizer.get_vocab():
         raise UserError(str(run_dir), f"reference {ref_spec} has another tokenizer; per-token ratios need the same one")
-    tokenized, _ = tokenize_pairs(load_pairs(exp.data, world), tokenizer, exp.train.max_length)
+    data = load_data(exp, world, policy_ref, tokenizer)  # cached: nothing is rebuilt or re-downloaded
+    tokenized, _ = tokenize_pairs(data.pairs, tokenizer, exp.train.max_length)
     val = tokenized["validation"]
     seqs = [(p, c) for p, c in zip(val["prompt_ids"], val["chosen_ids"])]
     seqs += [(p, r) for p, r in zip(val["prompt_ids"], val["rejected_ids"])]

@@ -110,24 +110,57 @@ def analyze(
     stdout.print(f"{summary['items']} vocabulary items; files in {run_dir / 'analysis'}", markup=False)
 
 
-@app.command("report")
-def report(
-    exp_dir: Annotated[Path, typer.Argument(help="An experiment's results directory, e.g. runs/rq1_sweep_beta.")],
-):
-    """Rebuild results.csv / .md / .json and the plot from the run directories on disk."""
+def _results_dir(exp_dir: Path):
+    """(experiment, study) of a results directory, from the files the command that made it wrote."""
     import yaml
 
     from .config import Experiment
-    from .runner import report as rebuild
     from .store import read_json
 
     spec, command = exp_dir / "experiment.yaml", exp_dir / "command.json"
     if not (spec.is_file() and command.is_file()):
-        typer.echo(
-            f"error: {exp_dir}: not an experiment results directory (no experiment.yaml / command.json)", err=True
-        )
+        raise UserError(str(exp_dir), "not an experiment results directory (no experiment.yaml / command.json)")
+    return Experiment.model_validate(yaml.safe_load(spec.read_text())), read_json(command)["study"]
+
+
+ExpDirArg = Annotated[Path, typer.Argument(help="An experiment's results directory, e.g. runs/rq1_sweep_beta.")]
+
+
+@app.command("report")
+def report(exp_dir: ExpDirArg):
+    """Rebuild results.csv / .md / .json and the plot from the run directories on disk."""
+    from .runner import report as rebuild
+
+    try:
+        exp, study = _results_dir(exp_dir)
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    rebuild(exp_dir, exp, study)
+
+
+@app.command("import-annotations")
+def import_annotations(
+    exp_dir: ExpDirArg,
+    files: Annotated[list[Path], typer.Argument(help="AlpacaEval annotations.json files (one or more).")],
+):
+    """Read AlpacaEval annotations of the runs' model_outputs.json (e.g. a GPT-4 judge) and add their win rate and LC win rate (ae_*) to the tables."""  # noqa: E501
+    from .alpaca import import_annotations as read_annotations
+    from .runner import report as rebuild
+    from .ui import stdout
+
+    try:
+        exp, study = _results_dir(exp_dir)
+        summaries, unmatched = read_annotations(exp_dir, exp.name, files)
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    for generator, n in unmatched.items():
+        stdout.print(f"skipped {n} annotation rows of {generator!r}: no such run in {exp_dir}", markup=False)
+    if not summaries:
+        typer.echo(f"error: {exp_dir}: no annotation row names a run of experiment {exp.name!r}", err=True)
         raise typer.Exit(2)
-    rebuild(exp_dir, Experiment.model_validate(yaml.safe_load(spec.read_text())), read_json(command)["study"])
+    rebuild(exp_dir, exp, study)
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -17,6 +17,8 @@ from .errors import UserError
 from .objectives import OBJECTIVES
 from .world import WorldConfig
 
+BUILTIN_JUDGES = ("world", "instructions")  # data sources that come with a programmatic reward
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -92,15 +94,76 @@ class EvalConfig(Strict):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     batch_size: int = Field(128, ge=1, description="Prompts per generation / scoring batch.")
     n_prompts: int | None = Field(None, ge=1, description="Evaluate on the first N held-out prompts (default: all).")
+    prompts: str | None = Field(
+        None,
+        description="Held-out prompts the policies are judged on. Default: the data's own (world and instructions: "
+        "their evaluation prompts; hub/local data: the validation split's prompts). Or a local file or hub dataset "
+        "with an `instruction` or `prompt` column, e.g. AlpacaEval's 805 prompts.",
+    )
     seed: int = Field(1234, description="Seed of the policies' samples.")
     baseline_seed: int = Field(4321, description="Seed of the SFT baseline's samples every policy is judged against.")
+
+
+class InstructionsConfig(Strict):
+    n_train_prompts: int = Field(256, ge=1, description="Prompts sampled for training pairs (one pair per prompt).")
+    n_validation_prompts: int = Field(32, ge=1, description="Prompts sampled for validation pairs.")
+    n_eval_prompts: int = Field(64, ge=1, description="Held-out prompts the policies are judged on.")
+    samples_per_prompt: int = Field(
+        4, ge=2, description="Policy samples per prompt; chosen = best by the instruction checks, rejected = worst."
+    )
+    max_new_tokens: int = Field(96, ge=1, description="Token budget of each sample (a sample that hits it has no EOS).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the pairs' responses.")
+    seed: int = Field(0, description="Seed of the prompts and of the samples.")
+
+
+class DataConfig(Strict):
+    source: str = Field(
+        "world",
+        description="`world` (the embedded world's pairs); `instructions` (pairs dporef builds by sampling the policy "
+        "on prompts with checkable instructions, see `instructions`); a hub dataset id read from the local cache; or a "
+        "local file or directory (json, jsonl, parquet, csv) with prompt/chosen/rejected as strings or as chat "
+        "messages (UltraFeedback-binarized's schema). A plain string `data: X` means `data: {source: X}`.",
+    )
+    train_split: str = Field("train", description="Split to train on (UltraFeedback: train_prefs).")
+    validation_split: str = Field(
+        "validation",
+        description="Split for checkpoint choice, ranking accuracy and best-beta selection (UltraFeedback: test_prefs);"
+        " when the source has none, 5% of the training pairs are held out.",
+    )
+    max_train_pairs: int | None = Field(None, ge=1, description="Keep the first N training pairs (default: all).")
+    max_validation_pairs: int | None = Field(None, ge=1, description="Keep the first N validation pairs (default all).")
+
+
+class JudgeConfig(Strict):
+    kind: Literal["builtin", "reward-model"] = Field(
+        "builtin",
+        description="`builtin`: the data's own programmatic reward (the world's gold reward; the instruction checks of "
+        "`data: instructions`); win = higher reward, tie 0.5. `reward-model`: a Hugging Face sequence-classification "
+        "reward model; win probability sigmoid(r(x, y) - r(x, y_base)).",
+    )
+    model: str | None = Field(
+        None, description="Reward model spec (kind `reward-model`): a local directory or a hub id in the local cache."
+    )
+    batch_size: int = Field(32, ge=1, description="Responses per reward-model forward pass.")
+
+    @model_validator(mode="after")
+    def _model_iff_reward_model(self) -> JudgeConfig:
+        if self.kind == "reward-model" and not self.model:
+            raise ValueError("kind reward-model needs `model` (a reward model spec)")
+        if self.kind == "builtin" and self.model:
+            raise ValueError("`model` is only used with kind reward-model")
+        return self
 
 
 class Experiment(Strict):
     name: str = Field(description="Experiment name: the results directory is `<out>/<name>/`.")
     world: WorldConfig = Field(default_factory=WorldConfig, description="Settings of the embedded world.")
     policy: str = Field("world:sft", description="Model spec of the SFT policy every run starts from.")
-    data: str = Field("world", description="Preference data: `world` (the embedded world's pairs).")
+    data: DataConfig = Field(default_factory=DataConfig, description="Preference data (see `data`).")
+    instructions: InstructionsConfig = Field(
+        default_factory=InstructionsConfig, description="Settings of `data: instructions` (see `instructions`)."
+    )
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Who judges responses (see `judge`).")
     references: list[ReferenceConfig] = Field(
         default_factory=lambda: [ReferenceConfig(name="sft", model="world:sft")],
         min_length=1,
@@ -115,6 +178,25 @@ class Experiment(Strict):
     @classmethod
     def _safe_name(cls, v: str) -> str:
         return ReferenceConfig._safe_name(v)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_shorthand(cls, v):
+        return {"source": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _builtin_judge_needs_builtin_data(self) -> Experiment:
+        if self.judge.kind == "builtin" and self.data.source not in BUILTIN_JUDGES:
+            raise ValueError(
+                f"judge kind builtin needs data with its own reward ({', '.join(BUILTIN_JUDGES)}); "
+                f"for {self.data.source!r} use judge: {{kind: reward-model, model: ...}}"
+            )
+        return self
+
+    def uses_world(self) -> bool:
+        """Whether anything in the experiment needs the embedded world built."""
+        specs = [self.policy, self.judge.model or ""] + [r.model for r in self.references]
+        return self.data.source == "world" or any(s.startswith("world:") for s in specs)
 
     @model_validator(mode="after")
     def _unique_references(self) -> Experiment:

@@ -7,7 +7,9 @@ the generation prompt: the response and its end-of-turn/EOS tokens (PAPER.md: EO
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from datasets import DatasetDict
 from transformers import PreTrainedTokenizerBase
@@ -15,11 +17,71 @@ from transformers import PreTrainedTokenizerBase
 from .errors import UserError
 
 
-def load_pairs(data: str, world) -> DatasetDict:
-    """The preference pairs named by the experiment's `data` key, with splits `train` and `validation`."""
-    if data == "world":
-        return world.preference_data()
-    raise UserError("data", f"unknown preference data {data!r}; allowed: world")
+@dataclass
+class PreferenceData:
+    """Pairs (splits `train`, `validation`), the held-out prompts policies are judged on, and the source's own
+    programmatic reward (None for hub/local data, which need a reward-model judge)."""
+
+    pairs: DatasetDict
+    eval_prompts: list
+    scorer: Callable | None
+    notes: list[str]  # what loading did (counts, held-out validation, build statistics), shown to the user
+
+
+def load_data(exp, world, policy, tokenizer) -> PreferenceData:
+    """The preference data named by the experiment's `data` key."""
+    cfg = exp.data
+    if cfg.source == "world":
+        return PreferenceData(world.preference_data(), world.eval_prompts(), world.gold_reward, [])
+    if cfg.source == "instructions":
+        from . import instructions
+        from .sampled_pairs import build_instruction_pairs
+
+        pairs, prompts, stats = build_instruction_pairs(
+            exp.instructions, policy, tokenizer, exp.eval.batch_size, exp.train.precision
+        )
+        notes = [f"instruction pairs: {stats['pairs']}; prompts skipped, all samples tied: {stats['prompts_all_tied']}"]
+        return PreferenceData(pairs, prompts, instructions.score, notes)
+    from .sources import load_source
+
+    pairs, report = load_source(
+        cfg.source, cfg.train_split, cfg.validation_split, cfg.max_train_pairs, cfg.max_validation_pairs, "data"
+    )
+    return PreferenceData(pairs, unique_prompts(pairs["validation"]["prompt"]), None, report.lines())
+
+
+def unique_prompts(prompts) -> list:
+    """Prompts (strings or message lists) without repeats, in first-seen order."""
+    seen: dict[str, object] = {}
+    for p in prompts:
+        seen.setdefault(json.dumps(p), p)
+    return list(seen.values())
+
+
+def load_prompts(spec: str, where: str = "eval.prompts") -> list:
+    """Evaluation prompts from a local file (json, jsonl, parquet, csv) or a hub dataset file `org/name:path`,
+    read from the column `instruction` (AlpacaEval) or `prompt`."""
+    from datasets import load_dataset
+
+    path = Path(spec).expanduser()
+    if not path.exists() and ":" in spec:
+        from huggingface_hub import hf_hub_download
+
+        repo, filename = spec.split(":", 1)
+        try:
+            path = Path(hf_hub_download(repo, filename, repo_type="dataset", local_files_only=True))
+        except Exception:
+            raise UserError(where, f"{spec}: not in the local hub cache (dporef works offline)") from None
+    if not path.is_file():
+        raise UserError(where, f"{spec}: no such file; give a json/jsonl/parquet/csv file or `org/name:path`")
+    kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
+    if kind is None:
+        raise UserError(where, f"{spec}: unsupported file type {path.suffix!r}; allowed: json, jsonl, parquet, csv")
+    ds = load_dataset(kind, data_files=str(path), split="train")
+    column = next((c for c in ("instruction", "prompt") if c in ds.column_names), None)
+    if column is None:
+        raise UserError(where, f"{spec}: columns {ds.column_names}; needs `instruction` or `prompt`")
+    return list(ds[column])
 
 
 def pairs_fingerprint(pairs: DatasetDict) -> str:
@@ -33,7 +95,8 @@ def pairs_fingerprint(pairs: DatasetDict) -> str:
     return h.hexdigest()[:16]
 
 
-def _messages(prompt) -> list[dict]:
+def messages(prompt) -> list[dict]:
+    """A prompt as chat messages: a string is one user turn; a list of messages is the conversation so far."""
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
@@ -43,7 +106,7 @@ def render(tokenizer: PreTrainedTokenizerBase, prompt, response: str, unconditio
     if unconditional:
         prompt = ""
     if tokenizer.chat_template:
-        msgs = _messages(prompt)
+        msgs = messages(prompt)
         prompt_ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
         full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=True)
         if hasattr(prompt_ids, "input_ids") or isinstance(prompt_ids, dict):

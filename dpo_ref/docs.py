@@ -11,7 +11,16 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from .config import EvalConfig, Experiment, ObjectiveGrid, ReferenceConfig, TrainConfig
+from .config import (
+    DataConfig,
+    EvalConfig,
+    Experiment,
+    InstructionsConfig,
+    JudgeConfig,
+    ObjectiveGrid,
+    ReferenceConfig,
+    TrainConfig,
+)
 from .world import WorldConfig
 
 SECTIONS = [
@@ -20,6 +29,9 @@ SECTIONS = [
     ("`objectives[]`", ObjectiveGrid),
     ("`train`", TrainConfig),
     ("`eval`", EvalConfig),
+    ("`data`", DataConfig),
+    ("`judge`", JudgeConfig),
+    ("`instructions`", InstructionsConfig),
     ("`world`", WorldConfig),
 ]
 

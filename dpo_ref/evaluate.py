@@ -1,4 +1,4 @@
-"""Evaluation of one policy: batched sampling on held-out prompts, gold-reward judging against the SFT baseline,
+"""Evaluation of one policy: batched sampling on held-out prompts, judging against the SFT baseline (judges.py),
 sequence-level KL to the reference from samples, and ranking accuracy on validation pairs (PAPER.md, Table 2)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 
 from .config import EvalConfig
 from .data import prompt_ids as render_prompt
+from .judges import Judge
 from .lc import lc_win_rate
 from .reference import sequence_logps
 from .ui import progress
@@ -133,17 +134,6 @@ def mean_se(x) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
 
 
-def preferences(rewards: Sequence[float], baseline_rewards: Sequence[float]) -> np.ndarray:
-    """Per prompt: 1 if the policy's response beats the baseline's, 0.5 for a tie, 0 otherwise."""
-    r, b = np.asarray(rewards), np.asarray(baseline_rewards)
-    return np.where(r > b, 1.0, np.where(r == b, 0.5, 0.0))
-
-
-def win_rate(rewards: Sequence[float], baseline_rewards: Sequence[float]) -> tuple[float, float]:
-    """Share of prompts where the policy's response beats the baseline's; ties count 0.5. Returns (mean, s.e.)."""
-    return mean_se(preferences(rewards, baseline_rewards))
-
-
 def kl_estimates(policy_logps, ref_logps) -> dict[str, float]:
     """Sequence-level KL(policy || reference) from samples y ~ policy, with log-ratio l = log p(y) - log p_ref(y):
     k1 = l (unbiased, high variance, can be negative); k3 = exp(-l) - 1 + l (unbiased, always >= 0; Schulman 2020)."""
@@ -161,7 +151,7 @@ def ranking_accuracy(chosen_rewards, rejected_rewards) -> float:
 
 @dataclass(frozen=True)
 class PromptSet:
-    """Prompts and the gold rewards of the SFT baseline's samples on them, which every policy is judged against."""
+    """Prompts and the judge's rewards of the SFT baseline's samples on them, which every policy is judged against."""
 
     prompts: list
     baseline_rewards: list[float]
@@ -194,7 +184,7 @@ def evaluate_policy(
     tokenizer,
     test: PromptSet,
     val: PromptSet,
-    gold_reward: Callable,
+    judge: Judge,
     ref_logps_of: Callable[[Generations], np.ndarray],
     implicit_rewards: Callable,
     validation,
@@ -205,14 +195,15 @@ def evaluate_policy(
     the reference's log-probs of samples; `implicit_rewards(chosen, rejected, chosen_len, rejected_len)` the
     objective's rewards on validation pairs (with cached reference columns)."""
 
-    def judge(gens: Generations) -> list[float]:
-        return [gold_reward(p, r, e) for p, r, e in zip(gens.prompts, gens.responses, gens.ended)]
+    def rewards_of(gens: Generations) -> np.ndarray:
+        return judge.rewards(gens.prompts, gens.responses, gens.ended)
 
     gens = generate(model, tokenizer, test.prompts, cfg, cfg.seed, desc="sampling policy")
-    rewards = judge(gens)
-    wr, wr_se = win_rate(rewards, test.baseline_rewards)
+    rewards = rewards_of(gens)
+    prefs = judge.preferences(rewards, test.baseline_rewards)
+    wr, wr_se = mean_se(prefs)
     val_gens = generate(model, tokenizer, val.prompts, cfg, cfg.seed + 2, desc="sampling policy (validation)")
-    val_wr, _ = win_rate(judge(val_gens), val.baseline_rewards)
+    val_wr, _ = mean_se(judge.preferences(rewards_of(val_gens), val.baseline_rewards))
 
     # KL needs samples from the policy itself (temperature 1, no nucleus); draw them apart when eval samples differ.
     kl_gens = (
@@ -237,7 +228,7 @@ def evaluate_policy(
     result = EvalResult(
         win_rate=wr,
         win_rate_se=wr_se,
-        lc_win_rate=lc_win_rate(preferences(rewards, test.baseline_rewards), gens.lengths, test.baseline_lengths),
+        lc_win_rate=lc_win_rate(prefs, gens.lengths, test.baseline_lengths),
         val_win_rate=val_wr,
         reward=float(np.mean(rewards)),
         length=float(np.mean(gens.lengths)),
@@ -247,4 +238,4 @@ def evaluate_policy(
         rank_acc_policy=ranking_accuracy(chosen, rejected),
         degenerate=degeneration(gens),
     )
-    return result, gens, rewards
+    return result, gens, rewards.tolist()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from .alpaca import ANNOTATED
 from .store import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 COLUMNS = [
@@ -31,6 +32,8 @@ COLUMNS = [
     "kl_k3_se",
     "rank_acc_reward",
     "rank_acc_policy",
+    "ae_win_rate",  # from an imported AlpacaEval annotation file (alpaca.py), when there is one
+    "ae_lc_win_rate",
     "train_loss",
     "steps",
     "train_seconds",
@@ -49,6 +52,12 @@ SHOWN = [
     "rank_acc_reward",
     "rank_acc_policy",
 ]
+IMPORTED = ["ae_win_rate", "ae_lc_win_rate"]
+
+
+def shown_columns(rows: list[dict]) -> list[str]:
+    """The terminal/markdown columns: SHOWN, plus the AlpacaEval ones once annotations were imported."""
+    return SHOWN + [c for c in IMPORTED if any(r.get(c) is not None for r in rows)]
 
 
 def collect(exp_dir: Path, run_ids: list[str]) -> list[dict]:
@@ -69,6 +78,9 @@ def collect(exp_dir: Path, run_ids: list[str]) -> list[dict]:
             m = read_json(run_dir / "metrics.json")
             row.update({k: v for k, v in m["eval"].items() if k in COLUMNS})
             row.update({k: m.get(k) for k in ("train_loss", "steps", "train_seconds", "eval_seconds")})
+        if (run_dir / ANNOTATED).is_file():
+            ae = read_json(run_dir / ANNOTATED)
+            row.update(ae_win_rate=ae.get("win_rate"), ae_lc_win_rate=ae.get("lc_win_rate"))
         rows.append({c: row.get(c) for c in COLUMNS})
     return rows
 
@@ -316,12 +328,14 @@ def write_report(
     tables: tuple[str, ...] = (),
     extra: dict | None = None,
     similarity: dict | None = None,
+    judge: str = "the gold reward",
 ) -> list[Path]:
     """results.csv / results.md / results.json / results.png under `exp_dir`; returns the paths written.
     `tables` adds study-specific views to results.md: "grid" (metric by beta) and "best" (best beta per method)."""
     caption = (
-        f"{title}. Win rate: gold reward of the policy's sample vs the SFT baseline's sample on each held-out "
-        "prompt (ties 0.5). KL: sequence-level k1 estimate from policy samples. Rank acc.: validation pairs."
+        f"{title}. Win rate: preference of {judge} for the policy's sample over the SFT baseline's sample on each "
+        "held-out prompt. KL: sequence-level k1 estimate from policy samples. Rank acc.: validation pairs."
+        + (" ae_*: AlpacaEval annotations (`dporef import-annotations`)." if shown_columns(rows) != SHOWN else "")
     )
     paths = [
         exp_dir / "results.csv",
@@ -331,7 +345,7 @@ def write_report(
     ]
     atomic_write_text(paths[0], to_csv(rows))
     views = {"grid": lambda: beta_grid_table(rows), "best": lambda: best_table(rows, similarity)}
-    markdown = to_markdown(rows, SHOWN, caption) + seed_table(rows) + "".join(views[t]() for t in tables)
+    markdown = to_markdown(rows, shown_columns(rows), caption) + seed_table(rows) + "".join(views[t]() for t in tables)
     atomic_write_text(paths[1], markdown)
     summary = {"title": title, "rows": rows, "by_setting": aggregate(rows), **(extra or {})}
     if "best" in tables:

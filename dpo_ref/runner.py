@@ -22,20 +22,22 @@ import torch
 import yaml
 
 from . import data as data_mod
+from .alpaca import MODEL_OUTPUTS, export_model_outputs, generator_name
 from .config import Experiment, RunSpec, expand
 from .errors import UserError
 from .evaluate import Generations, PromptSet, evaluate_policy, generate
+from .judges import Judge, RewardModelJudge, RuleJudge
 from .models import ModelRef, load_model, load_tokenizer, resolve, use_bf16
 from .objectives import OBJECTIVES
 from .reference import ReferenceEngine, sequence_logps, similarity
 from .report import (
     BEST_COLUMNS,
     BEST_RULE,
-    SHOWN,
     SIMILARITY_COLUMNS,
     best_per_method,
     collect,
     rich_table,
+    shown_columns,
     write_report,
 )
 from .store import atomic_dir, atomic_write_json, atomic_write_text, content_hash, read_json
@@ -82,9 +84,11 @@ def run_hash(exp: Experiment, run: RunSpec) -> str:
     # the untrained SFT row depends on the training settings only through max_length (validation truncation)
     train = exp.train.max_length if run.objective == "sft" else exp.train.model_dump()
     parts = [
-        exp.world.model_dump(),
+        exp.world.model_dump() if exp.uses_world() else None,
         exp.policy,
-        exp.data,
+        exp.data.model_dump(),
+        exp.instructions.model_dump() if exp.data.source == "instructions" else None,
+        exp.judge.model_dump(),
         ref,
         train,
         exp.eval.model_dump(),
@@ -112,10 +116,12 @@ def estimated_steps(exp: Experiment, n_pairs: int) -> int:
 
 def plan_text(exp: Experiment, runs: list[RunSpec], exp_dir: Path) -> str:
     """The expanded plan `--dry-run` prints: runs, references to score, steps per run."""
-    steps = estimated_steps(exp, exp.world.n_train_pairs) if exp.data == "world" else None
+    n_pairs = {"world": exp.world.n_train_pairs, "instructions": exp.instructions.n_train_prompts}
+    steps = estimated_steps(exp, n_pairs[exp.data.source]) if exp.data.source in n_pairs else None
+    judge = exp.judge.kind + (f" {exp.judge.model}" if exp.judge.model else "")
     lines = [
         f"experiment {exp.name} -> {exp_dir}",
-        f"policy: {exp.policy}   data: {exp.data}",
+        f"policy: {exp.policy}   data: {exp.data.source}   judge: {judge}",
         "references to score:",
     ]
     needed = set()
@@ -144,51 +150,65 @@ def plan_text(exp: Experiment, runs: list[RunSpec], exp_dir: Path) -> str:
 
 @dataclass(eq=False)  # hashed by identity: `reference` memoizes per Context
 class Context:
-    """What every run of one command shares: the world, tokenized data, reference scores, the SFT baseline."""
+    """What every run of one command shares: the data, its tokenization, the judge, reference scores and the SFT
+    baseline."""
 
     exp: Experiment
     exp_dir: Path
     engine: ReferenceEngine = field(default_factory=ReferenceEngine)
-    world: object = None
+    world: object = None  # the embedded world, built only when the experiment uses it
     policy: ModelRef | None = None
     tokenizer: object = None
     tokenized: object = None
     pairs_fp: str = ""
     pairs: object = None
+    judge: Judge | None = None
     test: PromptSet | None = None  # held-out evaluation prompts + SFT baseline rewards
     val: PromptSet | None = None  # validation pairs' prompts + SFT baseline rewards (for model selection only)
 
     def setup(self) -> None:
         exp = self.exp
-        t0 = time.time()
-        self.world = build_world(exp.world)
-        console.print(f"world ready in {time.time() - t0:.1f}s: {self.world.root}")
+        if exp.uses_world():
+            t0 = time.time()
+            self.world = build_world(exp.world)
+            console.print(f"world ready in {time.time() - t0:.1f}s: {self.world.root}")
         self.policy = resolve(exp.policy, self.world, where="policy")
         self.tokenizer = load_tokenizer(self.policy)
-        self.pairs = data_mod.load_pairs(exp.data, self.world)
+        data = data_mod.load_data(exp, self.world, self.policy, self.tokenizer)
+        for note in data.notes:
+            console.print(note)
+        self.pairs = data.pairs
         self.pairs_fp = data_mod.pairs_fingerprint(self.pairs)
+        self.judge = (
+            RuleJudge(exp.data.source, data.scorer)
+            if exp.judge.kind == "builtin"
+            else RewardModelJudge(
+                resolve(exp.judge.model, self.world, where="judge.model"), exp.judge.batch_size, exp.train.precision
+            )
+        )
         self.tokenized, report = data_mod.tokenize_pairs(self.pairs, self.tokenizer, exp.train.max_length)
         for split in self.tokenized:
             console.print(
                 f"pairs ({split}): {report.kept[split]} kept, {report.truncated[split]} truncated to "
                 f"max_length, {report.dropped_prompt_too_long[split]} dropped (prompt fills max_length)"
             )
-        prompts = self.world.eval_prompts()
+        prompts = data_mod.load_prompts(exp.eval.prompts) if exp.eval.prompts else data.eval_prompts
         self.test = self._baseline("test", prompts[: exp.eval.n_prompts] if exp.eval.n_prompts else prompts)
-        self.val = self._baseline("validation", list(dict.fromkeys(self.pairs["validation"]["prompt"])))
+        self.val = self._baseline("validation", data_mod.unique_prompts(self.pairs["validation"]["prompt"]))
 
     def _baseline(self, name: str, prompts: list) -> PromptSet:
-        """The SFT model's samples (baseline seed) on `prompts`, judged once per experiment and config."""
+        """The SFT model's samples (baseline seed) on `prompts`, judged once per experiment, judge and config."""
         exp = self.exp
-        key = content_hash([self.policy.fingerprint, exp.eval.model_dump(), prompts])
+        key = content_hash([self.policy.fingerprint, exp.eval.model_dump(), self.judge.key, prompts])
         path = self.exp_dir / "baseline" / f"{name}.jsonl"
         meta_path = self.exp_dir / "baseline" / f"{name}.meta.json"
         if meta_path.is_file() and read_json(meta_path).get("key") == key:
             rows = [json.loads(line) for line in path.read_text().splitlines()]
-            return PromptSet(prompts, [r["gold_reward"] for r in rows], [r["length"] for r in rows])
+            return PromptSet(prompts, [r["reward"] for r in rows], [r["length"] for r in rows])
         model = load_model(self.policy, bf16=use_bf16(exp.train.precision))
         gens = generate(model, self.tokenizer, prompts, exp.eval, exp.eval.baseline_seed, desc=f"sampling SFT ({name})")
-        rewards = [self.world.gold_reward(p, r, e) for p, r, e in zip(gens.prompts, gens.responses, gens.ended)]
+        del model
+        rewards = self.judge.rewards(gens.prompts, gens.responses, gens.ended).tolist()
         write_generations(path, gens, rewards)
         atomic_write_json(meta_path, {"key": key, "policy": exp.policy, "seed": exp.eval.baseline_seed})
         return PromptSet(prompts, rewards, gens.lengths)
@@ -242,7 +262,7 @@ class Context:
 
 
 def write_generations(path: Path, gens: Generations, rewards: list[float]) -> None:
-    lines = [json.dumps({**row, "gold_reward": r}) for row, r in zip(gens.rows(), rewards)]
+    lines = [json.dumps({**row, "reward": r}) for row, r in zip(gens.rows(), rewards)]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -328,7 +348,7 @@ def execute(ctx: Context, run: RunSpec) -> None:
         ctx.tokenizer,
         ctx.test,
         ctx.val,
-        ctx.world.gold_reward,
+        ctx.judge,
         ref_logps_of,
         implicit_rewards,
         validation,
@@ -336,6 +356,7 @@ def execute(ctx: Context, run: RunSpec) -> None:
         exp.train.max_length,
     )
     write_generations(run_dir / "generations.jsonl", gens, rewards)
+    export_model_outputs(run_dir / MODEL_OUTPUTS, gens, generator_name(exp.name, run.run_id), exp.data.source)
     metrics.update(eval=result.as_dict(), eval_seconds=time.time() - t0)
     atomic_write_json(run_dir / "metrics.json", metrics)
     status = {"status": "degenerate", "reason": result.degenerate} if result.degenerate else {"status": "done"}
@@ -344,15 +365,28 @@ def execute(ctx: Context, run: RunSpec) -> None:
         console.print(f"[yellow]degenerate[/]: {run.run_id}: {result.degenerate}")
 
 
+def judge_description(exp: Experiment) -> str:
+    if exp.judge.kind == "reward-model":
+        return f"the reward model {exp.judge.model} (sigmoid of the reward difference)"
+    own = {"world": "the world's gold reward", "instructions": "the instruction checks"}[exp.data.source]
+    return f"{own} (higher reward wins, ties 0.5)"
+
+
 def report(exp_dir: Path, exp: Experiment, study: str, extra: dict | None = None) -> None:
     """Rebuild the results files from the run directories on disk and print the tables."""
     rows = collect(exp_dir, [r.run_id for r in expand(exp)])
     sim_path = exp_dir / "similarity.json"
     sim = read_json(sim_path) if sim_path.is_file() else None
     write_report(
-        exp_dir, rows, f"{exp.name} ({STUDIES[study].title})", STUDIES[study].tables, extra=extra, similarity=sim
+        exp_dir,
+        rows,
+        f"{exp.name} ({STUDIES[study].title})",
+        STUDIES[study].tables,
+        extra=extra,
+        similarity=sim,
+        judge=judge_description(exp),
     )
-    stdout.print(rich_table(rows, SHOWN, f"{exp.name}: {STUDIES[study].title}"))
+    stdout.print(rich_table(rows, shown_columns(rows), f"{exp.name}: {STUDIES[study].title}"))
     if "best" in STUDIES[study].tables:
         best = best_per_method(rows, sim)
         columns = BEST_COLUMNS + (SIMILARITY_COLUMNS if sim else [])
@@ -399,7 +433,7 @@ def run_experiment(exp: Experiment, out: Path, study: str, source: str, dry_run:
                 )
                 console.print(f"[red]failed[/]: {run.run_id}: {e!r}")
     if STUDIES[study].similarity and (pending or not (exp_dir / "similarity.json").is_file()):
-        if ctx.world is None:
+        if ctx.policy is None:
             ctx.setup()
         atomic_write_json(exp_dir / "similarity.json", ctx.similarity())
     scoring = {"computed": ctx.engine.computed, "from_cache": ctx.engine.cached}
