@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# GPU check (not a test): the default beta sweep end to end on CUDA, then the same command again (all runs done).
+# GPU check (not a test): a short real DPO sweep on CUDA with a ~350M Llama built from a config (no weights needed),
+# trained on instruction pairs made on the spot (bench/config_model_sweep.py); then the world's default sweep.
 # Runs on a GPU machine with no network: packages its image lacks travel as wheels in .whl/ (see README, "On GPUs").
-# Usage: bash bench/gpu.sh            results and a log land in $OUT (default /tmp/dporef-gpu)
+# Usage: bash bench/gpu.sh [--no-world]      results and logs land in $OUT (default /tmp/dporef-gpu)
 set -euo pipefail
 OUT=${OUT:-/tmp/dporef-gpu}
 mkdir -p "$OUT"
+export PYTHONPATH=$PWD
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD
@@ -15,10 +17,12 @@ import torch, transformers, trl
 print("torch", torch.__version__, "transformers", transformers.__version__, "trl", trl.__version__)
 print("device", torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported())
 PY
-start=$(date +%s.%N)
-python3 -m dpo_ref sweep-beta --out "$OUT/runs" "$@"
-mid=$(date +%s.%N)
-python3 -m dpo_ref sweep-beta --out "$OUT/runs" "$@" > "$OUT/second_run.txt" 2>&1
-end=$(date +%s.%N)
-python3 -c "print(f'first run {float($mid)-float($start):.1f}s (world build included), second run {float($end)-float($mid):.1f}s')"
-cp "$OUT/runs/rq1_sweep_beta/results.md" "$OUT/runs/rq1_sweep_beta/results.png" "$OUT/" 
+python3 bench/config_model_sweep.py --size gpu --out "$OUT/config-model" 2>&1 | tee "$OUT/config_model.log" | grep -v "━"
+cp "$OUT/config-model/runs/config_model_gpu/results.md" "$OUT/config_model_results.md"
+if [ "${1:-}" != "--no-world" ]; then
+  start=$(date +%s.%N)
+  python3 -m dpo_ref sweep-beta --out "$OUT/runs" > "$OUT/world_sweep.log" 2>&1
+  end=$(date +%s.%N)
+  python3 -c "print(f'world default sweep {float($end)-float($start):.1f}s (world build included)')"
+  cp "$OUT/runs/rq1_sweep_beta/results.md" "$OUT/world_results.md"
+fi

@@ -135,10 +135,11 @@ class DataConfig(Strict):
 
 
 class JudgeConfig(Strict):
-    kind: Literal["builtin", "reward-model"] = Field(
+    kind: Literal["builtin", "instructions", "reward-model"] = Field(
         "builtin",
         description="`builtin`: the data's own programmatic reward (the world's gold reward; the instruction checks of "
-        "`data: instructions`); win = higher reward, tie 0.5. `reward-model`: a Hugging Face sequence-classification "
+        "`data: instructions`); `instructions`: the instruction checks, for any data whose prompts carry dporef's "
+        "checkable instructions; win = higher reward, tie 0.5. `reward-model`: a Hugging Face sequence-classification "
         "reward model; win probability sigmoid(r(x, y) - r(x, y_base)).",
     )
     model: str | None = Field(
@@ -150,7 +151,7 @@ class JudgeConfig(Strict):
     def _model_iff_reward_model(self) -> JudgeConfig:
         if self.kind == "reward-model" and not self.model:
             raise ValueError("kind reward-model needs `model` (a reward model spec)")
-        if self.kind == "builtin" and self.model:
+        if self.kind != "reward-model" and self.model:
             raise ValueError("`model` is only used with kind reward-model")
         return self
 

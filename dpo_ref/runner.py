@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from . import data as data_mod
+from . import instructions
 from .alpaca import MODEL_OUTPUTS, export_model_outputs, generator_name
 from .config import Experiment, RunSpec, expand
 from .errors import UserError
@@ -179,13 +180,13 @@ class Context:
             console.print(note)
         self.pairs = data.pairs
         self.pairs_fp = data_mod.pairs_fingerprint(self.pairs)
-        self.judge = (
-            RuleJudge(exp.data.source, data.scorer)
-            if exp.judge.kind == "builtin"
-            else RewardModelJudge(
-                resolve(exp.judge.model, self.world, where="judge.model"), exp.judge.batch_size, exp.train.precision
-            )
-        )
+        if exp.judge.kind == "builtin":
+            self.judge = RuleJudge(exp.data.source, data.scorer)
+        elif exp.judge.kind == "instructions":
+            self.judge = RuleJudge("instructions", instructions.score)
+        else:
+            model = resolve(exp.judge.model, self.world, where="judge.model")
+            self.judge = RewardModelJudge(model, exp.judge.batch_size, exp.train.precision)
         self.tokenized, report = data_mod.tokenize_pairs(self.pairs, self.tokenizer, exp.train.max_length)
         for split in self.tokenized:
             console.print(
@@ -368,7 +369,8 @@ def execute(ctx: Context, run: RunSpec) -> None:
 def judge_description(exp: Experiment) -> str:
     if exp.judge.kind == "reward-model":
         return f"the reward model {exp.judge.model} (sigmoid of the reward difference)"
-    own = {"world": "the world's gold reward", "instructions": "the instruction checks"}[exp.data.source]
+    source = "instructions" if exp.judge.kind == "instructions" else exp.data.source
+    own = {"world": "the world's gold reward", "instructions": "the instruction checks"}[source]
     return f"{own} (higher reward wins, ties 0.5)"
 
 

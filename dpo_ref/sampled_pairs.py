@@ -22,7 +22,7 @@ from .models import ModelRef, load_model, use_bf16
 from .store import atomic_dir, atomic_write_json, cache_root, content_hash, read_json
 from .ui import console
 
-VERSION = 1  # bump when the recipe changes: it is part of the cache key
+VERSION = 2  # bump when the recipe changes: it is part of the cache key
 
 
 def build_instruction_pairs(
@@ -73,6 +73,8 @@ def _build(cfg: InstructionsConfig, policy: ModelRef, tokenizer, batch_size: int
                 "rejected": gens.responses[i * k + worst],
                 "chosen_score": float(row[best]),
                 "rejected_score": float(row[worst]),
+                "chosen_ended": gens.ended[i * k + best],  # the text is the same either way; the score is not
+                "rejected_ended": gens.ended[i * k + worst],
             }
         )
     for split, rows in splits.items():

@@ -1,0 +1,71 @@
+"""`data: instructions`: pairs sampled from the policy and labelled by the instruction checks, built once and cached,
+then a sweep on them end to end. The policy is a tiny Llama built from a config with an English byte-level
+tokenizer (the same builder bench/config_model_sweep.py uses), so sampling takes seconds."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from dpo_ref import instructions
+from dpo_ref.config import InstructionsConfig
+from dpo_ref.models import load_tokenizer, resolve
+from dpo_ref.sampled_pairs import build_instruction_pairs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from config_model_sweep import SIZES, write_model  # noqa: E402
+
+CFG = InstructionsConfig(n_train_prompts=24, n_validation_prompts=8, n_eval_prompts=6, max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def init_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("init-model")
+    texts = instructions.make_prompts(64, seed=5) + ["hello, this is a simple answer", "- one\n- two"]
+    write_model(path, SIZES["tiny"], texts)
+    return path
+
+
+def test_pairs_are_best_and_worst_by_the_checks_and_built_once(init_model):
+    policy = resolve(f"init:{init_model}")
+    tok = load_tokenizer(policy)
+    pairs, prompts, stats = build_instruction_pairs(CFG, policy, tok, batch_size=16, precision="fp32")
+    for split, n in (("train", CFG.n_train_prompts), ("validation", CFG.n_validation_prompts)):
+        rows = pairs[split]
+        assert len(rows) + stats["prompts_all_tied"][split] == n  # every prompt is a pair or counted as tied
+        for r in rows:
+            assert r["chosen_score"] == instructions.score(r["prompt"], r["chosen"], r["chosen_ended"])
+            assert r["rejected_score"] == instructions.score(r["prompt"], r["rejected"], r["rejected_ended"])
+            assert r["chosen_score"] > r["rejected_score"]
+    assert len(pairs["train"]) > 0
+    assert len(prompts) == CFG.n_eval_prompts
+    assert not set(prompts) & (set(pairs["train"]["prompt"]) | set(pairs["validation"]["prompt"]))
+    # built once: a second call reads the cache (the recorded build time is the first build's)
+    again = build_instruction_pairs(CFG, policy, tok, batch_size=16, precision="fp32")
+    assert again[2] == stats and again[0]["train"]["chosen"] == pairs["train"]["chosen"]
+
+
+def test_sweep_on_instruction_pairs(run_study, init_model, tmp_path):
+    spec = f"init:{init_model}"
+    results, _ = run_study(
+        "sweep-beta",
+        tmp_path,
+        f"policy={spec}",
+        f"references.0.model={spec}",
+        "data=instructions",
+        "instructions.n_train_prompts=24",
+        "instructions.n_validation_prompts=8",
+        "instructions.n_eval_prompts=6",
+        "instructions.max_new_tokens=12",
+        "objectives.0.betas=[0.1]",
+        "train.max_steps=2",
+        "eval.max_new_tokens=12",
+        experiment="rq1_sweep_beta",
+    )
+    assert [r["run_id"] for r in results["rows"]] == ["sft", "dpo-sft-b0.1-s0"]
+    assert all(r["status"] in ("done", "degenerate") and 0 <= r["win_rate"] <= 1 for r in results["rows"])
+    exp = tmp_path / "rq1_sweep_beta"
+    assert "instruction checks" in (exp / "results.md").read_text()
+    gens = [json.loads(x) for x in (exp / "dpo-sft-b0.1-s0" / "generations.jsonl").read_text().splitlines()]
+    assert [g["reward"] for g in gens] == [instructions.score(g["prompt"], g["response"], g["ended"]) for g in gens]
