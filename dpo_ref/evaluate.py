@@ -195,15 +195,16 @@ def evaluate_policy(
     the reference's log-probs of samples; `implicit_rewards(chosen, rejected, chosen_len, rejected_len)` the
     objective's rewards on validation pairs (with cached reference columns)."""
 
-    def rewards_of(gens: Generations) -> np.ndarray:
-        return judge.rewards(gens.prompts, gens.responses, gens.ended)
-
     gens = generate(model, tokenizer, test.prompts, cfg, cfg.seed, desc="sampling policy")
-    rewards = rewards_of(gens)
+    val_gens = generate(model, tokenizer, val.prompts, cfg, cfg.seed + 2, desc="sampling policy (validation)")
+    # one judging call for both sets: a reward-model judge is loaded once per policy
+    both = judge.rewards(
+        gens.prompts + val_gens.prompts, gens.responses + val_gens.responses, gens.ended + val_gens.ended
+    )
+    rewards, val_rewards = both[: len(gens.prompts)], both[len(gens.prompts) :]
     prefs = judge.preferences(rewards, test.baseline_rewards)
     wr, wr_se = mean_se(prefs)
-    val_gens = generate(model, tokenizer, val.prompts, cfg, cfg.seed + 2, desc="sampling policy (validation)")
-    val_wr, _ = mean_se(judge.preferences(rewards_of(val_gens), val.baseline_rewards))
+    val_wr, _ = mean_se(judge.preferences(val_rewards, val.baseline_rewards))
 
     # KL needs samples from the policy itself (temperature 1, no nucleus); draw them apart when eval samples differ.
     kl_gens = (
