@@ -2,12 +2,15 @@
 
 import os
 import random
+import tempfile
 
 import numpy as np
 import pytest
 import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# datasets' arrow cache (local json/parquet reads) goes to a throwaway directory, never the user's ~/.cache
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="dporef-test-datasets-")
 os.environ["DPOREF_QUIET"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
