@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import UserError
 from .objectives import OBJECTIVES
@@ -164,7 +164,9 @@ class Experiment(Strict):
     instructions: InstructionsConfig = Field(
         default_factory=InstructionsConfig, description="Settings of `data: instructions` (see `instructions`)."
     )
-    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Who judges responses (see `judge`).")
+    judge: JudgeConfig = Field(
+        default_factory=JudgeConfig, validate_default=True, description="Who judges responses (see `judge`)."
+    )
     references: list[ReferenceConfig] = Field(
         default_factory=lambda: [ReferenceConfig(name="sft", model="world:sft")],
         min_length=1,
@@ -185,26 +187,29 @@ class Experiment(Strict):
     def _data_shorthand(cls, v):
         return {"source": v} if isinstance(v, str) else v
 
-    @model_validator(mode="after")
-    def _builtin_judge_needs_builtin_data(self) -> Experiment:
-        if self.judge.kind == "builtin" and self.data.source not in BUILTIN_JUDGES:
+    @field_validator("judge")
+    @classmethod
+    def _builtin_judge_needs_builtin_data(cls, judge: JudgeConfig, info: ValidationInfo) -> JudgeConfig:
+        source = info.data["data"].source if "data" in info.data else None
+        if judge.kind == "builtin" and source is not None and source not in BUILTIN_JUDGES:
             raise ValueError(
-                f"judge kind builtin needs data with its own reward ({', '.join(BUILTIN_JUDGES)}); "
-                f"for {self.data.source!r} use judge: {{kind: reward-model, model: ...}}"
+                f"kind builtin needs data with its own reward ({', '.join(BUILTIN_JUDGES)}); "
+                f"for {source!r} use {{kind: reward-model, model: ...}}"
             )
-        return self
+        return judge
 
     def uses_world(self) -> bool:
         """Whether anything in the experiment needs the embedded world built."""
         specs = [self.policy, self.judge.model or ""] + [r.model for r in self.references]
         return self.data.source == "world" or any(s.startswith("world:") for s in specs)
 
-    @model_validator(mode="after")
-    def _unique_references(self) -> Experiment:
-        names = [r.name for r in self.references]
+    @field_validator("references")
+    @classmethod
+    def _unique_references(cls, refs: list[ReferenceConfig]) -> list[ReferenceConfig]:
+        names = [r.name for r in refs]
         if len(set(names)) != len(names):
             raise ValueError(f"reference names must be unique, got {names}")
-        return self
+        return refs
 
 
 class RunSpec(BaseModel):
@@ -285,7 +290,7 @@ def _describe(err: dict, model: type[BaseModel]) -> tuple[str, str]:
         allowed = ", ".join(parent.model_fields) if isinstance(parent, type) else "?"
         return loc, f"unknown key; allowed: {allowed}"
     msg = err["msg"].removeprefix("Value error, ")
-    if "input" in err and err["type"] != "missing":
+    if "input" in err and err["type"] != "missing" and err["loc"]:  # not the whole file for cross-key checks
         msg += f" (got {err['input']!r})"
     return loc, msg
 

@@ -72,6 +72,14 @@ def test_set_overrides_nested_keys_and_list_items(tmp_path):
             "allowed: dpo, posterior",
         ),
         ({"name": "t"}, "exp.yaml: objectives", "Field required"),
+        (base() | {"data": "org/prefs"}, "exp.yaml: judge", "kind builtin needs data with its own reward"),
+        (base() | {"judge": {"kind": "reward-model"}}, "exp.yaml: judge", "needs `model`"),
+        (base() | {"data": {"source": "world", "split": "x"}}, "exp.yaml: data.split", "unknown key; allowed: source"),
+        (
+            base() | {"references": [{"name": "a", "model": "world:sft"}] * 2},
+            "exp.yaml: references",
+            "reference names must be unique",
+        ),
         ("name: [unclosed", "exp.yaml:1", "not valid YAML"),
     ],
 )
