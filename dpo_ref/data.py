@@ -61,7 +61,7 @@ def unique_prompts(prompts) -> list:
 def load_prompts(spec: str, where: str = "eval.prompts") -> list:
     """Evaluation prompts from a local file (json, jsonl, parquet, csv) or a hub dataset file `org/name:path`,
     read from the column `instruction` (AlpacaEval) or `prompt`."""
-    from datasets import load_dataset
+    from .sources import FORMATS, read_files
 
     path = Path(spec).expanduser()
     if not path.exists() and ":" in spec:
@@ -74,10 +74,9 @@ def load_prompts(spec: str, where: str = "eval.prompts") -> list:
             raise UserError(where, f"{spec}: not in the local hub cache (dporef works offline)") from None
     if not path.is_file():
         raise UserError(where, f"{spec}: no such file; give a json/jsonl/parquet/csv file or `org/name:path`")
-    kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(path.suffix)
-    if kind is None:
-        raise UserError(where, f"{spec}: unsupported file type {path.suffix!r}; allowed: json, jsonl, parquet, csv")
-    ds = load_dataset(kind, data_files=str(path), split="train")
+    if path.suffix not in FORMATS:
+        raise UserError(where, f"{spec}: unsupported file type {path.suffix!r}; allowed: {', '.join(FORMATS)}")
+    ds = read_files([path], where)
     column = next((c for c in ("instruction", "prompt") if c in ds.column_names), None)
     if column is None:
         raise UserError(where, f"{spec}: columns {ds.column_names}; needs `instruction` or `prompt`")

@@ -84,10 +84,10 @@ def load_source(
             found = sorted({f.stem.split("-")[0] if f.suffix in SHARDED else f.stem for f in files})
             raise UserError(where, f"{source}: no split {train_split!r}; splits found: {found or 'none'}")
 
-    raw = {"train": _read(train_files, where)}
+    raw = {"train": read_files(train_files, where)}
     schema = _schema(raw["train"], train_files[0], where)
     if validation_files:
-        raw["validation"] = _read(validation_files, where)
+        raw["validation"] = read_files(validation_files, where)
         if _schema(raw["validation"], validation_files[0], where) != schema:
             raise UserError(where, f"{source}: splits {train_split!r} and {validation_split!r} differ in schema")
     else:
@@ -149,7 +149,8 @@ def _split_files(files: list[Path], split: str) -> list[Path]:
     return [f for f in files if f.stem == split or (f.suffix in SHARDED and f.stem.startswith(f"{split}-"))]
 
 
-def _read(files: list[Path], where: str) -> Dataset:
+def read_files(files: list[Path], where: str) -> Dataset:
+    """One table from files of one format (json, jsonl, parquet, csv); a file that does not parse is a UserError."""
     kinds = {FORMATS[f.suffix] for f in files}
     if len(kinds) > 1:
         raise UserError(where, f"{files[0].parent}: one split in several file types ({', '.join(sorted(kinds))})")
