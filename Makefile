@@ -7,7 +7,7 @@ OUT     ?= runs
 ARGS    ?=
 EXP     ?=
 
-.PHONY: setup demo test lint smollm2 sweep-beta compare-objectives swap-reference clean
+.PHONY: setup demo test test-fast lint smollm2 sweep-beta compare-objectives swap-reference clean
 
 # torch is installed first and pinned (the CPU build on this machine's disk); the rest comes from pyproject.toml.
 $(STAMP): pyproject.toml
@@ -29,9 +29,13 @@ demo: $(STAMP)            ## RQ1 beta sweep on the embedded world (no download; 
 test: $(STAMP)            ## the whole suite (hermetic, offline, < 10 minutes on 2 cores)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)
 
-lint: $(STAMP)
+test-fast: $(STAMP)       ## the suite without the slow end-to-end tests (a minute or so)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+lint: $(STAMP)            ## ruff, and the import layers of DESIGN.md (import-linter contracts in pyproject.toml)
 	$(BIN)/ruff check dpo_ref tests bench
 	$(BIN)/ruff format --check dpo_ref tests bench
+	$(BIN)/lint-imports
 
 sweep-beta: $(STAMP)          ## RQ1; make sweep-beta EXP=experiments/rq1_sweep_beta/default.yaml ARGS="--set seeds=[0,1]"
 	$(BIN)/dporef sweep-beta $(EXP) --out $(OUT) $(ARGS)

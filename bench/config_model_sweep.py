@@ -21,19 +21,14 @@ import time
 from pathlib import Path
 
 import yaml
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, PreTrainedTokenizerFast
 
-from dpo_ref import instructions
+from dpo_ref.data import instructions
+from dpo_ref.models import write_config_model
 
 SIZES = {  # Llama shapes: (hidden, layers, heads, MLP width), pairs, held-out prompts, training batch
     "tiny": dict(hidden=64, layers=2, heads=4, mlp=128, pairs=256, prompts=32, batch=16),
     "gpu": dict(hidden=1024, layers=24, heads=16, mlp=2816, pairs=4096, prompts=256, batch=32),
 }
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 WORDS = "the a cat dog sun rain home water light music small simple happy friend morning color is are and very good"
 WORDS = WORDS.split() + [w for ws in (instructions.START_WORDS, instructions.INCLUDE_WORDS) for w in ws]
 
@@ -72,29 +67,7 @@ def make_pairs(prompts: list[str], rng: random.Random) -> tuple[list[dict], int]
 
 
 def write_model(out: Path, size: dict, texts: list[str]) -> None:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=2048, special_tokens=specials))
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>", model_max_length=512
-    )
-    fast.chat_template = CHATML
-    fast.save_pretrained(out)
-    LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=size["hidden"],
-        num_hidden_layers=size["layers"],
-        num_attention_heads=size["heads"],
-        num_key_value_heads=size["heads"],
-        intermediate_size=size["mlp"],
-        max_position_embeddings=512,
-        pad_token_id=fast.pad_token_id,
-        eos_token_id=fast.eos_token_id,
-        bos_token_id=fast.bos_token_id,
-        tie_word_embeddings=True,
-    ).save_pretrained(out)
+    write_config_model(out, texts, size["hidden"], size["layers"], size["heads"], size["mlp"])
 
 
 def main() -> None:

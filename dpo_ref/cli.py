@@ -1,15 +1,19 @@
-"""The `dporef` command line: parse, load the experiment, call the runner, print. Nothing else lives here."""
+"""The `dporef` command line: parse, load the experiment, call the runner or a stage, print. Nothing else lives here.
+
+The three study commands are made from the study table (plan.STUDIES); the others work on results directories.
+"""
 
 from __future__ import annotations
 
 import os
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from .errors import UserError
+from .plan import STUDIES
 
 app = typer.Typer(
     add_completion=False,
@@ -22,17 +26,28 @@ ExperimentArg = Annotated[Path | None, typer.Argument(help="YAML experiment; def
 OutOpt = Annotated[Path, typer.Option("--out", help="Results root: runs land in OUT/<experiment name>/.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a key, e.g. --set train.learning_rate=1e-4.")]
 DryOpt = Annotated[bool, typer.Option("--dry-run", help="Print the expanded plan (runs, references, steps) and exit.")]
+PrepareOpt = Annotated[
+    bool,
+    typer.Option(
+        "--prepare-only",
+        help="Prepare the experiment (models, tokenized pairs, reference scores, SFT baselines) and print the "
+        "`dporef run-one` command of every pending run, to run elsewhere; then `dporef report`.",
+    ),
+]
+ExpDirArg = Annotated[Path, typer.Argument(help="An experiment's results directory, e.g. runs/rq1_sweep_beta.")]
 
 
-def default_experiment(study: str) -> Path:
-    """The study's default YAML, looked up in the working directory, then beside the installed package."""
-    from .runner import STUDIES
-
-    rel = Path(STUDIES[study].default)
-    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        if (base / rel).is_file():
-            return base / rel
-    raise UserError(str(rel), "default experiment not found; pass an experiment file")
+def _guarded(action: Callable[[], int | None]) -> None:
+    """Run a command body: a user's mistake is one line and exit code 2, Ctrl-C exit 130, failed runs exit 1."""
+    try:
+        failed = action()
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    if failed:
+        raise typer.Exit(1)
 
 
 def _quiet_libraries() -> None:
@@ -45,47 +60,55 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars; dporef shows its own progress
 
 
-def _run(study: str, experiment: Path | None, out: Path, overrides: list[str] | None, dry_run: bool) -> None:
-    from .config import load_experiment
+def default_experiment(study: str) -> Path:
+    """The study's default YAML, looked up in the working directory, then beside the installed package."""
+    rel = Path(STUDIES[study].default)
+    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (base / rel).is_file():
+            return base / rel
+    raise UserError(str(rel), "default experiment not found; pass an experiment file")
 
-    try:
-        path = experiment or default_experiment(study)
-        exp = load_experiment(path, overrides or [])
+
+def _study_command(study: str):
+    def command(
+        experiment: ExperimentArg = None,
+        out: OutOpt = Path("runs"),
+        set_: SetOpt = None,
+        dry_run: DryOpt = False,
+        prepare_only: PrepareOpt = False,
+    ) -> None:
+        def body() -> int:
+            from .runner import read_experiment, run_experiment
+
+            path = experiment or default_experiment(study)
+            exp = read_experiment(path, set_ or [])
+            _quiet_libraries()
+            return run_experiment(exp, out, study, str(path), dry_run=dry_run, prepare_only=prepare_only)
+
+        _guarded(body)
+
+    command.__doc__ = STUDIES[study].help
+    return command
+
+
+for _study in STUDIES:
+    app.command(_study)(_study_command(_study))
+
+
+@app.command("run-one")
+def run_one(
+    exp_dir: ExpDirArg,
+    run_id: Annotated[str, typer.Argument(help="The run to execute, e.g. dpo-sft-b0.1-s0 (see --dry-run).")],
+) -> None:
+    """Train and evaluate one run of a prepared experiment, reading only what the prepare stage wrote; runs of one experiment may execute at the same time in separate processes."""  # noqa: E501
+
+    def body() -> int:
+        from .stages.run import run_one as execute
+
         _quiet_libraries()
-        from .runner import run_experiment
+        return int(execute(exp_dir, run_id) not in ("done", "degenerate"))
 
-        failed = run_experiment(exp, out, study, str(path), dry_run=dry_run)
-    except UserError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    if failed:
-        raise typer.Exit(1)
-
-
-@app.command("sweep-beta")
-def sweep_beta(
-    experiment: ExperimentArg = None, out: OutOpt = Path("runs"), set_: SetOpt = None, dry_run: DryOpt = False
-) -> None:
-    """RQ1: train DPO for each beta against one reference; tabulate win rate, length, KL and ranking accuracy."""
-    _run("sweep-beta", experiment, out, set_, dry_run)
-
-
-@app.command("compare-objectives")
-def compare_objectives(
-    experiment: ExperimentArg = None, out: OutOpt = Path("runs"), set_: SetOpt = None, dry_run: DryOpt = False
-) -> None:
-    """RQ2: DPO vs posterior probability (no reference), likelihood (unconditional reference), SimPO, IPO, each over its own beta grid; best beta chosen on validation prompts."""  # noqa: E501
-    _run("compare-objectives", experiment, out, set_, dry_run)
-
-
-@app.command("swap-reference")
-def swap_reference(
-    experiment: ExperimentArg = None, out: OutOpt = Path("runs"), set_: SetOpt = None, dry_run: DryOpt = False
-) -> None:
-    """RQ3: DPO against each listed reference (stronger, same or other family, other tokenizer) across beta, with how similar each reference is beside the outcome."""  # noqa: E501
-    _run("swap-reference", experiment, out, set_, dry_run)
+    _guarded(body)
 
 
 @app.command("analyze")
@@ -97,46 +120,31 @@ def analyze(
     top: Annotated[int, typer.Option(help="How many most up- and down-weighted items to list.")] = 15,
 ) -> None:
     """Token-level log p_theta/p_ref over validation responses, averaged per vocabulary item: histogram and most moved tokens, EOS singled out."""  # noqa: E501
-    from .analyze import analyze_run
-    from .ui import stdout
 
-    try:
+    def body() -> None:
+        from .stages.report import analyze_run
+        from .ui import stdout
+
         _quiet_libraries()
         summary = analyze_run(run_dir, min_count, top)
-    except UserError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    stdout.print((run_dir / "analysis" / "tokens.md").read_text(), markup=False)
-    stdout.print(f"{summary['items']} vocabulary items; files in {run_dir / 'analysis'}", markup=False)
+        stdout.print((run_dir / "analysis" / "tokens.md").read_text(), markup=False)
+        stdout.print(f"{summary['items']} vocabulary items; files in {run_dir / 'analysis'}", markup=False)
+
+    _guarded(body)
 
 
-def _results_dir(exp_dir: Path):
-    """(experiment, study) of a results directory, from the files the command that made it wrote."""
-    import yaml
+def _rebuild(exp_dir: Path) -> None:
+    from . import data
+    from .stages.report import report, results_dir
 
-    from .config import Experiment
-    from .store import read_json
-
-    spec, command = exp_dir / "experiment.yaml", exp_dir / "command.json"
-    if not (spec.is_file() and command.is_file()):
-        raise UserError(str(exp_dir), "not an experiment results directory (no experiment.yaml / command.json)")
-    return Experiment.model_validate(yaml.safe_load(spec.read_text())), read_json(command)["study"]
-
-
-ExpDirArg = Annotated[Path, typer.Argument(help="An experiment's results directory, e.g. runs/rq1_sweep_beta.")]
+    exp, study = results_dir(exp_dir)
+    report(exp_dir, exp, study, data.describe_judge(exp))
 
 
 @app.command("report")
 def report(exp_dir: ExpDirArg):
     """Rebuild results.csv / .md / .json and the plot from the run directories on disk."""
-    from .runner import report as rebuild
-
-    try:
-        exp, study = _results_dir(exp_dir)
-    except UserError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    rebuild(exp_dir, exp, study)
+    _guarded(lambda: _rebuild(exp_dir))
 
 
 @app.command("import-annotations")
@@ -145,23 +153,18 @@ def import_annotations(
     files: Annotated[list[Path], typer.Argument(help="AlpacaEval annotations.json files (one or more).")],
 ):
     """Read AlpacaEval annotations of the runs' model_outputs.json (e.g. a GPT-4 judge) and add their win rate and LC win rate (ae_*) to the tables."""  # noqa: E501
-    from .alpaca import import_annotations as read_annotations
-    from .runner import report as rebuild
-    from .ui import stdout
 
-    try:
-        exp, study = _results_dir(exp_dir)
+    def body() -> None:
+        from .evaluation.alpaca_eval import import_annotations as read_annotations
+        from .stages.report import results_dir
+        from .ui import stdout
+
+        exp, _ = results_dir(exp_dir)
         summaries, unmatched = read_annotations(exp_dir, exp.name, files)
-    except UserError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    for generator, n in unmatched.items():
-        stdout.print(f"skipped {n} annotation rows of {generator!r}: no such run in {exp_dir}", markup=False)
-    if not summaries:
-        typer.echo(f"error: {exp_dir}: no annotation row names a run of experiment {exp.name!r}", err=True)
-        raise typer.Exit(2)
-    rebuild(exp_dir, exp, study)
+        for generator, n in unmatched.items():
+            stdout.print(f"skipped {n} annotation rows of {generator!r}: no such run in {exp_dir}", markup=False)
+        if not summaries:
+            raise UserError(str(exp_dir), f"no annotation row names a run of experiment {exp.name!r}")
+        _rebuild(exp_dir)
 
-
-def main() -> None:  # pragma: no cover - console script entry
-    sys.exit(app())
+    _guarded(body)

@@ -20,8 +20,8 @@ from .config import (
     ObjectiveGrid,
     ReferenceConfig,
     TrainConfig,
+    WorldConfig,
 )
-from .world import WorldConfig
 
 SECTIONS = [
     ("top level", Experiment),

@@ -161,3 +161,40 @@ def load_model(ref: ModelRef, bf16: bool = False) -> PreTrainedModel:
     dtype = torch.bfloat16 if bf16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(ref.location, dtype=dtype)
     return model.to(device())
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_config_model(out: Path, texts: list[str], hidden: int, layers: int, heads: int, mlp: int) -> None:
+    """A directory for an `init:<dir>` spec: a byte-level BPE tokenizer trained on `texts` with ChatML, and a Llama
+    config of the given shape (no weights): a real architecture for GPU checks and tests where no weights exist."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=2048, special_tokens=specials))
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>", model_max_length=512
+    )
+    fast.chat_template = CHATML
+    fast.save_pretrained(out)
+    LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        intermediate_size=mlp,
+        max_position_embeddings=512,
+        pad_token_id=fast.pad_token_id,
+        eos_token_id=fast.eos_token_id,
+        bos_token_id=fast.bos_token_id,
+        tie_word_embeddings=True,
+    ).save_pretrained(out)

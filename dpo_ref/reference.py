@@ -14,74 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from datasets import DatasetDict
-from trl.trainer.utils import add_fused_lm_head
 
-from .data import render
+from .chat import end_of_turn_length, render_many
+from .logprobs import sequence_logps
 from .models import ModelRef, load_model, load_tokenizer, use_bf16
 from .store import atomic_write_json, cache_root, content_hash, read_json
-from .ui import console, progress
+from .ui import console
 
 SCORER_VERSION = "1"  # bump when the scoring maths change, to invalidate old cache entries
-
-
-@torch.no_grad()
-def sequence_logps(
-    model,
-    sequences: Sequence[tuple[list[int], list[int]]],
-    batch_size: int,
-    max_length: int | None = None,
-    desc: str = "scoring",
-    per_token: bool = False,
-):
-    """Summed log p(completion | prompt) of each (prompt_ids, completion_ids); with `per_token`, also the per-token
-    log-probs of each completion. Sequences are truncated to `max_length` keeping the start, as TRL does."""
-    if not hasattr(model, "_dporef_fused"):
-        add_fused_lm_head(model)  # the same per-token log-prob kernel TRL's DPOTrainer uses
-        model._dporef_fused = True
-    model.eval()
-    dev = next(model.parameters()).device
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]) - len(sequences[i][1]))
-    sums = np.zeros(len(sequences), dtype=np.float64)
-    tokens: list[np.ndarray | None] = [None] * len(sequences)
-    with progress() as bar:
-        task = bar.add_task(desc, total=len(sequences))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            ids, masks = [], []
-            for i in idx:
-                p, c = sequences[i]
-                seq, mask = list(p) + list(c), [0] * len(p) + [1] * len(c)
-                if max_length is not None:
-                    seq, mask = seq[:max_length], mask[:max_length]
-                ids.append(seq)
-                masks.append(mask)
-            width = max(len(s) for s in ids)
-            input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(idx), width), dtype=torch.long)
-            completion = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, (s, m) in enumerate(zip(ids, masks)):
-                input_ids[row, : len(s)] = torch.tensor(s)
-                attention[row, : len(s)] = 1
-                completion[row, : len(m)] = torch.tensor(m)
-            input_ids, attention, completion = input_ids.to(dev), attention.to(dev), completion.to(dev)
-            labels = input_ids.masked_fill(completion == 0, -100)
-            out = model(
-                input_ids=input_ids,
-                attention_mask=attention,
-                labels=labels,
-                use_cache=False,
-                fused_lm_head=True,
-            )
-            logps = out.log_probs.float() * completion[:, 1:]  # log-prob of token t+1 at position t
-            for row, i in enumerate(idx):
-                sums[i] = logps[row].sum().item()
-                if per_token:
-                    tokens[i] = logps[row][completion[row, 1:].bool()].cpu().numpy()
-            bar.advance(task, len(idx))
-    return (sums, tokens) if per_token else sums
 
 
 @dataclass
@@ -125,10 +66,9 @@ class ReferenceEngine:
         model = load_model(ref, bf16=use_bf16(precision))
         scores = {}
         for split, ds in pairs.items():
-            seqs = []
-            for prompt, chosen, rejected in zip(ds["prompt"], ds["chosen"], ds["rejected"]):
-                seqs.append(render(tokenizer, prompt, chosen, unconditional))
-                seqs.append(render(tokenizer, prompt, rejected, unconditional))
+            prompts = [p for p in ds["prompt"] for _ in range(2)]
+            responses = [y for pair in zip(ds["chosen"], ds["rejected"]) for y in pair]
+            seqs = render_many(tokenizer, prompts, responses, unconditional)
             mode = "p_LM(y)" if unconditional else "p_ref(y|x)"
             logps = sequence_logps(model, seqs, batch_size, max_length, desc=f"scoring {ref.spec} {mode} [{split}]")
             scores[split] = {"chosen": logps[0::2], "rejected": logps[1::2]}
@@ -148,26 +88,49 @@ class ReferenceEngine:
         self.computed += 1
         return scores
 
-    def text_scores(
-        self,
-        ref: ModelRef,
-        prompts: Sequence,
-        responses: Sequence[str],
-        ended: Sequence[bool],
-        batch_size: int,
-        precision: str = "auto",
-    ) -> np.ndarray:
-        """log p_ref(y|x) of arbitrary (prompt, response) texts, rendered with the reference's own template; a
-        response that did not end (hit the length limit) is scored without the template's end-of-turn tokens.
-        Not cached: these are a policy's fresh samples (KL estimates)."""
-        tokenizer = load_tokenizer(ref)
-        model = load_model(ref, bf16=use_bf16(precision))
-        end_of_turn = len(render(tokenizer, prompts[0], "")[1]) if len(prompts) else 0
-        seqs = []
-        for p, r, done in zip(prompts, responses, ended):
-            prompt_ids, completion = render(tokenizer, p, r)
-            seqs.append((prompt_ids, completion if done else completion[: len(completion) - end_of_turn]))
-        return sequence_logps(model, seqs, batch_size, desc=f"scoring samples under {ref.spec}")
+
+def text_logps(
+    ref: ModelRef,
+    prompts: Sequence,
+    responses: Sequence[str],
+    ended: Sequence[bool],
+    batch_size: int,
+    precision: str = "auto",
+) -> np.ndarray:
+    """log p_ref(y|x) of arbitrary (prompt, response) texts, rendered with the reference's own template; a response
+    that did not end (hit the length limit) is scored without the template's end-of-turn tokens. Not cached: these
+    are a policy's fresh samples (KL estimates)."""
+    tokenizer = load_tokenizer(ref)
+    model = load_model(ref, bf16=use_bf16(precision))
+    end_of_turn = end_of_turn_length(tokenizer, prompts[0]) if len(prompts) else 0
+    seqs = []
+    for (prompt_ids, completion), done in zip(render_many(tokenizer, prompts, responses), ended):
+        seqs.append((prompt_ids, completion if done else completion[: len(completion) - end_of_turn]))
+    return sequence_logps(model, seqs, batch_size, desc=f"scoring samples under {ref.spec}")
+
+
+@dataclass(frozen=True)
+class SampleScorer:
+    """log p_ref(y|x) of a policy's samples, for the KL estimate. A reference that shares the policy's tokenizer and
+    template scores the sampled tokens themselves; one of another family re-renders the text (`text_logps`). Loaded
+    only when called, after training, and freed right after."""
+
+    ref: ModelRef
+    policy_tokenizer: object
+    batch_size: int
+    precision: str = "auto"
+    is_policy: bool = False  # the reference is the policy being evaluated (the untrained SFT row): KL is 0
+
+    def logps(self, gens, policy) -> np.ndarray:
+        desc = "scoring samples under reference"
+        if self.is_policy:
+            return sequence_logps(policy, gens.sequences(), self.batch_size, desc=desc)
+        tok = load_tokenizer(self.ref)
+        same = tok.get_vocab() == self.policy_tokenizer.get_vocab()
+        if same and tok.chat_template == self.policy_tokenizer.chat_template:
+            model = load_model(self.ref, bf16=use_bf16(self.precision))
+            return sequence_logps(model, gens.sequences(), self.batch_size, desc=desc)
+        return text_logps(self.ref, gens.prompts, gens.responses, gens.ended, self.batch_size, self.precision)
 
 
 def similarity(policy: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, float]:

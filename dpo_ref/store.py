@@ -66,18 +66,23 @@ def read_json(path: Path) -> Any:
 
 
 @contextmanager
-def atomic_dir(final: Path):
+def atomic_dir(final: Path, replace: bool = False):
     """Yield a temporary sibling directory; on success it is renamed to `final`, on error it is removed.
 
-    Used for cache entries made of several files (a world, a model): readers see all of it or none of it.
-    """
+    Used for cache entries made of several files (a world, a model): readers see all of it or none of it. An
+    existing `final` is kept (another process finished first), or with `replace` swapped out for the new one."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
-        if final.exists():  # another process finished first; theirs is as good as ours
+        if final.exists() and replace:
+            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        elif final.exists():  # another process finished first; theirs is as good as ours
             shutil.rmtree(tmp)
         else:
             os.replace(tmp, final)

@@ -17,7 +17,7 @@ from trl import DPOConfig, DPOTrainer
 
 from .config import RunSpec, TrainConfig
 from .models import use_bf16
-from .objectives import OBJECTIVES
+from .objectives import OBJECTIVES, PolicyLogps, ReferenceLogps
 from .ui import progress
 
 
@@ -30,14 +30,15 @@ class CachedReferenceDPOTrainer(DPOTrainer):
         super().__init__(*args, **kwargs)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        # dporef's data stage has already rendered and tokenized the pairs with the policy's chat template.
+        # TRL 1.16 private: it would re-tokenize; dporef's prepare stage already rendered the pairs with the template.
         return dataset
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
-        # The reference engine has already attached the columns (zeros for reference-free objectives).
+        # TRL 1.16 private: it would reject dporef's precomputed ref_*_logps columns as duplicates and rescore them.
         return dataset
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # Trainer's public hook (TRL 1.16 routes DPO's loss through it): any registered objective, summed log-probs.
         mode = "train" if self.model.training else "eval"
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
@@ -51,18 +52,10 @@ class CachedReferenceDPOTrainer(DPOTrainer):
         shift_mask = completion_mask[:, 1:]
         logps = (out.log_probs[:, -shift_mask.size(1) :] * shift_mask).sum(dim=1)
         lengths = shift_mask.sum(dim=1).float()
-        chosen, rejected = logps.chunk(2)
-        chosen_len, rejected_len = lengths.chunk(2)
-        losses, chosen_reward, rejected_reward = self.objective.fn(
-            chosen,
-            rejected,
-            inputs["ref_chosen_logps"].to(chosen.dtype),
-            inputs["ref_rejected_logps"].to(chosen.dtype),
-            chosen_len,
-            rejected_len,
-            self.beta,
-            gamma=self.gamma,
-        )
+        policy = PolicyLogps(*logps.chunk(2), *lengths.chunk(2))
+        chosen, rejected = policy.chosen, policy.rejected
+        ref = ReferenceLogps(inputs["ref_chosen_logps"].to(chosen.dtype), inputs["ref_rejected_logps"].to(chosen.dtype))
+        losses, chosen_reward, rejected_reward = self.objective.fn(policy, ref, self.beta, self.gamma)
         loss = losses.mean()
         gather = self.accelerator.gather_for_metrics
         metrics = self._metrics[mode]
@@ -72,8 +65,8 @@ class CachedReferenceDPOTrainer(DPOTrainer):
         metrics["rewards/accuracies"].append(gather((chosen_reward > rejected_reward).float()).mean().item())
         metrics["logps/chosen"].append(gather(chosen.detach()).mean().item())
         metrics["logps/rejected"].append(gather(rejected.detach()).mean().item())
-        metrics["length/chosen"].append(gather(chosen_len).mean().item())
-        metrics["length/rejected"].append(gather(rejected_len).mean().item())
+        metrics["length/chosen"].append(gather(policy.chosen_len).mean().item())
+        metrics["length/rejected"].append(gather(policy.rejected_len).mean().item())
         return (loss, out) if return_outputs else loss
 
 

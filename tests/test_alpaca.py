@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dpo_ref.cli import app
-from dpo_ref.lc import lc_win_rate
+from dpo_ref.evaluation.length_controlled import lc_win_rate
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dpo_ref.analyze import per_item
 from dpo_ref.cli import app
-from dpo_ref.data import tokenize_pairs
+from dpo_ref.data.tokenize import tokenize_pairs
 from dpo_ref.models import load_model, resolve
+from dpo_ref.reporting.tokens import per_item
 
 
 def per_token_logps(model, prompt_ids, completion_ids) -> list[float]:

@@ -1,6 +1,6 @@
 """`dporef compare-objectives` on a tiny world: reference passes only where needed, the best-beta table, p_LM(y)."""
 
-from dpo_ref.data import render
+from dpo_ref.chat import render
 
 SHORT = ["train.max_steps=4", "eval.max_new_tokens=20"]
 EXPERIMENT = "rq2_compare_objectives"

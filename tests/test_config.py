@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from dpo_ref.cli import app
 from dpo_ref.config import expand, load_experiment
 from dpo_ref.errors import UserError
+from dpo_ref.runner import read_experiment
 
 DEFAULT = Path(__file__).resolve().parent.parent / "experiments" / "rq1_sweep_beta" / "default.yaml"
 
@@ -85,7 +86,7 @@ def test_set_overrides_nested_keys_and_list_items(tmp_path):
 )
 def test_bad_yaml_names_file_and_key(tmp_path, data, where, says):
     with pytest.raises(UserError) as err:
-        load_experiment(write(tmp_path, data))
+        read_experiment(write(tmp_path, data), [])  # what the commands read: the config and the data registry's checks
     assert where in str(err.value) and says in str(err.value)
 
 

@@ -1,7 +1,7 @@
 """The degeneration rule: fires on constructed broken outputs, not on the SFT model's own samples."""
 
-from dpo_ref.config import EvalConfig
-from dpo_ref.evaluate import Generations, degeneration, generate
+from dpo_ref.evaluation.metrics import degeneration
+from dpo_ref.generation import Generations, Sampling, generate
 from dpo_ref.models import load_model, load_tokenizer, resolve
 
 
@@ -25,5 +25,5 @@ def test_quiet_on_healthy_outputs_and_on_the_sft_model(tiny_world):
     assert degeneration(gens([[5, 6, 2]] * 10, [True] * 10)) is None
     world = tiny_world
     ref = resolve("world:sft", world)
-    samples = generate(load_model(ref), load_tokenizer(ref), world.eval_prompts(), EvalConfig(), seed=0)
+    samples = generate(load_model(ref), load_tokenizer(ref), world.eval_prompts(), Sampling(max_new_tokens=32), seed=0)
     assert degeneration(samples) is None

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from dpo_ref.data import load_prompts
+from dpo_ref.data.tokenize import load_prompts
 from dpo_ref.errors import UserError
 from dpo_ref.models import load_model, load_tokenizer, resolve
 from dpo_ref.world import make_tokenizer

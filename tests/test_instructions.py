@@ -2,8 +2,8 @@
 
 import pytest
 
-from dpo_ref import instructions as inst
-from dpo_ref.instructions import Check, all_passed, checks, make_prompts, score
+from dpo_ref.data import instructions as inst
+from dpo_ref.data.instructions import Check, all_passed, checks, make_prompts, score
 
 MADE = inst._make(2000, seed=0)  # enough prompts to meet every family, pair and parameter kind
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from dpo_ref.judges import RewardModelJudge, RuleJudge
+from dpo_ref.evaluation.judges import RewardModelJudge, RuleJudge
 from dpo_ref.models import resolve
 from dpo_ref.world import gold_reward
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dpo_ref.lc import lc_win_rate
+from dpo_ref.evaluation.length_controlled import lc_win_rate
 
 
 def test_lc_is_near_half_when_length_alone_explains_the_raw_win_rate():

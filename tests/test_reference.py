@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_ref.data import pairs_fingerprint, render, tokenize_pairs
+from dpo_ref.chat import render
+from dpo_ref.data.tokenize import pairs_fingerprint, tokenize_pairs
+from dpo_ref.logprobs import sequence_logps
 from dpo_ref.models import load_model, load_tokenizer, resolve
-from dpo_ref.reference import ReferenceEngine, sequence_logps
+from dpo_ref.reference import ReferenceEngine
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,15 @@
 """`data: instructions`: pairs sampled from the policy and labelled by the instruction checks, built once and cached,
 then a sweep on them end to end. The policy is a tiny Llama built from a config with an English byte-level
-tokenizer (the same builder bench/config_model_sweep.py uses), so sampling takes seconds."""
+tokenizer (`models.write_config_model`, which bench/config_model_sweep.py uses too), so sampling takes seconds."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-from dpo_ref import instructions
 from dpo_ref.config import InstructionsConfig
-from dpo_ref.models import load_tokenizer, resolve
-from dpo_ref.sampled_pairs import build_instruction_pairs
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from config_model_sweep import SIZES, write_model  # noqa: E402
+from dpo_ref.data import instructions
+from dpo_ref.data.sampled_pairs import build_instruction_pairs
+from dpo_ref.models import load_tokenizer, resolve, write_config_model
 
 CFG = InstructionsConfig(n_train_prompts=24, n_validation_prompts=8, n_eval_prompts=6, max_new_tokens=12)
 
@@ -23,7 +18,7 @@ CFG = InstructionsConfig(n_train_prompts=24, n_validation_prompts=8, n_eval_prom
 def init_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("init-model")
     texts = instructions.make_prompts(64, seed=5) + ["hello, this is a simple answer", "- one\n- two"]
-    write_model(path, SIZES["tiny"], texts)
+    write_config_model(path, texts, hidden=64, layers=2, heads=4, mlp=128)
     return path
 
 

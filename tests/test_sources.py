@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dpo_ref.data.files import load_source
 from dpo_ref.errors import UserError
-from dpo_ref.sources import load_source
 
 UF = "HuggingFaceH4/ultrafeedback_binarized"
 MULTI_TURN = [

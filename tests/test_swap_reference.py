@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from dpo_ref.data import pairs_fingerprint, render
+from dpo_ref.chat import render
+from dpo_ref.data.tokenize import pairs_fingerprint
 from dpo_ref.models import load_model, load_tokenizer, resolve
-from dpo_ref.reference import ReferenceEngine
+from dpo_ref.reference import ReferenceEngine, text_logps
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,6 @@ def direct_logp(model, ids: list[int], n_prompt: int) -> float:
 
 def test_one_text_under_two_tokenizers_matches_direct_forward_passes(world, tmp_path):
     prompt, response = "dup abc", "aabbcc"  # strong-other's BPE merges doubled letters
-    engine = ReferenceEngine(cache_dir=tmp_path)
     lengths = {}
     for spec in ("world:sft", "world:strong-other"):
         ref = resolve(spec, world)
@@ -30,7 +30,7 @@ def test_one_text_under_two_tokenizers_matches_direct_forward_passes(world, tmp_
         p, c = render(tok, prompt, response)
         lengths[spec] = len(c)
         expected = direct_logp(model, p + c, len(p))
-        (got,) = engine.text_scores(ref, [prompt], [response], [True], batch_size=1)
+        (got,) = text_logps(ref, [prompt], [response], [True], batch_size=1)
         assert got == pytest.approx(expected, abs=1e-4), spec
     assert lengths["world:sft"] != lengths["world:strong-other"]  # really two different tokenizations
 

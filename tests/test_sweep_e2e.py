@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from dpo_ref.report import COLUMNS
+from dpo_ref.reporting.tables import COLUMNS
 
 SHORT = ["objectives.0.betas=[0.1,0.01]", "train.max_steps=6", "train.logging_steps=1", "eval.max_new_tokens=20"]
 
@@ -87,7 +87,9 @@ def test_second_run_skips_finished_runs_and_resumes_interrupted_one(first, sweep
     assert resumed.stderr.count("already done: ") == 2
     assert json.loads((victim / "status.json").read_text())["status"] == "done"
     assert (victim / "metrics.json").is_file() and (victim / "policy" / "config.json").is_file()
-    assert results(out)["reference_scoring"] == {"computed": 0, "from_cache": 1}
+    # the prepared inputs (tokenized pairs with reference columns) are read back: nothing is scored again
+    assert results(out)["prepared"] == "reused"
+    assert results(out)["reference_scoring"] == {"computed": 0, "from_cache": 0}
 
 
 def test_changed_config_reruns_affected_runs(first, sweep):

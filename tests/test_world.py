@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from dpo_ref import world as W
 from dpo_ref.store import file_hash
 from dpo_ref.world import World, WorldConfig, build_world, gold_reward
+from dpo_ref.world import build as world_build
 
 # Builds in ~20 s on 2 cores, yet trained enough (250 steps of 48 demonstrations; the default is 300 of 64) for
 # the SFT policy to be imperfect but well above chance (greedy exact match ~0.4). The strong references get a few
@@ -140,7 +141,7 @@ def test_world_layout(world):
         assert row["chosen"] != row["rejected"]
         assert "<eos>" not in row["chosen"] + row["rejected"]
         assert row["chosen_reward"] == gold_reward(row["prompt"], row["chosen"], row["chosen_ended"])
-        assert row["rejected_reward"] == world.gold_reward(row["prompt"], row["rejected"], row["rejected_ended"])
+        assert row["rejected_reward"] == gold_reward(row["prompt"], row["rejected"], row["rejected_ended"])
 
     meta = world.meta()
     assert meta["config"] == SMALL.model_dump()
@@ -181,8 +182,8 @@ def test_batched_generation_matches_one_prompt_at_a_time(world):
     model = AutoModelForCausalLM.from_pretrained(world.models["sft"])
     tok = world.tokenizer()
     prompts = ["rev abc", "dup abcdefgh", "sort hgfedcba", "copy ab"]  # different lengths: left padding
-    batched = W.generate_responses(model, tok, prompts, SMALL.max_new_tokens)
-    alone = [W.generate_responses(model, tok, [p], SMALL.max_new_tokens)[0] for p in prompts]
+    batched = W.respond(model, tok, prompts, W.response_budget(SMALL))
+    alone = [W.respond(model, tok, [p], W.response_budget(SMALL))[0] for p in prompts]
     assert batched == alone
 
 
@@ -208,7 +209,7 @@ def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
         (root / "partial").write_text("x")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(W, "_build", crash)
+    monkeypatch.setattr(world_build, "_build", crash)
     with pytest.raises(KeyboardInterrupt):
         build_world(TINY, cache_dir=tmp_path)
     assert list((tmp_path / "world").iterdir()) == []

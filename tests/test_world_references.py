@@ -59,12 +59,12 @@ def test_reference_loads_from_its_directory_and_generates_until_its_eos(world, n
         return_tensors="pt",
         return_dict=True,
     )
-    out = model.generate(**enc, max_new_tokens=REFS.max_new_tokens, do_sample=False)
+    out = model.generate(**enc, max_new_tokens=W.response_budget(REFS), do_sample=False)
     for row in out[:, enc["input_ids"].shape[1] :].tolist():
         if tok.eos_token_id in row:
             assert set(row[row.index(tok.eos_token_id) + 1 :]) <= {tok.pad_token_id}
 
-    responses = W.generate_responses(world.model(name), tok, world.eval_prompts()[:32], REFS.max_new_tokens)
+    responses = W.respond(world.model(name), tok, world.eval_prompts()[:32], W.response_budget(REFS))
     assert sum(ended for _, ended in responses) >= 24  # nearly all end with their EOS
     special = set(tok.all_special_tokens) | set(tok.extra_special_tokens)
     assert not any(s in text for text, _ in responses for s in special)
@@ -112,8 +112,8 @@ def test_strong_other_template_prompt_is_a_prefix_of_prompt_and_answer(world, pr
 def test_batched_generation_matches_one_prompt_at_a_time_for_strong_other(world):
     model, tok = world.model("strong-other"), world.tokenizer("strong-other")
     prompts = ["rev abc", "dup abcdefgh", "sort hgfedcba", "copy ab"]  # different lengths: left padding
-    batched = W.generate_responses(model, tok, prompts, REFS.max_new_tokens)
-    alone = [W.generate_responses(model, tok, [p], REFS.max_new_tokens)[0] for p in prompts]
+    batched = W.respond(model, tok, prompts, W.response_budget(REFS))
+    alone = [W.respond(model, tok, [p], W.response_budget(REFS))[0] for p in prompts]
     assert batched == alone
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, DatasetDict
 
+from ..config import InstructionsConfig
+from ..generation import Sampling, generate
+from ..models import ModelRef, load_model, use_bf16
+from ..store import atomic_dir, atomic_write_json, cache_root, content_hash, read_json
+from ..ui import console
 from . import instructions
-from .config import EvalConfig, InstructionsConfig
-from .models import ModelRef, load_model, use_bf16
-from .store import atomic_dir, atomic_write_json, cache_root, content_hash, read_json
-from .ui import console
 
 VERSION = 2  # bump when the recipe changes: it is part of the cache key
 
@@ -43,14 +44,12 @@ def build_instruction_pairs(
 
 
 def _build(cfg: InstructionsConfig, policy: ModelRef, tokenizer, batch_size: int, precision: str, out: Path) -> None:
-    from .evaluate import generate  # evaluation imports config; imported here to keep the import graph one-way
-
     t0 = time.time()
     n_pair_prompts = cfg.n_train_prompts + cfg.n_validation_prompts
     prompts = instructions.make_prompts(n_pair_prompts + cfg.n_eval_prompts, cfg.seed)
     pair_prompts, eval_prompts = prompts[:n_pair_prompts], prompts[n_pair_prompts:]
     model = load_model(policy, bf16=use_bf16(precision))
-    sampling = EvalConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, batch_size=batch_size)
+    sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, batch_size=batch_size)
     k = cfg.samples_per_prompt
     repeated = [p for p in pair_prompts for _ in range(k)]
     gens = generate(model, tokenizer, repeated, sampling, cfg.seed, desc="sampling pairs")

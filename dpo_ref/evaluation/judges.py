@@ -5,7 +5,7 @@ baseline's, from which the win rate and the LC win rate are computed.
   checks of `data: instructions`). Preference = 1 if the policy's reward is higher, 0.5 on a tie, 0 otherwise.
 - `RewardModelJudge`: any Hugging Face sequence-classification reward model r(x, y) with one output. Preference =
   sigmoid(r(x, y) - r(x, y_base)), the Bradley-Terry probability that the policy's response wins.
-A GPT-4 judge runs outside dporef: every run exports its generations in AlpacaEval's format (alpaca.py).
+A GPT-4 judge runs outside dporef: every run exports its generations in AlpacaEval's format (alpaca_eval.py).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import messages
-from .models import ModelRef, device, use_bf16
-from .ui import progress
+from ..chat import conversation
+from ..models import ModelRef, device, use_bf16
+from ..ui import progress
+from .metrics import preference
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,7 @@ class RuleJudge:
 
     @staticmethod
     def preferences(rewards, baseline_rewards) -> np.ndarray:
-        r, b = np.asarray(rewards), np.asarray(baseline_rewards)
-        return np.where(r > b, 1.0, np.where(r == b, 0.5, 0.0))
+        return preference(rewards, baseline_rewards)
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,7 @@ class RewardModelJudge:
     @staticmethod
     def _text(tok, prompt, response: str) -> str:
         if tok.chat_template:
-            return tok.apply_chat_template(
-                messages(prompt) + [{"role": "assistant", "content": response}], tokenize=False
-            )
+            return tok.apply_chat_template(conversation(prompt, response), tokenize=False)
         user = prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt)
         return f"{user}\n\n{response}"
 

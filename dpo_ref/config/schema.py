@@ -1,23 +1,18 @@
-"""The YAML experiment: pydantic models (unknown keys rejected, ranges checked), `--set` overrides, grid expansion.
+"""The YAML experiment as pydantic models: unknown keys rejected, ranges checked.
 
 Every field's `description` is its documentation: the README's YAML reference and `dporef ... --help` are built from
-the same text. An experiment expands into `RunSpec`s, one per (reference x objective x beta x seed) plus the SFT row.
+the same text.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import UserError
-from .objectives import OBJECTIVES
+from ..objectives import OBJECTIVES
 from .world import WorldConfig
-
-BUILTIN_JUDGES = ("world", "instructions")  # data sources that come with a programmatic reward
 
 
 class Strict(BaseModel):
@@ -187,22 +182,6 @@ class Experiment(Strict):
     def _data_shorthand(cls, v):
         return {"source": v} if isinstance(v, str) else v
 
-    @field_validator("judge")
-    @classmethod
-    def _builtin_judge_needs_builtin_data(cls, judge: JudgeConfig, info: ValidationInfo) -> JudgeConfig:
-        source = info.data["data"].source if "data" in info.data else None
-        if judge.kind == "builtin" and source is not None and source not in BUILTIN_JUDGES:
-            raise ValueError(
-                f"kind builtin needs data with its own reward ({', '.join(BUILTIN_JUDGES)}); "
-                f"for {source!r} use {{kind: reward-model, model: ...}}"
-            )
-        return judge
-
-    def uses_world(self) -> bool:
-        """Whether anything in the experiment needs the embedded world built."""
-        specs = [self.policy, self.judge.model or ""] + [r.model for r in self.references]
-        return self.data.source == "world" or any(s.startswith("world:") for s in specs)
-
     @field_validator("references")
     @classmethod
     def _unique_references(cls, refs: list[ReferenceConfig]) -> list[ReferenceConfig]:
@@ -210,108 +189,3 @@ class Experiment(Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"reference names must be unique, got {names}")
         return refs
-
-
-class RunSpec(BaseModel):
-    """One unit of work: train (unless `objective == 'sft'`) and evaluate one policy."""
-
-    model_config = ConfigDict(frozen=True)
-    run_id: str
-    objective: str  # "sft" for the untrained SFT row
-    reference: str | None  # reference name; None for reference-free objectives and the SFT row
-    beta: float | None
-    seed: int
-    gamma: float = 0.0
-
-
-def expand(exp: Experiment) -> list[RunSpec]:
-    """The grid, SFT row first. Reference-free objectives get one run per beta, not one per reference."""
-    runs = [RunSpec(run_id="sft", objective="sft", reference=None, beta=None, seed=exp.seeds[0])]
-    for grid in exp.objectives:
-        # Only a conditional reference is chosen in the YAML; `likelihood` always uses the policy's own p_LM(y).
-        conditional = OBJECTIVES[grid.name].reference == "conditional"
-        refs = [r.name for r in exp.references] if conditional else [None]
-        for ref in refs:
-            for beta in grid.betas:
-                for seed in exp.seeds:
-                    parts = [grid.name, ref, f"b{beta:g}", f"s{seed}"]
-                    run_id = "-".join(p for p in parts if p is not None)
-                    runs.append(
-                        RunSpec(
-                            run_id=run_id,
-                            objective=grid.name,
-                            reference=ref,
-                            beta=beta,
-                            seed=seed,
-                            gamma=grid.gamma,
-                        )
-                    )
-    return runs
-
-
-# ---- loading -------------------------------------------------------------------------------------------------------
-
-
-def apply_override(data: dict, assignment: str, source: str) -> None:
-    """Apply one `--set key.sub=value` (value parsed as YAML; list items addressed by index, `objectives.0.betas`)."""
-    if "=" not in assignment:
-        raise UserError(f"--set {assignment}", "expected KEY=VALUE, e.g. train.learning_rate=1e-4")
-    key, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw)
-    node: Any = data
-    parts = key.strip().split(".")
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise UserError(f"{source}: {'.'.join(parts[: i + 1])}", f"no list item {part!r} (has {len(node)})")
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
-        else:
-            if last:
-                node[part] = value
-            else:
-                node = node.setdefault(part, {})
-                if not isinstance(node, dict | list):
-                    raise UserError(f"{source}: {'.'.join(parts[: i + 1])}", "is not a mapping; cannot set a sub-key")
-
-
-def _describe(err: dict, model: type[BaseModel]) -> tuple[str, str]:
-    loc = ".".join(str(p) for p in err["loc"])
-    if err["type"] == "extra_forbidden":
-        parent: Any = model
-        for p in err["loc"][:-1]:
-            if isinstance(p, int):
-                continue
-            ann = parent.model_fields[p].annotation
-            parent = getattr(ann, "__args__", (ann,))[0] if not isinstance(ann, type) else ann
-        allowed = ", ".join(parent.model_fields) if isinstance(parent, type) else "?"
-        return loc, f"unknown key; allowed: {allowed}"
-    msg = err["msg"].removeprefix("Value error, ")
-    if "input" in err and err["type"] != "missing" and err["loc"]:  # not the whole file for cross-key checks
-        msg += f" (got {err['input']!r})"
-    return loc, msg
-
-
-def load_experiment(path: Path | str, overrides: list[str] = ()) -> Experiment:
-    """Read, override and validate a YAML experiment; any problem is a `UserError` naming file and key."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(str(path), "experiment file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UserError(where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
-    if not isinstance(data, dict):
-        raise UserError(str(path), "top level must be a mapping of keys (name, objectives, ...)")
-    for assignment in overrides:
-        apply_override(data, assignment, str(path))
-    try:
-        return Experiment.model_validate(data)
-    except ValidationError as e:
-        loc, msg = _describe(e.errors()[0], Experiment)
-        raise UserError(f"{path}: {loc}", msg) from None

@@ -1,4 +1,4 @@
-"""Results tables and plots, rebuilt from the run directories on disk (so `dporef report` and resumes agree)."""
+"""Results tables, rebuilt from the run directories on disk (so `dporef report` and resumes agree)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .alpaca import ANNOTATED
-from .store import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from ..evaluation.alpaca_eval import ANNOTATED
+from ..store import atomic_write_json, atomic_write_text, read_json
+from .plots import plot_beta, setting_label
 
 COLUMNS = [
     "run_id",
@@ -165,60 +166,6 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _label(row: dict) -> str:
-    return row["objective"] + (f" <- {row['reference']}" if row["reference"] else "")
-
-
-def plot_beta(rows: list[dict], path: Path, title: str) -> None:
-    """Win rate, length and KL against beta (log axis), one line per (objective, reference), mean over seeds with
-    s.d. bars when there are several; the SFT model as a dashed line."""
-    plt = pyplot()
-    agg = aggregate(rows)
-    sft = next((r for r in agg if r["objective"] == "sft"), None)
-    lines: dict[str, list[dict]] = {}
-    for r in agg:
-        if r["beta"] is not None:
-            lines.setdefault(_label(r), []).append(r)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    panels = [("win_rate", "win rate vs SFT"), ("length", "mean length (tokens)"), ("kl", "KL(policy || ref), k1")]
-    for ax, (key, label) in zip(axes, panels):
-        for name, grp in lines.items():
-            grp = sorted(grp, key=lambda r: r["beta"])
-            errors = [r[f"{key}_sd"] or 0.0 for r in grp]
-            ax.errorbar([r["beta"] for r in grp], [r[key] for r in grp], yerr=errors, marker="o", capsize=3, label=name)
-            bad = [r for r in grp if r["status"] == "degenerate"]
-            marked = "degenerate" if bad and key == "win_rate" else None
-            ax.scatter([r["beta"] for r in bad], [r[key] for r in bad], marker="x", s=90, color="red", label=marked)
-        if sft is not None and key != "kl":
-            ax.axhline(sft[key], color="gray", linestyle="--", label="SFT")
-        ax.set_xscale("log")
-        ax.set_xlabel("beta")
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title)
-    save_png(fig, path)
-
-
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (no display on a server or in CI)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_png(fig, path: Path) -> None:
-    """Write a figure atomically, like every other result file, and free it."""
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    pyplot().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def seed_table(rows: list[dict]) -> str:
     """Markdown table of means over seeds (± s.d.), shown when some setting has more than one seed."""
     agg = aggregate(rows)
@@ -243,11 +190,11 @@ def seed_table(rows: list[dict]) -> str:
 
 def beta_grid_table(rows: list[dict], metric: str = "win_rate") -> str:
     """Markdown pivot: one row per (objective, reference), one column per beta, mean `metric` over seeds
-    (PAPER.md's RQ1 and Table 4 shape)."""
+    (the shape of the paper's Tables 1 and 4, arXiv 2407.13709)."""
     agg = [r for r in aggregate(rows) if r["beta"] is not None]
     betas = sorted({r["beta"] for r in agg}, reverse=True)
-    labels = list(dict.fromkeys(_label(r) for r in agg))
-    cell = {(_label(r), r["beta"]): r for r in agg}
+    labels = list(dict.fromkeys(setting_label(r) for r in agg))
+    cell = {(setting_label(r), r["beta"]): r for r in agg}
     lines = [
         f"\n{metric} by beta (mean over seeds; * = degenerate):\n",
         "| | " + " | ".join(f"{b:g}" for b in betas) + " |",
@@ -291,11 +238,11 @@ SIMILARITY_NOTE = (
 
 
 def best_per_method(rows: list[dict], similarity: dict | None = None) -> list[dict]:
-    """One row per (objective, reference) at its best beta by BEST_RULE, after the SFT row (PAPER.md Tables 3, 5);
+    """One row per (objective, reference) at its best beta by BEST_RULE, after the SFT row (the paper's Tables 3 and 5);
     with `similarity` ({reference: measures}), each row that trains against a reference carries its measures."""
     best: dict[str, dict] = {}
     for r in aggregate(rows):
-        label = "SFT" if r["objective"] == "sft" else _label(r)
+        label = "SFT" if r["objective"] == "sft" else setting_label(r)
         if r["status"] == "degenerate":  # as in the paper, a degenerate run is never a method's best
             continue
         if label not in best or r["val_win_rate"] > best[label]["val_win_rate"]:
@@ -353,5 +300,5 @@ def write_report(
     if similarity is not None:
         summary["similarity"] = {"note": SIMILARITY_NOTE, "references": similarity}
     atomic_write_json(paths[2], summary)
-    plot_beta(rows, paths[3], title)
+    plot_beta(aggregate(rows), paths[3], title)
     return paths

@@ -17,7 +17,7 @@ from datasets import Dataset, DatasetDict
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from .errors import UserError
+from ..errors import UserError
 
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 SHARDED = (".parquet", ".jsonl")  # formats whose splits may come in shards named `<split>-*`

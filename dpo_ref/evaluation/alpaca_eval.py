@@ -5,7 +5,8 @@ Export: every run writes `model_outputs.json`, a list of {instruction, output, g
 Import: AlpacaEval's `annotations.json` rows hold `instruction`, `output_1` (its baseline's response), `output_2`
 (the run's), `generator_2` and `preference` in [1, 2] (2 = output_2 preferred; weighted annotators give fractions).
 `dporef import-annotations` matches rows to runs by `generator_2`, takes win = preference - 1, and writes
-`alpaca_eval.json` into each run: win rate, and the LC win rate of lc.py with lengths in characters, AlpacaEval's unit.
+`alpaca_eval.json` into each run: win rate, and the LC win rate of length_controlled.py with lengths in characters,
+AlpacaEval's unit.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .lc import lc_win_rate
-from .store import atomic_write_json
+from ..errors import UserError
+from ..store import atomic_write_json
+from .length_controlled import lc_win_rate
 
 MODEL_OUTPUTS = "model_outputs.json"
 ANNOTATED = "alpaca_eval.json"

@@ -1,4 +1,5 @@
-"""Token-level analysis of a trained policy (PAPER.md Fig. 1 and 2): which vocabulary items DPO moved, and how far.
+"""Token-level analysis of a trained policy (Liu, Liu and Cohan, arXiv 2407.13709, Figs. 1 and 2): which vocabulary
+items DPO moved, and how far.
 
 For every token of the validation responses (chosen and rejected), the log-ratio
 log p_theta(y_i | x, y_<i) - log p_ref(y_i | x, y_<i) is averaged per vocabulary item. The histogram of those
@@ -13,16 +14,10 @@ import io
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from .config import Experiment, RunSpec
-from .data import load_data, tokenize_pairs
-from .errors import UserError
-from .models import load_model, load_tokenizer, resolve
-from .reference import sequence_logps
-from .report import pyplot, save_png
-from .store import atomic_write_text
-from .world import build_world
+from ..logprobs import sequence_logps
+from ..store import atomic_write_text
+from .plots import pyplot, save_png
 
 
 def token_log_ratios(policy, reference, sequences, batch_size: int, max_length: int | None = None):
@@ -38,32 +33,6 @@ def per_item(ids: np.ndarray, ratios: np.ndarray) -> dict[int, tuple[float, int]
     sums = np.bincount(ids, weights=ratios)
     counts = np.bincount(ids)
     return {int(t): (float(sums[t] / counts[t]), int(counts[t])) for t in np.flatnonzero(counts)}
-
-
-def analyze_run(run_dir: Path, min_count: int = 100, top: int = 15) -> dict:
-    """Write `<run_dir>/analysis/{tokens.csv, tokens.md, histogram.png}` for a finished run; return a summary."""
-    run_dir = Path(run_dir)
-    exp_file, run_file = run_dir.parent / "experiment.yaml", run_dir / "run.yaml"
-    if not (exp_file.is_file() and run_file.is_file() and (run_dir / "policy" / "config.json").is_file()):
-        raise UserError(str(run_dir), "not a finished training run (needs run.yaml, ../experiment.yaml and policy/)")
-    exp = Experiment.model_validate(yaml.safe_load(exp_file.read_text()))
-    run = RunSpec.model_validate(yaml.safe_load(run_file.read_text())["run"])
-    world = build_world(exp.world) if exp.uses_world() else None
-    policy_ref = resolve(exp.policy, world)
-    ref_spec = next((r.model for r in exp.references if r.name == run.reference), exp.policy)
-    reference = resolve(ref_spec, world, where=f"references.{run.reference}")
-    tokenizer = load_tokenizer(policy_ref)
-    if load_tokenizer(reference).get_vocab() != tokenizer.get_vocab():
-        raise UserError(str(run_dir), f"reference {ref_spec} has another tokenizer; per-token ratios need the same one")
-    data = load_data(exp, world, policy_ref, tokenizer)  # cached: nothing is rebuilt or re-downloaded
-    tokenized, _ = tokenize_pairs(data.pairs, tokenizer, exp.train.max_length)
-    val = tokenized["validation"]
-    seqs = [(p, c) for p, c in zip(val["prompt_ids"], val["chosen_ids"])]
-    seqs += [(p, r) for p, r in zip(val["prompt_ids"], val["rejected_ids"])]
-    policy = load_model(resolve(str(run_dir / "policy")))
-    ids, ratios = token_log_ratios(policy, load_model(reference), seqs, exp.eval.batch_size, exp.train.max_length)
-    items = per_item(ids, ratios)
-    return write_analysis(run_dir / "analysis", items, tokenizer, min_count, top, run.run_id)
 
 
 def write_analysis(out: Path, items: dict, tokenizer, min_count: int, top: int, title: str) -> dict:

@@ -1,0 +1,31 @@
+"""The experiment's configuration: pydantic models of the YAML (`schema`, `world`) and how files are read (`load`)."""
+
+from .load import load_experiment, merge
+from .run import RunSpec, expand
+from .schema import (
+    DataConfig,
+    EvalConfig,
+    Experiment,
+    InstructionsConfig,
+    JudgeConfig,
+    ObjectiveGrid,
+    ReferenceConfig,
+    TrainConfig,
+)
+from .world import WorldConfig
+
+__all__ = [
+    "DataConfig",
+    "EvalConfig",
+    "Experiment",
+    "InstructionsConfig",
+    "JudgeConfig",
+    "ObjectiveGrid",
+    "ReferenceConfig",
+    "RunSpec",
+    "TrainConfig",
+    "WorldConfig",
+    "expand",
+    "load_experiment",
+    "merge",
+]

@@ -1,0 +1,46 @@
+"""One unit of work and the grid that makes them: an experiment expands into one `RunSpec` per (reference x objective
+x beta x seed), after the row of the untrained SFT policy."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from ..objectives import OBJECTIVES
+from .schema import Experiment
+
+
+class RunSpec(BaseModel):
+    """One unit of work: train (unless `objective == 'sft'`) and evaluate one policy."""
+
+    model_config = ConfigDict(frozen=True)
+    run_id: str
+    objective: str  # "sft" for the untrained SFT row
+    reference: str | None  # reference name; None for reference-free objectives and the SFT row
+    beta: float | None
+    seed: int
+    gamma: float = 0.0
+
+
+def expand(exp: Experiment) -> list[RunSpec]:
+    """The grid, SFT row first. Reference-free objectives get one run per beta, not one per reference."""
+    runs = [RunSpec(run_id="sft", objective="sft", reference=None, beta=None, seed=exp.seeds[0])]
+    for grid in exp.objectives:
+        # Only a conditional reference is chosen in the YAML; `likelihood` always uses the policy's own p_LM(y).
+        conditional = OBJECTIVES[grid.name].reference == "conditional"
+        refs = [r.name for r in exp.references] if conditional else [None]
+        for ref in refs:
+            for beta in grid.betas:
+                for seed in exp.seeds:
+                    parts = [grid.name, ref, f"b{beta:g}", f"s{seed}"]
+                    run_id = "-".join(p for p in parts if p is not None)
+                    runs.append(
+                        RunSpec(
+                            run_id=run_id,
+                            objective=grid.name,
+                            reference=ref,
+                            beta=beta,
+                            seed=seed,
+                            gamma=grid.gamma,
+                        )
+                    )
+    return runs

@@ -1,0 +1,158 @@
+"""Evaluation of one policy: batched sampling on held-out prompts, judging against the SFT baseline, sequence-level
+KL to the reference from samples, and ranking accuracy on validation pairs (Liu, Liu and Cohan, arXiv 2407.13709,
+Table 2)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ..config import EvalConfig
+from ..generation import Generations, Sampling, generate
+from ..logprobs import sequence_logps
+from ..objectives import Objective, PolicyLogps, ReferenceLogps
+from .judges import Judge
+from .length_controlled import lc_win_rate
+from .metrics import degeneration, kl_estimates, mean_se, ranking_accuracy
+
+
+def sampling(cfg: EvalConfig, temperature: float | None = None, top_p: float | None = None) -> Sampling:
+    """The evaluation's sampling settings, optionally at another temperature / top_p."""
+    return Sampling(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature if temperature is None else temperature,
+        top_p=cfg.top_p if top_p is None else top_p,
+        batch_size=cfg.batch_size,
+    )
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Prompts and the judge's rewards of the SFT baseline's samples on them, which every policy is judged against."""
+
+    prompts: list
+    baseline_rewards: list[float]
+    baseline_lengths: list[int]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """What every policy of one experiment is judged with: test prompts (reported), validation prompts (for model
+    selection only), the judge, and the evaluation settings."""
+
+    test: PromptSet
+    val: PromptSet
+    judge: Judge
+    cfg: EvalConfig
+    max_length: int  # truncation of the validation pairs, as in training
+
+
+class SampleScorer(Protocol):
+    """Scores a policy's samples under the run's reference (for the KL estimate)."""
+
+    def logps(self, gens: Generations, policy) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ImplicitReward:
+    """The run's objective and beta: its implicit reward r(x, y) on the validation pairs (0 for the SFT row)."""
+
+    objective: Objective | None
+    beta: float | None = None
+    gamma: float = 0.0
+
+    def __call__(self, policy: PolicyLogps, ref: ReferenceLogps) -> tuple[np.ndarray, np.ndarray]:
+        if self.objective is None:
+            return np.zeros(len(policy.chosen)), np.zeros(len(policy.rejected))
+        _, chosen, rejected = self.objective.fn(policy, ref, self.beta, self.gamma)
+        return chosen.numpy(), rejected.numpy()
+
+
+@dataclass
+class EvalResult:
+    win_rate: float
+    win_rate_se: float
+    lc_win_rate: float  # length-controlled (AlpacaEval 2's GLM, see length_controlled.py)
+    val_win_rate: float  # on the validation prompts: what best-beta selection may look at (never the test prompts)
+    reward: float
+    length: float
+    eos_rate: float
+    kl: float
+    kl_se: float
+    kl_k3: float
+    kl_k3_se: float
+    rank_acc_reward: float
+    rank_acc_policy: float
+    degenerate: str | None  # the reason, when `degeneration` fires
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ranking(model, validation, bench: Benchmark, reward: ImplicitReward) -> dict[str, float]:
+    """Ranking accuracy on the validation pairs of the implicit reward and of the policy's own log-probs."""
+    seqs = [(p, c) for p, c in zip(validation["prompt_ids"], validation["chosen_ids"])]
+    seqs += [(p, r) for p, r in zip(validation["prompt_ids"], validation["rejected_ids"])]
+    logps = sequence_logps(model, seqs, bench.cfg.batch_size, bench.max_length, desc="scoring validation pairs")
+    n = len(validation)
+    f64 = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float64)  # noqa: E731
+    policy = PolicyLogps(
+        f64(logps[:n]),
+        f64(logps[n:]),
+        f64([len(c) for c in validation["chosen_ids"]]),
+        f64([len(r) for r in validation["rejected_ids"]]),
+    )
+    if "ref_chosen_logps" in validation.column_names:
+        ref = ReferenceLogps(f64(validation["ref_chosen_logps"]), f64(validation["ref_rejected_logps"]))
+    else:
+        ref = ReferenceLogps.zeros_like(policy)
+    chosen_r, rejected_r = reward(policy, ref)
+    return {
+        "rank_acc_reward": ranking_accuracy(chosen_r, rejected_r),
+        "rank_acc_policy": ranking_accuracy(logps[:n], logps[n:]),
+    }
+
+
+def evaluate_policy(
+    model, tokenizer, bench: Benchmark, validation, reward: ImplicitReward, reference: SampleScorer
+) -> tuple[EvalResult, Generations, list[float]]:
+    """Score one policy on the held-out test prompts (and validation prompts, for model selection); `validation` is
+    the tokenized validation pairs with the run's reference columns, `reference` scores samples for the KL."""
+    cfg = bench.cfg
+    gens = generate(model, tokenizer, bench.test.prompts, sampling(cfg), cfg.seed, desc="sampling policy")
+    val_gens = generate(
+        model, tokenizer, bench.val.prompts, sampling(cfg), cfg.seed + 2, desc="sampling policy (validation)"
+    )
+    # one judging call for both sets: a reward-model judge is loaded once per policy
+    both = bench.judge.rewards(
+        gens.prompts + val_gens.prompts, gens.responses + val_gens.responses, gens.ended + val_gens.ended
+    )
+    rewards, val_rewards = both[: len(gens.prompts)], both[len(gens.prompts) :]
+    prefs = bench.judge.preferences(rewards, bench.test.baseline_rewards)
+    wr, wr_se = mean_se(prefs)
+    val_wr, _ = mean_se(bench.judge.preferences(val_rewards, bench.val.baseline_rewards))
+
+    # KL needs samples from the policy itself (temperature 1, no nucleus); draw them apart when eval samples differ.
+    kl_gens = gens
+    if (cfg.temperature, cfg.top_p) != (1.0, 1.0):
+        kl_sampling = sampling(cfg, temperature=1.0, top_p=1.0)
+        kl_gens = generate(model, tokenizer, bench.test.prompts, kl_sampling, cfg.seed + 1, desc="sampling for KL")
+    policy_logps = sequence_logps(model, kl_gens.sequences(), cfg.batch_size, desc="scoring samples under policy")
+    kl = kl_estimates(policy_logps, reference.logps(kl_gens, model))
+
+    result = EvalResult(
+        win_rate=wr,
+        win_rate_se=wr_se,
+        lc_win_rate=lc_win_rate(prefs, gens.lengths, bench.test.baseline_lengths),
+        val_win_rate=val_wr,
+        reward=float(np.mean(rewards)),
+        length=float(np.mean(gens.lengths)),
+        eos_rate=float(np.mean(gens.ended)),
+        **kl,
+        **_ranking(model, validation, bench, reward),
+        degenerate=degeneration(gens),
+    )
+    return result, gens, rewards.tolist()

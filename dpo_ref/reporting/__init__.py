@@ -1,0 +1,1 @@
+"""Reporting: results tables, plots and the token-level analysis, all rebuilt from files on disk."""

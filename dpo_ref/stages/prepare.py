@@ -1,0 +1,192 @@
+"""Stage 1, prepare: everything the runs of an experiment share, computed once and written under the experiment
+directory, so that any run can then execute in any process (`dporef run-one`), on any GPU or cluster node.
+
+    <exp_dir>/prepared/plan.json     the resolved models (location, fingerprint), what tokenization dropped, scoring
+                                     counts, and the content key the whole directory was built for
+    <exp_dir>/prepared/pairs/        the tokenized pairs (datasets.save_to_disk) with one pair of columns per
+                                     reference scoring pass (`ref:<name>:chosen` ..., `p_lm:chosen` ...)
+    <exp_dir>/baseline/              the SFT baseline's samples on the test and validation prompts, judged
+    <exp_dir>/similarity.json        how alike each reference is to the policy (swap-reference)
+
+Idempotent: when plan.json holds the same content key (models' fingerprints, data, settings), nothing is redone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from datasets import DatasetDict
+
+from .. import data
+from ..config import Experiment, expand
+from ..evaluation.evaluate import PromptSet, sampling
+from ..evaluation.judges import Judge, RewardModelJudge, RuleJudge
+from ..generation import Generations, generate
+from ..models import ModelRef, load_model, load_tokenizer, resolve, use_bf16
+from ..plan import STUDIES, scoring_needs
+from ..reference import ReferenceEngine, similarity
+from ..store import atomic_dir, atomic_write_json, atomic_write_text, content_hash, read_json
+from ..ui import console
+from ..world import build_world
+
+PREPARE_VERSION = "1"  # bump when what prepare writes changes, so old directories are rebuilt
+
+
+def columns(name: str, unconditional: bool) -> tuple[str, str]:
+    """The (chosen, rejected) column names of one reference scoring pass in prepared/pairs."""
+    prefix = "p_lm" if unconditional else f"ref:{name}"
+    return f"{prefix}:chosen", f"{prefix}:rejected"
+
+
+@dataclass
+class Models:
+    """The experiment's models, resolved to locations and content fingerprints."""
+
+    world: object
+    policy: ModelRef
+    references: dict[str, ModelRef]
+    judge: ModelRef | None
+
+    def as_dict(self) -> dict:
+        ref = lambda m: {"spec": m.spec, "location": m.location, "fingerprint": m.fingerprint}  # noqa: E731
+        return {
+            "policy": ref(self.policy),
+            "references": {n: ref(m) for n, m in self.references.items()},
+            "judge": ref(self.judge) if self.judge else None,
+        }
+
+
+def resolve_models(exp: Experiment) -> Models:
+    world = None
+    if data.needs_world(exp):
+        t0 = time.time()
+        world = build_world(exp.world)
+        console.print(f"world ready in {time.time() - t0:.1f}s: {world.root}")
+    refs = {r.name: resolve(r.model, world, where=f"references.{r.name}") for r in exp.references}
+    judge = resolve(exp.judge.model, world, where="judge.model") if exp.judge.model else None
+    return Models(world, resolve(exp.policy, world, where="policy"), refs, judge)
+
+
+def make_judge(exp: Experiment, judge_model: ModelRef | None) -> Judge:
+    rule = data.judge_scorer(exp)
+    if rule is not None:
+        return RuleJudge(*rule)
+    return RewardModelJudge(judge_model, exp.judge.batch_size, exp.train.precision)
+
+
+def prepare_key(exp: Experiment, models: Models, study: str) -> str:
+    """Content key of everything prepare writes: a change in any part rebuilds the directory."""
+    return content_hash(
+        [
+            PREPARE_VERSION,
+            models.as_dict(),
+            exp.world.model_dump() if models.world else None,
+            *data.source(exp).hash_parts(exp),
+            exp.judge.model_dump(),
+            exp.train.max_length,
+            exp.train.precision,
+            exp.eval.model_dump(),
+            scoring_needs(exp, expand(exp)),
+            STUDIES[study].similarity,
+        ]
+    )
+
+
+def write_generations(path: Path, gens: Generations, rewards: list[float]) -> None:
+    lines = [json.dumps({**row, "reward": r}) for row, r in zip(gens.rows(), rewards)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def baseline(exp: Experiment, exp_dir: Path, name: str, prompts: list, policy: ModelRef, judge: Judge) -> None:
+    """The SFT model's samples (baseline seed) on `prompts`, judged once per experiment, judge and config."""
+    key = content_hash([policy.fingerprint, exp.eval.model_dump(), judge.key, prompts])
+    path, meta_path = exp_dir / "baseline" / f"{name}.jsonl", exp_dir / "baseline" / f"{name}.meta.json"
+    if not (meta_path.is_file() and read_json(meta_path).get("key") == key):
+        model = load_model(policy, bf16=use_bf16(exp.train.precision))
+        seed = exp.eval.baseline_seed
+        gens = generate(model, load_tokenizer(policy), prompts, sampling(exp.eval), seed, desc=f"sampling SFT ({name})")
+        del model
+        rewards = judge.rewards(gens.prompts, gens.responses, gens.ended).tolist()
+        write_generations(path, gens, rewards)
+        atomic_write_json(meta_path, {"key": key, "policy": exp.policy, "seed": seed})
+
+
+def read_baseline(exp_dir: Path, name: str) -> PromptSet:
+    """The prompts of one baseline file and the SFT baseline's judged rewards and lengths on them."""
+    rows = [json.loads(line) for line in (exp_dir / "baseline" / f"{name}.jsonl").read_text().splitlines()]
+    return PromptSet([r["prompt"] for r in rows], [r["reward"] for r in rows], [r["length"] for r in rows])
+
+
+def _tokenized_with_references(exp: Experiment, models: Models, pairs, engine: ReferenceEngine, tokenizer):
+    """The tokenized pairs with one pair of columns per needed scoring pass, joined by pair index."""
+    tokenized, report = data.tokenize.tokenize_pairs(pairs, tokenizer, exp.train.max_length)
+    fingerprint = data.tokenize.pairs_fingerprint(pairs)
+    for split in tokenized:
+        console.print(
+            f"pairs ({split}): {report.kept[split]} kept, {report.truncated[split]} truncated to "
+            f"max_length, {report.dropped_prompt_too_long[split]} dropped (prompt fills max_length)"
+        )
+    out = {}
+    for split, ds in tokenized.items():
+        idx = np.asarray(ds["pair_index"])
+        for name, _, unconditional in scoring_needs(exp, expand(exp)):
+            ref = models.policy if unconditional else models.references[name]
+            scores = engine.pair_scores(
+                ref, pairs, fingerprint, exp.train.max_length, exp.eval.batch_size, unconditional, exp.train.precision
+            )[split]
+            chosen, rejected = columns(name, unconditional)
+            ds = ds.add_column(chosen, scores["chosen"][idx].tolist())
+            ds = ds.add_column(rejected, scores["rejected"][idx].tolist())
+        out[split] = ds
+    counts = {k: getattr(report, k) for k in ("kept", "truncated", "dropped_prompt_too_long")}
+    return DatasetDict(out), counts, fingerprint
+
+
+def _similarity(exp: Experiment, models: Models, pairs, fingerprint: str, engine: ReferenceEngine) -> dict:
+    """For each reference: how alike it is to the SFT policy on the training pairs, before any training."""
+
+    def scores(ref: ModelRef) -> dict:
+        args = (pairs, fingerprint, exp.train.max_length, exp.eval.batch_size, False, exp.train.precision)
+        return engine.pair_scores(ref, *args)["train"]
+
+    policy = scores(models.policy)
+    return {r.name: {"model": r.model, **similarity(policy, scores(models.references[r.name]))} for r in exp.references}
+
+
+def prepare(exp: Experiment, exp_dir: Path, study: str) -> dict:
+    """Write everything the runs of `exp` read (see the module docstring); returns what it did: `status` (built or
+    reused) and the reference scoring passes computed and served from the cache."""
+    models = resolve_models(exp)
+    key = prepare_key(exp, models, study)
+    root = exp_dir / "prepared"
+    if (root / "plan.json").is_file() and read_json(root / "plan.json").get("key") == key:
+        console.print(f"prepared inputs reused: {root}")
+        return {"status": "reused", "computed": 0, "from_cache": 0}
+    tokenizer = load_tokenizer(models.policy)
+    loaded = data.load_data(exp, models.world, models.policy, tokenizer)
+    for note in loaded.notes:
+        console.print(note)
+    engine = ReferenceEngine()
+    pairs, tokenization, fingerprint = _tokenized_with_references(exp, models, loaded.pairs, engine, tokenizer)
+    judge = make_judge(exp, models.judge)
+    prompts = data.tokenize.load_prompts(exp.eval.prompts) if exp.eval.prompts else loaded.eval_prompts
+    test_prompts = prompts[: exp.eval.n_prompts] if exp.eval.n_prompts else prompts
+    val_prompts = data.tokenize.unique_prompts(loaded.pairs["validation"]["prompt"])
+    for name, prompt_list in (("test", test_prompts), ("validation", val_prompts)):
+        baseline(exp, exp_dir, name, prompt_list, models.policy, judge)
+    if STUDIES[study].similarity:
+        atomic_write_json(exp_dir / "similarity.json", _similarity(exp, models, loaded.pairs, fingerprint, engine))
+    plan = {
+        "key": key,
+        "models": models.as_dict(),
+        "tokenization": tokenization,
+        "reference_scoring": {"computed": engine.computed, "from_cache": engine.cached},
+    }
+    with atomic_dir(root, replace=True) as tmp:
+        pairs.save_to_disk(str(tmp / "pairs"))
+        atomic_write_json(tmp / "plan.json", plan)
+    return {"status": "built", "computed": engine.computed, "from_cache": engine.cached}

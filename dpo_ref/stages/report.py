@@ -1,0 +1,71 @@
+"""Stage 3, report: results tables and plots rebuilt from the run directories on disk, and the token analysis of a
+finished run; both read files only, so they work on any machine that sees the results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ..config import Experiment, RunSpec, expand
+from ..errors import UserError
+from ..models import load_model, load_tokenizer, resolve
+from ..plan import STUDIES
+from ..reporting.tables import (
+    BEST_COLUMNS,
+    BEST_RULE,
+    SIMILARITY_COLUMNS,
+    best_per_method,
+    collect,
+    rich_table,
+    shown_columns,
+    write_report,
+)
+from ..reporting.tokens import per_item, token_log_ratios, write_analysis
+from ..store import read_json
+from ..ui import stdout
+from .run import Prepared
+
+
+def results_dir(exp_dir: Path) -> tuple[Experiment, str]:
+    """(experiment, study) of a results directory, from the files the command that made it wrote."""
+    spec, command = exp_dir / "experiment.yaml", exp_dir / "command.json"
+    if not (spec.is_file() and command.is_file()):
+        raise UserError(str(exp_dir), "not an experiment results directory (no experiment.yaml / command.json)")
+    return Experiment.model_validate(yaml.safe_load(spec.read_text())), read_json(command)["study"]
+
+
+def report(exp_dir: Path, exp: Experiment, study: str, judge: str, extra: dict | None = None) -> None:
+    """Rebuild the results files from the run directories on disk and print the tables."""
+    rows = collect(exp_dir, [r.run_id for r in expand(exp)])
+    sim_path = exp_dir / "similarity.json"
+    sim = read_json(sim_path) if sim_path.is_file() else None
+    title = STUDIES[study].title
+    write_report(exp_dir, rows, f"{exp.name} ({title})", STUDIES[study].tables, extra, sim, judge)
+    stdout.print(rich_table(rows, shown_columns(rows), f"{exp.name}: {title}"))
+    if "best" in STUDIES[study].tables:
+        columns = BEST_COLUMNS + (SIMILARITY_COLUMNS if sim else [])
+        stdout.print(rich_table(best_per_method(rows, sim), columns, f"best beta per method ({BEST_RULE})"))
+
+
+def analyze_run(run_dir: Path, min_count: int = 100, top: int = 15) -> dict:
+    """Write `<run_dir>/analysis/{tokens.csv, tokens.md, histogram.png}` for a finished run; return a summary."""
+    run_dir = Path(run_dir)
+    if not ((run_dir / "run.yaml").is_file() and (run_dir / "policy" / "config.json").is_file()):
+        raise UserError(str(run_dir), "not a finished training run (needs run.yaml and policy/)")
+    prepared = Prepared.open(run_dir.parent)
+    run = RunSpec.model_validate(yaml.safe_load((run_dir / "run.yaml").read_text())["run"])
+    policy_ref = prepared.model("policy")
+    reference = policy_ref if run.reference is None else prepared.model("references", run.reference)
+    tokenizer = load_tokenizer(policy_ref)
+    if load_tokenizer(reference).get_vocab() != tokenizer.get_vocab():
+        raise UserError(
+            str(run_dir), f"reference {reference.spec} has another tokenizer; per-token ratios need the same one"
+        )
+    val = prepared.pairs["validation"]
+    seqs = [(p, c) for p, c in zip(val["prompt_ids"], val["chosen_ids"])]
+    seqs += [(p, r) for p, r in zip(val["prompt_ids"], val["rejected_ids"])]
+    policy = load_model(resolve(str(run_dir / "policy")))
+    exp = prepared.exp
+    ids, ratios = token_log_ratios(policy, load_model(reference), seqs, exp.eval.batch_size, exp.train.max_length)
+    return write_analysis(run_dir / "analysis", per_item(ids, ratios), tokenizer, min_count, top, run.run_id)
