@@ -106,7 +106,7 @@ def run_one(
         from .stages.run import run_one as execute
 
         _quiet_libraries()
-        return int(execute(exp_dir, run_id) not in ("done", "degenerate"))
+        return int(execute(exp_dir, run_id) == "failed")  # diverged and degenerate runs are results too
 
     _guarded(body)
 

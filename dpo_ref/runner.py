@@ -8,18 +8,16 @@ stages between them are files on disk (see stages/), so the same experiment can 
 from __future__ import annotations
 
 import time
-import traceback
 from pathlib import Path
 
 import yaml
 
 from . import data
 from .config import Experiment, expand, load_experiment
-from .errors import UserError
 from .plan import STUDIES, check_study, is_done, plan_text
 from .stages.prepare import prepare
 from .stages.report import report
-from .stages.run import Prepared, execute
+from .stages.run import Prepared, execute_safely
 from .store import atomic_write_json, atomic_write_text
 from .ui import console, stdout
 
@@ -27,29 +25,6 @@ from .ui import console, stdout
 def read_experiment(path: Path, overrides: list[str]) -> Experiment:
     """The experiment file with its overrides, validated, with the data registry's cross-key checks."""
     return load_experiment(path, overrides, checks=[data.check_judge])
-
-
-def _execute_safely(prepared: Prepared, run, exp_dir: Path) -> bool:
-    """Run one run in this process; a broken run is marked (diverged or failed, traceback on disk) without losing the
-    others. Returns whether it failed."""
-    try:
-        execute(prepared, run)
-    except FloatingPointError as e:
-        atomic_write_json(exp_dir / run.run_id / "status.json", {"status": "diverged", "error": str(e)})
-        console.print(f"[red]diverged[/]: {run.run_id}: {e}")
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted during {run.run_id}; run the same command again to resume")
-        raise
-    except UserError:
-        raise
-    except Exception as e:  # one broken run must not lose the others; its traceback is kept on disk
-        atomic_write_json(
-            exp_dir / run.run_id / "status.json",
-            {"status": "failed", "error": repr(e), "traceback": traceback.format_exc()},
-        )
-        console.print(f"[red]failed[/]: {run.run_id}: {e!r}")
-        return True
-    return False
 
 
 def run_experiment(
@@ -83,7 +58,7 @@ def run_experiment(
         opened = Prepared.open(exp_dir)
         for i, run in enumerate(pending, 1):
             console.rule(f"[bold]{run.run_id}[/] ({i}/{len(pending)})")
-            failed += _execute_safely(opened, run, exp_dir)
+            failed += execute_safely(opened, run) == "failed"
     scoring = {"computed": prepared["computed"], "from_cache": prepared["from_cache"]}
     extra = {"reference_scoring": scoring, "prepared": prepared["status"], "wall_seconds": time.time() - t_start}
     report(exp_dir, exp, study, data.describe_judge(exp), extra=extra)

@@ -8,6 +8,8 @@ import pytest
 
 from dpo_ref.reporting.tables import COLUMNS
 
+pytestmark = pytest.mark.slow  # end to end: trains on the embedded world
+
 SHORT = ["objectives.0.betas=[0.1,0.01]", "train.max_steps=6", "train.logging_steps=1", "eval.max_new_tokens=20"]
 
 
@@ -95,8 +97,21 @@ def test_second_run_skips_finished_runs_and_resumes_interrupted_one(first, sweep
 def test_changed_config_reruns_affected_runs(first, sweep):
     out, _ = first
     rerun = sweep(out, "train.learning_rate=1e-3")
-    # a training setting invalidates the trained runs, not the untrained SFT row
+    # a training setting invalidates the trained runs, not the untrained SFT row, nor the prepared inputs
     assert rerun.stderr.count("already done: ") == 1 and "already done: sft" in rerun.stderr
+    assert results(out)["prepared"] == "reused"
+
+
+def test_prepared_inputs_are_rebuilt_when_what_they_hold_changes(sweep, tmp_path):
+    sweep(tmp_path, "objectives.0.betas=[0.1]")
+    assert results(tmp_path)["prepared"] == "built"
+    plan = tmp_path / "rq1_sweep_beta" / "prepared" / "plan.json"
+    assert json.loads(plan.read_text())["tokenization"]["truncated"] == {"train": 0, "validation": 0}
+    # a shorter max_length changes the tokenized pairs and the reference scores: prepared again, runs again
+    rerun = sweep(tmp_path, "objectives.0.betas=[0.1]", "train.max_length=16")
+    assert results(tmp_path)["prepared"] == "built" and "already done: " not in rerun.stderr
+    truncated = json.loads(plan.read_text())["tokenization"]["truncated"]
+    assert truncated["train"] > 0 and truncated["validation"] > 0
 
 
 def test_checkpoint_choice_keeps_the_lowest_validation_loss(sweep, tmp_path):

@@ -23,6 +23,7 @@ from datasets import DatasetDict
 
 from .. import data
 from ..config import Experiment, expand
+from ..data.tokenize import load_prompts, pairs_fingerprint, tokenize_pairs, unique_prompts
 from ..evaluation.evaluate import PromptSet, sampling
 from ..evaluation.judges import Judge, RewardModelJudge, RuleJudge
 from ..generation import Generations, generate
@@ -123,8 +124,8 @@ def read_baseline(exp_dir: Path, name: str) -> PromptSet:
 
 def _tokenized_with_references(exp: Experiment, models: Models, pairs, engine: ReferenceEngine, tokenizer):
     """The tokenized pairs with one pair of columns per needed scoring pass, joined by pair index."""
-    tokenized, report = data.tokenize.tokenize_pairs(pairs, tokenizer, exp.train.max_length)
-    fingerprint = data.tokenize.pairs_fingerprint(pairs)
+    tokenized, report = tokenize_pairs(pairs, tokenizer, exp.train.max_length)
+    fingerprint = pairs_fingerprint(pairs)
     for split in tokenized:
         console.print(
             f"pairs ({split}): {report.kept[split]} kept, {report.truncated[split]} truncated to "
@@ -163,7 +164,9 @@ def prepare(exp: Experiment, exp_dir: Path, study: str) -> dict:
     models = resolve_models(exp)
     key = prepare_key(exp, models, study)
     root = exp_dir / "prepared"
-    if (root / "plan.json").is_file() and read_json(root / "plan.json").get("key") == key:
+    written = [root / "plan.json", exp_dir / "baseline" / "test.jsonl", exp_dir / "baseline" / "validation.jsonl"]
+    written += [exp_dir / "similarity.json"] if STUDIES[study].similarity else []
+    if all(p.is_file() for p in written) and read_json(root / "plan.json").get("key") == key:
         console.print(f"prepared inputs reused: {root}")
         return {"status": "reused", "computed": 0, "from_cache": 0}
     tokenizer = load_tokenizer(models.policy)
@@ -173,9 +176,9 @@ def prepare(exp: Experiment, exp_dir: Path, study: str) -> dict:
     engine = ReferenceEngine()
     pairs, tokenization, fingerprint = _tokenized_with_references(exp, models, loaded.pairs, engine, tokenizer)
     judge = make_judge(exp, models.judge)
-    prompts = data.tokenize.load_prompts(exp.eval.prompts) if exp.eval.prompts else loaded.eval_prompts
+    prompts = load_prompts(exp.eval.prompts) if exp.eval.prompts else loaded.eval_prompts
     test_prompts = prompts[: exp.eval.n_prompts] if exp.eval.n_prompts else prompts
-    val_prompts = data.tokenize.unique_prompts(loaded.pairs["validation"]["prompt"])
+    val_prompts = unique_prompts(loaded.pairs["validation"]["prompt"])
     for name, prompt_list in (("test", test_prompts), ("validation", val_prompts)):
         baseline(exp, exp_dir, name, prompt_list, models.policy, judge)
     if STUDIES[study].similarity:

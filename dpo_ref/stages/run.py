@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,7 +153,28 @@ def execute(prepared: Prepared, run: RunSpec) -> str:
     return status["status"]
 
 
+def execute_safely(prepared: Prepared, run: RunSpec) -> str:
+    """`execute`, with a broken run marked on disk (diverged, or failed with its traceback) instead of raised, so one
+    run cannot lose the others and a launcher reads the outcome from status.json. Returns the final status."""
+    status_file = prepared.exp_dir / run.run_id / "status.json"
+    try:
+        return execute(prepared, run)
+    except FloatingPointError as e:
+        atomic_write_json(status_file, {"status": "diverged", "error": str(e)})
+        console.print(f"[red]diverged[/]: {run.run_id}: {e}")
+        return "diverged"
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted during {run.run_id}; run the same command again to resume")
+        raise
+    except UserError:
+        raise
+    except Exception as e:  # its traceback is kept on disk
+        atomic_write_json(status_file, {"status": "failed", "error": repr(e), "traceback": traceback.format_exc()})
+        console.print(f"[red]failed[/]: {run.run_id}: {e!r}")
+        return "failed"
+
+
 def run_one(exp_dir: Path, run_id: str) -> str:
-    """`dporef run-one`: one run of a prepared experiment, from its directory alone."""
+    """`dporef run-one`: one run of a prepared experiment, from its directory alone; returns its final status."""
     prepared = Prepared.open(exp_dir)
-    return execute(prepared, find_run(prepared.exp, run_id, f"{exp_dir}: run {run_id}"))
+    return execute_safely(prepared, find_run(prepared.exp, run_id, f"{exp_dir}: run {run_id}"))
