@@ -8,6 +8,8 @@ from typer.testing import CliRunner
 from dpo_ref.cli import app
 from dpo_ref.evaluation.length_controlled import lc_win_rate
 
+pytestmark = pytest.mark.slow  # end to end: trains on the embedded world
+
 
 @pytest.fixture(scope="module")
 def finished(run_study, tmp_path_factory):

@@ -25,6 +25,7 @@ def test_per_item_means():
     assert items == {3: (1.0, 3), 5: (-2.0, 1)}
 
 
+@pytest.mark.slow
 def test_analyze_matches_direct_per_token_computation(tmp_path, run_study, tiny_world):
     run_study(
         "sweep-beta",

@@ -1,11 +1,14 @@
 """`dporef compare-objectives` on a tiny world: reference passes only where needed, the best-beta table, p_LM(y)."""
 
+import pytest
+
 from dpo_ref.chat import render
 
 SHORT = ["train.max_steps=4", "eval.max_new_tokens=20"]
 EXPERIMENT = "rq2_compare_objectives"
 
 
+@pytest.mark.slow
 def test_reference_free_objectives_score_nothing(tmp_path, run_study):
     summary, _ = run_study(
         "compare-objectives",
@@ -19,6 +22,7 @@ def test_reference_free_objectives_score_nothing(tmp_path, run_study):
     assert all(r["status"] == "done" for r in summary["rows"])
 
 
+@pytest.mark.slow
 def test_each_objective_reads_its_own_reference_and_best_table(tmp_path, run_study):
     objectives = (
         "objectives=[{name: dpo, betas: [0.1, 0.01]}, {name: likelihood, betas: [0.1]}, {name: posterior, betas: [10]}]"

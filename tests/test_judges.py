@@ -66,6 +66,7 @@ def test_rule_judge_counts_ties_as_half():
     assert judge.preferences(rewards, [0.5, 1.0, 1.0]).tolist() == [1.0, 0.0, 0.5]
 
 
+@pytest.mark.slow
 def test_sweep_judged_by_a_reward_model(run_study, reward_model_dir, tmp_path):
     results, _ = run_study(
         "sweep-beta",

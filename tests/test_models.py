@@ -23,6 +23,7 @@ def _no_build(*args):
     raise AssertionError("rebuilt a model that is already in the cache")
 
 
+@pytest.mark.slow
 @needs_smollm2
 def test_gguf_rebuilt_once_matches_the_gguf_model(monkeypatch):
     ref = resolve(SMOLLM2)

@@ -41,6 +41,7 @@ def test_pairs_are_best_and_worst_by_the_checks_and_built_once(init_model):
     assert again[2] == stats and again[0]["train"]["chosen"] == pairs["train"]["chosen"]
 
 
+@pytest.mark.slow
 def test_sweep_on_instruction_pairs(run_study, init_model, tmp_path):
     spec = f"init:{init_model}"
     results, _ = run_study(

@@ -46,6 +46,7 @@ def test_reference_scores_of_same_pairs_align_across_tokenizers(world, tmp_path)
         assert np.all(np.isfinite(other[split]["chosen"])) and np.all(other[split]["chosen"] < 0)
 
 
+@pytest.mark.slow
 def test_swap_reference_end_to_end(tmp_path, world, run_study):
     sets = ["objectives.0.betas=[1,0.1]", "train.max_steps=4", "eval.max_new_tokens=20"]
     summary, _ = run_study("swap-reference", tmp_path, *sets, experiment="rq3_swap_reference")

@@ -89,6 +89,7 @@ def test_solve_rejects_foreign_prompts():
 # ---- tokenizer
 
 
+@pytest.mark.slow
 def test_chat_template_prefix_and_completion_tokens(world):
     tok = world.tokenizer()
     assert tok.eos_token == "<eos>" and tok.pad_token == "<pad>" and tok.padding_side == "left"
@@ -121,6 +122,7 @@ def test_tokenizer_round_trips_through_save_pretrained(tmp_path):
 # ---- the built world
 
 
+@pytest.mark.slow
 def test_world_layout(world):
     from transformers import AutoModelForCausalLM
 
@@ -150,6 +152,7 @@ def test_world_layout(world):
     assert len(world.eval_prompts()) == SMALL.n_eval_prompts
 
 
+@pytest.mark.slow
 def test_second_build_is_cached(world, cache, monkeypatch):
     monkeypatch.setenv("DPOREF_CACHE", str(cache))
     start = time.perf_counter()
@@ -159,6 +162,7 @@ def test_second_build_is_cached(world, cache, monkeypatch):
     assert World.load(world.root) == again
 
 
+@pytest.mark.slow
 def test_prompts_are_disjoint(world):
     data = world.preference_data()
     train, val, evals = (set(data["train"]["prompt"]), set(data["validation"]["prompt"]), set(world.eval_prompts()))
@@ -166,6 +170,7 @@ def test_prompts_are_disjoint(world):
     assert not train & val and not train & evals and not val & evals
 
 
+@pytest.mark.slow
 def test_sft_policy_is_imperfect_but_well_above_chance(world):
     meta = world.meta()
     assert 0.1 < meta["sft_greedy_exact_match"] < 0.9
@@ -176,6 +181,7 @@ def test_sft_policy_is_imperfect_but_well_above_chance(world):
     assert min(offsets) < 0 < max(offsets)
 
 
+@pytest.mark.slow
 def test_batched_generation_matches_one_prompt_at_a_time(world):
     from transformers import AutoModelForCausalLM
 
@@ -190,6 +196,7 @@ def test_batched_generation_matches_one_prompt_at_a_time(world):
 # ---- properties of the build itself
 
 
+@pytest.mark.slow
 def test_same_seed_same_world_and_caller_rng_untouched(tmp_path):
     torch_state, py_state = torch.get_rng_state(), random.getstate()
     a = build_world(TINY, cache_dir=tmp_path / "a")

@@ -6,6 +6,8 @@ import pytest
 from dpo_ref import world as W
 from dpo_ref.world import World, WorldConfig, build_world
 
+pytestmark = pytest.mark.slow  # end to end: trains on the embedded world
+
 # Builds in ~15 s on 2 cores. sft gets 60 steps of 32 noisy demonstrations (greedy exact match ~0.1), strong-same
 # 60 more steps on the cleaner ones, which lifts it clearly (and deterministically: the build is) above sft;
 # strong-other gets a few steps only, enough for everything but strength.
