@@ -120,3 +120,36 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path):
     assert "references to score" in result.stdout and "sft: world:sft [p_ref(y|x)]" in result.stdout
     assert "dpo-sft-b0.005-s0" in result.stdout and "optimizer steps each" in result.stdout
     assert not out.exists()
+
+
+def test_extends_merges_mappings_child_wins_and_replaces_lists(tmp_path):
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "_base.yaml").write_text(
+        yaml.safe_dump(base() | {"train": {"learning_rate": 3e-4, "max_steps": 7}, "seeds": [0, 1, 2]})
+    )
+    child = tmp_path / "child.yaml"
+    child.write_text(
+        yaml.safe_dump({"extends": "shared/_base.yaml", "name": "c", "train": {"max_steps": 3}, "seeds": [5]})
+    )
+    exp = load_experiment(child)
+    # by hand: name and max_steps from the child, learning_rate and objectives from the base, seeds replaced whole
+    assert (exp.name, exp.train.max_steps, exp.train.learning_rate, exp.seeds) == ("c", 3, 3e-4, [5])
+    assert exp.objectives[0].betas == [0.1, 0.01]
+
+
+def test_extends_errors_name_the_file_that_is_wrong(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("extends: b.yaml\nname: a\n")
+    b.write_text("extends: a.yaml\n")
+    with pytest.raises(UserError, match="cycle"):
+        load_experiment(a)
+    a.write_text("extends: missing.yaml\n")
+    with pytest.raises(UserError, match="missing.yaml: no such file") as missing:
+        load_experiment(a)
+    assert str(a) in missing.value.where
+    # a bad value set in the base is reported against the base, where it has to be fixed
+    b.write_text(yaml.safe_dump(base() | {"train": {"learning_rate": -1}}))
+    a.write_text("extends: b.yaml\nname: a\n")
+    with pytest.raises(UserError) as bad:
+        load_experiment(a)
+    assert bad.value.where == f"{b}: train.learning_rate"
