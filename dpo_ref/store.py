@@ -1,7 +1,8 @@
 """On-disk primitives every stage shares: the cache root, content hashes, and atomic writes.
 
 Every file dporef writes goes through `atomic_write_*` (temp file + rename), so an interrupted command never leaves a
-half-written file behind, and every cache entry is keyed by `content_hash` of what produced it.
+half-written file behind, and every cache entry is keyed by `content_hash` of what produced it. `file_hash` hashes
+every byte of a model and memoises each file's digest, so a large checkpoint is read once, not on every command.
 """
 
 import hashlib
@@ -9,9 +10,17 @@ import json
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+# sha256, not blake2b: with SHA extensions it hashes ~1.6 GB/s here against ~0.9 GB/s (a 200 MB file, 2 CPU cores)
+HASH_CHUNK = 8 << 20  # bytes per read: few system calls and progress updates, small enough to stay in memory
+MEMO_BYTES = 1 << 20  # smaller files are read again rather than memoised (a memo entry costs about as much)
+PROGRESS_BYTES = 256 << 20  # files this large show a progress bar while they are hashed
+RACY_NS = 2 * 10**9  # the coarsest mtime granularity of common file systems (FAT: 2 s)
 
 
 def cache_root() -> Path:
@@ -25,16 +34,73 @@ def content_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def file_hash(path: Path, length: int = 16) -> str:
-    """Hash of a file's bytes, or of every file under a directory (names and bytes, in sorted order)."""
+def file_hash(path: Path, length: int = 16, progress: Callable[[], Any] | None = None) -> str:
+    """Hash of a file's bytes, or of every file under a directory (relative names and bytes, in sorted order).
+
+    Every byte counts, whatever the size (fingerprints key every cache, so two checkpoints of one shape must differ),
+    and each file is read once: its digest is memoised (`_digest`). `progress` makes a rich progress display
+    (`ui.progress`, which this bottom layer may not import) for files of `PROGRESS_BYTES` or more."""
+    path = Path(path)
+    if not path.is_dir():
+        return _digest(path, progress)[:length]
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return content_hash([[f.relative_to(path).as_posix(), _digest(f, progress)] for f in files], length)
+
+
+def _digest(path: Path, progress) -> str:
+    """sha256 of a file, memoised in `<cache>/filehash/` by (absolute path, size, mtime_ns, inode).
+
+    One entry per path, rewritten when the file changes. A file modified within `RACY_NS` of the read is not
+    memoised: on a file system with coarse timestamps a later same-size overwrite could keep its mtime."""
+    real = path.resolve()  # a hub snapshot links into its blobs: memoise the blob, shared by every snapshot
+    before = real.stat()
+    if before.st_size < MEMO_BYTES:
+        return _read_digest(real, before.st_size, progress)
+    stat = {"size": before.st_size, "mtime_ns": before.st_mtime_ns, "inode": before.st_ino}
+    key = {"path": str(real), **stat, "algorithm": "sha256"}
+    entry = cache_root() / "filehash" / f"{content_hash(key['path'], 32)}.json"
+    memo = _read_memo(entry)
+    if memo is not None and {k: memo.get(k) for k in key} == key and isinstance(memo.get("digest"), str):
+        return memo["digest"]
+    started = time.time_ns()
+    digest = _read_digest(real, before.st_size, progress)
+    after = real.stat()
+    unchanged = {"size": after.st_size, "mtime_ns": after.st_mtime_ns, "inode": after.st_ino} == stat
+    if unchanged and before.st_mtime_ns < started - RACY_NS:
+        atomic_write_json(entry, {**key, "digest": digest})
+    return digest
+
+
+def _read_memo(entry: Path) -> dict | None:
+    """A memo entry, or None when it is missing, unreadable or not an entry (the file is then hashed again)."""
+    try:
+        memo = read_json(entry)
+    except (OSError, ValueError):
+        return None
+    return memo if isinstance(memo, dict) else None
+
+
+def _read_digest(path: Path, size: int, progress) -> str:
+    """Read the file in `HASH_CHUNK` pieces into one reused buffer, with a bar in MiB for large files."""
     h = hashlib.sha256()
-    files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
-    for f in files:
-        h.update(str(f.relative_to(path) if Path(path).is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:length]
+    buf = bytearray(min(HASH_CHUNK, size + 1))
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh, _bar(progress, path.name, size) as advance:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+            advance(n)
+    return h.hexdigest()
+
+
+@contextmanager
+def _bar(progress, name: str, size: int):
+    """Yield `advance(n_bytes)`: a progress task for a file of `PROGRESS_BYTES` or more, else a no-op."""
+    if progress is None or size < PROGRESS_BYTES:
+        yield lambda n: None
+        return
+    with progress() as display:
+        task = display.add_task(f"hashing {name} (MiB)", total=size / 2**20)
+        yield lambda n: display.advance(task, n / 2**20)
 
 
 def _umask() -> int:

@@ -15,14 +15,15 @@ from dpo_ref.models import load_model, load_tokenizer, resolve
 from dpo_ref.world import make_tokenizer
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+LATER = "89abcdef0123456789abcdef0123456789abcdef"
 
 
-def snapshot(hub, kind: str, repo: str):
+def snapshot(hub, kind: str, repo: str, commit: str = COMMIT):
     """`<hub>/<kind>s--org--name/snapshots/<commit>/` with `refs/main` naming it: what a download writes."""
     root = hub / f"{kind}s--{repo.replace('/', '--')}"
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text(COMMIT)
-    path = root / "snapshots" / COMMIT
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    path = root / "snapshots" / commit
     path.mkdir(parents=True)
     return path
 
@@ -55,6 +56,18 @@ def test_model_hub_id_resolves_from_the_local_cache(hub, tmp_path):
     assert load_tokenizer(ref).get_vocab() == tok.get_vocab()
     with pytest.raises(UserError, match="not in the local cache"):
         resolve("org/not-downloaded")
+
+
+def test_hub_fingerprint_names_the_snapshot_commit(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("DPOREF_CACHE", str(tmp_path / "cache"))
+    refs = {}
+    for commit in (COMMIT, LATER):  # a second download of org/tiny moved refs/main; the files did not change
+        path = snapshot(hub, "model", "org/tiny", commit)
+        (path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 32}))
+        (path / "model.safetensors").write_bytes(bytes(range(256)) * 64)
+        refs[commit] = resolve("org/tiny")
+    assert refs[COMMIT].location.endswith(COMMIT) and refs[LATER].location.endswith(LATER)
+    assert refs[COMMIT].fingerprint != refs[LATER].fingerprint
 
 
 def test_eval_prompts_from_a_hub_dataset_file(hub, tmp_path):

