@@ -1,92 +1,141 @@
 """The reference engine: score each (reference, data) once into a content-addressed cache, and score texts.
 
-Training never holds a reference model: each run reads `ref_chosen_logps` / `ref_rejected_logps` from the cache.
-A cache entry is keyed by the reference's content fingerprint (weights, config, tokenizer, template), the pairs'
-content, `max_length` and the mode (conditional p_ref(y|x) or unconditional p_LM(y)), so anything that could change
-the numbers changes the key. A reference renders the text with its own tokenizer and chat template, so references of
-another family (other tokenizer) score exactly the same responses as the policy.
+Training never holds a reference model: each run reads `ref_chosen_logps` / `ref_rejected_logps` from the prepared
+data. Every reference scores exactly the response text the policy trains on: the policy's kept prefix of each
+response (data/tokenize.py), closed by end-of-turn only when the policy's copy is. A reference that renders text as
+the policy does (same vocabulary and template) scores the policy's own token ids; one of another family renders the
+kept text with its own tokenizer and template, in full, so that no reference cuts the text elsewhere than the policy.
+
+A cache entry is keyed by the reference's content fingerprint, its precision regime and a digest of the exact token
+sequences it scores, so anything that could change the numbers changes the key.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from datasets import DatasetDict
+from transformers import AutoConfig
 
-from .chat import end_of_turn_length, render_many
+from .chat import render_many, same_rendering, unconditional_head
 from .logprobs import sequence_logps
-from .models import ModelRef, load_model, load_tokenizer, use_bf16
+from .models import ModelRef, load_model, load_tokenizer
+from .precision import Regime, regime_for
 from .store import atomic_write_json, cache_root, content_hash, read_json
 from .ui import console
 
-SCORER_VERSION = "1"  # bump when the scoring maths change, to invalidate old cache entries
+SCORER_VERSION = "2"  # bump when the scoring maths change, to invalidate old cache entries
+
+
+def sequences_digest(seqs: Sequence[tuple[list[int], list[int]]]) -> str:
+    """Digest of token sequences (prompt and completion ids, in order): the data part of a scoring pass's key."""
+    h = hashlib.blake2b(digest_size=16)
+    for prompt, completion in seqs:
+        h.update(np.asarray(prompt, dtype=np.int64).tobytes() + b"|" + np.asarray(completion, dtype=np.int64).tobytes())
+        h.update(b";")
+    return h.hexdigest()
+
+
+def pair_sequences(tokenizer, policy_tokenizer, ds, unconditional: bool) -> list[tuple[list[int], list[int]]]:
+    """The (prompt_ids, completion_ids) a reference scores for each pair of the policy's tokenized `ds`, chosen then
+    rejected per pair: the policy's kept completion ids where the tokenizers render alike, else the kept text."""
+    if same_rendering(tokenizer, policy_tokenizer):
+        heads = [unconditional_head(tokenizer)] * len(ds) if unconditional else ds["prompt_ids"]
+        return [(h, c) for h, pair in zip(heads, zip(ds["chosen_ids"], ds["rejected_ids"])) for c in pair]
+    prompts = [p for p in ds["prompt"] for _ in range(2)]
+    texts = [t for pair in zip(ds["chosen_kept"], ds["rejected_kept"]) for t in pair]
+    closed = [e for pair in zip(ds["chosen_closed"], ds["rejected_closed"]) for e in pair]
+    return render_many(tokenizer, prompts, texts, unconditional, closed)
+
+
+@dataclass
+class PassReport:
+    """What one scoring pass did to the policy's pairs, per split: printed beside the policy's own counts."""
+
+    beyond_max_length: dict[str, int] = field(default_factory=dict)  # in its tokens; scored whole all the same
+    over_context: dict[str, int] = field(default_factory=dict)  # pairs longer than its context window: dropped
 
 
 @dataclass
 class ReferenceEngine:
-    """Scores references over preference pairs, once per cache key; counts passes computed vs served from cache.
-    Within one command an entry is read at most once (kept in memory), so each count is per distinct reference."""
+    """Scores references over the policy's tokenized pairs, once per cache key; counts passes computed vs served from
+    cache. Within one command an entry is read at most once (kept in memory), so each count is per distinct pass."""
 
     cache_dir: Path = field(default_factory=lambda: cache_root() / "refscores")
     computed: int = 0
     cached: int = 0
     memo: dict = field(default_factory=dict, repr=False)
-
-    def key(self, ref: ModelRef, pairs_fp: str, max_length: int, unconditional: bool) -> str:
-        mode = "unconditional" if unconditional else "conditional"
-        return content_hash([SCORER_VERSION, ref.fingerprint, pairs_fp, max_length, mode])
+    reports: dict[str, PassReport] = field(default_factory=dict)
 
     def pair_scores(
         self,
         ref: ModelRef,
         pairs: DatasetDict,
-        pairs_fp: str,
+        policy_tokenizer,
         max_length: int,
         batch_size: int,
         unconditional: bool = False,
         precision: str = "auto",
     ) -> dict[str, dict[str, np.ndarray]]:
-        """{split: {"chosen": log p_ref(yw), "rejected": log p_ref(yl)}} over every row of `pairs`, in row order."""
-        key = self.key(ref, pairs_fp, max_length, unconditional)
-        if key in self.memo:
-            return self.memo[key]
+        """{split: {"chosen": log p_ref(yw), "rejected": log p_ref(yl)}} over every row of the tokenized `pairs`, in
+        row order; NaN where the pair does not fit the reference's context (the caller drops it)."""
+        tokenizer, regime = load_tokenizer(ref), regime_for(ref, precision)
+        seqs = {s: pair_sequences(tokenizer, policy_tokenizer, ds, unconditional) for s, ds in pairs.items()}
+        mode = "p_LM(y)" if unconditional else "p_ref(y|x)"
+        key = content_hash(
+            [SCORER_VERSION, ref.fingerprint, regime.key, {s: sequences_digest(q) for s, q in seqs.items()}]
+        )
+        context = getattr(AutoConfig.from_pretrained(ref.location), "max_position_embeddings", None)
+        self.reports[f"{ref.spec} {mode}"] = _report(seqs, max_length, context)
+        if key not in self.memo:
+            self.memo[key] = self._cached(key) or self._score(ref, regime, seqs, batch_size, context, mode, key)
+        return self.memo[key]
+
+    def _cached(self, key: str) -> dict | None:
         path = self.cache_dir / f"{key}.json"
-        if path.is_file():
-            try:
-                entry = read_json(path)
-                self.memo[key] = {s: {k: np.asarray(v) for k, v in c.items()} for s, c in entry["scores"].items()}
-                self.cached += 1
-                return self.memo[key]
-            except (ValueError, KeyError):
-                console.print(f"[yellow]reference cache entry {path} is corrupt; rescoring")
-        tokenizer = load_tokenizer(ref)
-        model = load_model(ref, bf16=use_bf16(precision))
+        if not path.is_file():
+            return None
+        try:
+            entry = read_json(path)
+            scores = {s: {k: np.asarray(v, dtype=np.float64) for k, v in c.items()} for s, c in entry["scores"].items()}
+        except (ValueError, KeyError, TypeError):
+            console.print(f"[yellow]reference cache entry {path} is corrupt; rescoring")
+            return None
+        self.cached += 1
+        return scores
+
+    def _score(self, ref: ModelRef, regime: Regime, seqs: dict, batch_size: int, context, mode: str, key: str) -> dict:
+        model = load_model(ref, bf16=regime.bf16_weights)
         scores = {}
-        for split, ds in pairs.items():
-            prompts = [p for p in ds["prompt"] for _ in range(2)]
-            responses = [y for pair in zip(ds["chosen"], ds["rejected"]) for y in pair]
-            seqs = render_many(tokenizer, prompts, responses, unconditional)
-            mode = "p_LM(y)" if unconditional else "p_ref(y|x)"
-            logps = sequence_logps(model, seqs, batch_size, max_length, desc=f"scoring {ref.spec} {mode} [{split}]")
+        for split, rows in seqs.items():
+            fits = [context is None or len(p) + len(c) <= context for p, c in rows]
+            logps = np.full(len(rows), np.nan)
+            kept = [i for i, ok in enumerate(fits) if ok]
+            with regime.autocast():
+                desc = f"scoring {ref.spec} {mode} [{split}]"
+                logps[kept] = sequence_logps(model, [rows[i] for i in kept], batch_size, desc=desc)
             scores[split] = {"chosen": logps[0::2], "rejected": logps[1::2]}
         del model
-        meta = {
-            "spec": ref.spec,
-            "fingerprint": ref.fingerprint,
-            "max_length": max_length,
-            "unconditional": unconditional,
-            "pairs": pairs_fp,
+        meta = {"spec": ref.spec, "fingerprint": ref.fingerprint, "regime": regime.key, "mode": mode}
+        as_lists = {
+            s: {k: [None if np.isnan(x) else float(x) for x in v] for k, v in c.items()} for s, c in scores.items()
         }
-        self.memo[key] = scores
-        atomic_write_json(
-            path,
-            {"meta": meta, "scores": {s: {k: v.tolist() for k, v in c.items()} for s, c in scores.items()}},
-        )
+        atomic_write_json(self.cache_dir / f"{key}.json", {"meta": meta, "scores": as_lists})
         self.computed += 1
         return scores
+
+
+def _report(seqs: dict, max_length: int, context: int | None) -> PassReport:
+    report = PassReport()
+    for split, rows in seqs.items():
+        lengths = np.array([len(p) + len(c) for p, c in rows]).reshape(-1, 2) if rows else np.zeros((0, 2))
+        report.beyond_max_length[split] = int((lengths > max_length).sum())
+        report.over_context[split] = int((lengths > context).any(axis=1).sum()) if context else 0
+    return report
 
 
 def text_logps(
@@ -97,23 +146,20 @@ def text_logps(
     batch_size: int,
     precision: str = "auto",
 ) -> np.ndarray:
-    """log p_ref(y|x) of arbitrary (prompt, response) texts, rendered with the reference's own template; a response
-    that did not end (hit the length limit) is scored without the template's end-of-turn tokens. Not cached: these
-    are a policy's fresh samples (KL estimates)."""
-    tokenizer = load_tokenizer(ref)
-    model = load_model(ref, bf16=use_bf16(precision))
-    end_of_turn = end_of_turn_length(tokenizer, prompts[0]) if len(prompts) else 0
-    seqs = []
-    for (prompt_ids, completion), done in zip(render_many(tokenizer, prompts, responses), ended):
-        seqs.append((prompt_ids, completion if done else completion[: len(completion) - end_of_turn]))
-    return sequence_logps(model, seqs, batch_size, desc=f"scoring samples under {ref.spec}")
+    """log p_ref(y|x) of arbitrary (prompt, response) texts, rendered with the reference's own template (a response
+    that did not end without end-of-turn, as everywhere). Not cached: these are a policy's fresh samples (KL)."""
+    tokenizer, regime = load_tokenizer(ref), regime_for(ref, precision)
+    model = load_model(ref, bf16=regime.bf16_weights)
+    with regime.autocast():
+        seqs = render_many(tokenizer, prompts, responses, ended=ended)
+        return sequence_logps(model, seqs, batch_size, desc=f"scoring samples under {ref.spec}")
 
 
 @dataclass(frozen=True)
 class SampleScorer:
-    """log p_ref(y|x) of a policy's samples, for the KL estimate. A reference that shares the policy's tokenizer and
-    template scores the sampled tokens themselves; one of another family re-renders the text (`text_logps`). Loaded
-    only when called, after training, and freed right after."""
+    """log p_ref(y|x) of a policy's samples, for the KL estimate. A reference that renders as the policy does scores
+    the sampled tokens themselves; one of another family re-renders the text (`text_logps`). Loaded only when called,
+    after training, and freed right after."""
 
     ref: ModelRef
     policy_tokenizer: object
@@ -125,20 +171,20 @@ class SampleScorer:
         desc = "scoring samples under reference"
         if self.is_policy:
             return sequence_logps(policy, gens.sequences(), self.batch_size, desc=desc)
-        tok = load_tokenizer(self.ref)
-        same = tok.get_vocab() == self.policy_tokenizer.get_vocab()
-        if same and tok.chat_template == self.policy_tokenizer.chat_template:
-            model = load_model(self.ref, bf16=use_bf16(self.precision))
-            return sequence_logps(model, gens.sequences(), self.batch_size, desc=desc)
+        if same_rendering(load_tokenizer(self.ref), self.policy_tokenizer):
+            regime = regime_for(self.ref, self.precision)
+            model = load_model(self.ref, bf16=regime.bf16_weights)
+            with regime.autocast():
+                return sequence_logps(model, gens.sequences(), self.batch_size, desc=desc)
         return text_logps(self.ref, gens.prompts, gens.responses, gens.ended, self.batch_size, self.precision)
 
 
 def similarity(policy: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, float]:
-    """How alike a reference is to the policy's starting point, from their cached scores of the same pairs (before
-    any training). Every chosen and rejected response counts as one sample y.
+    """How alike a reference is to the policy's starting point, from their scores of the same training pairs (before
+    any training). Every chosen and rejected response counts as one response y.
 
-    - `log_ratio`: mean of log p_policy(y|x) - log p_ref(y|x); when the responses are samples of the policy (as in
-      the embedded world, and in on-policy data) this is the sequence-level KL(policy || ref).
+    - `pair_log_ratio`: mean over the pairs' responses of log p_policy(y|x) - log p_ref(y|x). It is a KL estimate only
+      when the responses are the policy's own samples at temperature 1; the KL itself is `kl` (stages/prepare.py).
     - `logp_corr`: Pearson correlation of the two models' sequence log-probs over the responses.
     - `ref_pref_acc`: share of pairs where the reference alone gives the chosen response the higher log-prob.
     """
@@ -146,7 +192,7 @@ def similarity(policy: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dic
     r = np.concatenate([ref["chosen"], ref["rejected"]])
     wins = np.where(ref["chosen"] > ref["rejected"], 1.0, np.where(ref["chosen"] == ref["rejected"], 0.5, 0.0))
     return {
-        "log_ratio": float(np.mean(p - r)),
+        "pair_log_ratio": float(np.mean(p - r)),
         "logp_corr": float(np.corrcoef(p, r)[0, 1]),
         "ref_pref_acc": float(wins.mean()),
     }

@@ -44,7 +44,7 @@ def test_each_objective_reads_its_own_reference_and_best_table(tmp_path, run_stu
 
 def test_unconditional_rendering_drops_the_prompt_but_keeps_the_framing(tiny_world):
     tok = tiny_world.tokenizer()
-    prompt_ids, completion = render(tok, "rev abc", "cba")
-    uncond_prompt, uncond_completion = render(tok, "rev abc", "cba", unconditional=True)
-    assert uncond_completion == completion  # the same response tokens, EOS included
-    assert tok.decode(uncond_prompt) == "=" and tok.decode(prompt_ids) == "rev abc="
+    chars = lambda text: tok.convert_tokens_to_ids(list(text))  # noqa: E731  (one token per character, by hand)
+    assert render(tok, "rev abc", "cba") == (chars("rev abc="), chars("cba") + [tok.eos_token_id])
+    # p_LM(y): the same response tokens after the template's framing of an empty user turn ("=")
+    assert render(tok, "rev abc", "cba", unconditional=True) == (chars("="), chars("cba") + [tok.eos_token_id])

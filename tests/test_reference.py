@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset
 
-from dpo_ref.chat import render
-from dpo_ref.data.tokenize import pairs_fingerprint, tokenize_pairs
-from dpo_ref.logprobs import sequence_logps
+from dpo_ref.data.tokenize import tokenize_pairs
 from dpo_ref.models import load_model, load_tokenizer, resolve
 from dpo_ref.reference import ReferenceEngine
 
@@ -25,60 +24,90 @@ def direct_logp(model, prompt_ids, completion_ids) -> float:
     return sum(logp[len(prompt_ids) + i - 1, t].item() for i, t in enumerate(completion_ids))
 
 
+def tokenized(world, max_length=64):
+    tok = load_tokenizer(resolve("world:sft", world))
+    return tokenize_pairs(world.preference_data(), tok, max_length)[0], tok
+
+
 def test_pair_scores_match_a_direct_forward_pass(world, tmp_path):
     ref = resolve("world:sft", world)
-    pairs = world.preference_data()
-    engine = ReferenceEngine(cache_dir=tmp_path)
-    scores = engine.pair_scores(ref, pairs, pairs_fingerprint(pairs), max_length=64, batch_size=7)
-    model, tok = load_model(ref), load_tokenizer(ref)
+    pairs, tok = tokenized(world)
+    scores = ReferenceEngine(cache_dir=tmp_path).pair_scores(ref, pairs, tok, max_length=64, batch_size=7)
+    model = load_model(ref)
     for i in (0, 5, 11):
         row = pairs["validation"][i]
+        prompt = tok.convert_tokens_to_ids(list(row["prompt"] + "="))  # the world's template, by hand
         for side in ("chosen", "rejected"):
-            p, c = render(tok, row["prompt"], row[side])
-            assert scores["validation"][side][i] == pytest.approx(direct_logp(model, p, c), abs=1e-4)
+            completion = tok.convert_tokens_to_ids(list(row[side])) + (
+                [tok.eos_token_id] if row[f"{side}_ended"] else []
+            )
+            assert scores["validation"][side][i] == pytest.approx(direct_logp(model, prompt, completion), abs=1e-4)
 
 
-def test_same_tokenizer_scores_equal_the_policy_path(world, tmp_path):
-    """Where tokenizers match, the text path (render per model) equals scoring the policy's own token ids."""
+def test_scores_equal_trl_reference_logps(world, tmp_path):
+    """The cached columns equal what TRL 1.16's DPOTrainer computes itself (its own tokenization of the chats, its
+    `precompute_ref_log_probs` pass) on the same pairs."""
+    from trl import DPOConfig, DPOTrainer
+
     ref = resolve("world:sft", world)
-    pairs = world.preference_data()
-    tok = load_tokenizer(ref)
-    tokenized, _ = tokenize_pairs(pairs, tok, max_length=64)
-    model = load_model(ref)
-    val = tokenized["validation"]
-    ids_path = sequence_logps(model, list(zip(val["prompt_ids"], val["chosen_ids"])), batch_size=5)
-    engine = ReferenceEngine(cache_dir=tmp_path)
-    text_path = engine.pair_scores(ref, pairs, pairs_fingerprint(pairs), 64, 8)["validation"]["chosen"]
-    np.testing.assert_allclose(text_path[np.asarray(list(val["pair_index"]))], ids_path, atol=1e-5)
+    pairs, tok = tokenized(world)
+    val = pairs["validation"]
+    ended = [i for i, row in enumerate(val) if row["chosen_ended"] and row["rejected_ended"]]  # TRL closes every turn
+    ours = ReferenceEngine(cache_dir=tmp_path).pair_scores(ref, pairs, tok, 64, 8)["validation"]
+    chats = Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": val[i]["prompt"]}] for i in ended],
+            "chosen": [[{"role": "assistant", "content": val[i]["chosen"]}] for i in ended],
+            "rejected": [[{"role": "assistant", "content": val[i]["rejected"]}] for i in ended],
+        }
+    )
+    args = DPOConfig(
+        output_dir=str(tmp_path / "trl"),
+        precompute_ref_log_probs=True,
+        precompute_ref_batch_size=8,
+        max_length=64,
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+        activation_checkpointing=False,
+        gradient_checkpointing=None,
+    )
+    trainer = DPOTrainer(
+        load_model(ref), ref_model=load_model(ref), args=args, train_dataset=chats, processing_class=tok
+    )
+    theirs = trainer.train_dataset
+    assert len(ended) > 10
+    np.testing.assert_allclose(ours["chosen"][ended], theirs["ref_chosen_logps"], atol=1e-4)
+    np.testing.assert_allclose(ours["rejected"][ended], theirs["ref_rejected_logps"], atol=1e-4)
 
 
 def test_cache_is_keyed_by_content_and_counts_passes(world, tmp_path):
     ref = resolve("world:sft", world)
-    pairs = world.preference_data()
-    fp = pairs_fingerprint(pairs)
+    pairs, tok = tokenized(world)
     engine = ReferenceEngine(cache_dir=tmp_path)
-    first = engine.pair_scores(ref, pairs, fp, 64, 16)
-    engine.pair_scores(ref, pairs, fp, 64, 16)  # within one command: served from memory, not counted again
+    first = engine.pair_scores(ref, pairs, tok, 64, 16)
+    engine.pair_scores(ref, pairs, tok, 64, 16)  # within one command: served from memory, not counted again
     assert (engine.computed, engine.cached) == (1, 0)
     later = ReferenceEngine(cache_dir=tmp_path)  # the next command reads the entry from disk
-    again = later.pair_scores(ref, pairs, fp, 64, 16)
+    again = later.pair_scores(ref, pairs, tok, 64, 16)
     assert (later.computed, later.cached) == (0, 1)
     np.testing.assert_array_equal(first["train"]["chosen"], again["train"]["chosen"])
-    later.pair_scores(ref, pairs, fp, 64, 16, unconditional=True)  # another mode is another entry
-    later.pair_scores(ref, pairs, fp, 12, 16)  # so is another max_length
-    assert (later.computed, later.cached) == (2, 1)
-    assert len(list(tmp_path.glob("*.json"))) == 3
+    later.pair_scores(ref, pairs, tok, 64, 16, unconditional=True)  # another mode is another entry
+    shorter, _ = tokenized(world, max_length=16)  # so are other kept tokens
+    later.pair_scores(ref, shorter, tok, 16, 16)
+    later.pair_scores(ref, pairs, tok, 64, 16, precision="bf16")  # and another precision regime
+    assert (later.computed, later.cached) == (3, 1)
+    assert len(list(tmp_path.glob("*.json"))) == 4
 
 
 def test_corrupt_cache_entry_is_rescored(world, tmp_path):
     ref = resolve("world:sft", world)
-    pairs = world.preference_data()
-    fp = pairs_fingerprint(pairs)
+    pairs, tok = tokenized(world)
     engine = ReferenceEngine(cache_dir=tmp_path)
-    good = engine.pair_scores(ref, pairs, fp, 64, 16)
+    good = engine.pair_scores(ref, pairs, tok, 64, 16)
     (entry,) = tmp_path.glob("*.json")
     entry.write_text(entry.read_text()[:100])  # a torn write from some other tool
     later = ReferenceEngine(cache_dir=tmp_path)
-    rescored = later.pair_scores(ref, pairs, fp, 64, 16)
+    rescored = later.pair_scores(ref, pairs, tok, 64, 16)
     assert (later.computed, later.cached) == (1, 0)
     np.testing.assert_allclose(rescored["train"]["chosen"], good["train"]["chosen"])

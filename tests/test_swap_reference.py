@@ -1,11 +1,11 @@
 """`dporef swap-reference` and cross-tokenizer scoring on a tiny world with its two stronger references."""
 
-import numpy as np
 import pytest
 import torch
+from datasets import load_from_disk
 
 from dpo_ref.chat import render
-from dpo_ref.data.tokenize import pairs_fingerprint
+from dpo_ref.data.tokenize import tokenize_pairs
 from dpo_ref.models import load_model, load_tokenizer, resolve
 from dpo_ref.reference import ReferenceEngine, text_logps
 
@@ -35,15 +35,23 @@ def test_one_text_under_two_tokenizers_matches_direct_forward_passes(world, tmp_
     assert lengths["world:sft"] != lengths["world:strong-other"]  # really two different tokenizations
 
 
-def test_reference_scores_of_same_pairs_align_across_tokenizers(world, tmp_path):
-    pairs = world.preference_data()
-    engine = ReferenceEngine(cache_dir=tmp_path)
-    fp = pairs_fingerprint(pairs)
-    same = engine.pair_scores(resolve("world:sft", world), pairs, fp, 64, 16)
-    other = engine.pair_scores(resolve("world:strong-other", world), pairs, fp, 64, 16)
-    for split in pairs:
-        assert len(other[split]["chosen"]) == len(same[split]["chosen"]) == len(pairs[split])
-        assert np.all(np.isfinite(other[split]["chosen"])) and np.all(other[split]["chosen"] < 0)
+def test_reference_of_another_family_scores_the_same_texts(world, tmp_path):
+    """Every pair's score under strong-other equals a forward pass over that model's own template, written out as
+    text, of the same prompt and response (closed by its end token only when the response ended)."""
+    sft_tok = load_tokenizer(resolve("world:sft", world))
+    pairs, _ = tokenize_pairs(world.preference_data(), sft_tok, 1024)  # nothing is cut at 1024
+    other = resolve("world:strong-other", world)
+    tok, model = load_tokenizer(other), load_model(other)
+    scores = ReferenceEngine(cache_dir=tmp_path).pair_scores(other, pairs, sft_tok, 1024, 16)["train"]
+    val = pairs["train"]
+    assert not all(list(val["chosen_ended"]) + list(val["rejected_ended"]))  # unfinished responses are among them
+    for i in range(len(val)):
+        for side in ("chosen", "rejected"):
+            head = f"<|user|>{val[i]['prompt']}<|assistant|>"
+            text = head + val[i][side] + ("<|end|>" if val[i][f"{side}_ended"] else "")
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            n_head = len(tok(head, add_special_tokens=False)["input_ids"])
+            assert scores[side][i] == pytest.approx(direct_logp(model, ids, n_head), abs=1e-4), (i, side)
 
 
 @pytest.mark.slow
@@ -55,8 +63,14 @@ def test_swap_reference_end_to_end(tmp_path, world, run_study):
     assert len(summary["rows"]) == 1 + 3 * 2 and all(r["status"] == "done" for r in summary["rows"])
     sims = summary["similarity"]["references"]
     assert set(sims) == {"sft", "strong-same", "strong-other"}
-    assert sims["sft"]["log_ratio"] == 0 and sims["sft"]["logp_corr"] == pytest.approx(1.0)
-    assert sims["strong-other"]["log_ratio"] != 0
+    # pair_log_ratio by hand: plain forward passes of both models over the prepared training pairs
+    train = load_from_disk(str(tmp_path / "rq3_swap_reference" / "prepared" / "pairs"))["train"]
+    sft, same = (load_model(resolve(f"world:{n}", world)) for n in ("sft", "strong-same"))
+    seqs = [
+        (p, c) for p, pair in zip(train["prompt_ids"], zip(train["chosen_ids"], train["rejected_ids"])) for c in pair
+    ]
+    ratios = [direct_logp(sft, p + c, len(p)) - direct_logp(same, p + c, len(p)) for p, c in seqs]
+    assert sims["strong-same"]["pair_log_ratio"] == pytest.approx(sum(ratios) / len(ratios), abs=1e-4)
     best = {r["method"]: r for r in summary["best"]["rows"]}
     assert set(best) == {"SFT", "dpo <- sft", "dpo <- strong-same", "dpo <- strong-other"}
     assert best["dpo <- strong-other"]["logp_corr"] == sims["strong-other"]["logp_corr"]

@@ -1,10 +1,9 @@
 """Pairs as the policy sees them: rendered with its chat template and tokenized, with what truncation did counted;
-prompt lists and the pairs' content fingerprint.
+prompt lists.
 
-Pairs are plain text (`prompt`, `chosen`, `rejected`), so the same text can be scored by references with other
-tokenizers (`chat.render_many`)."""
+Pairs are plain text (`prompt`, `chosen`, `rejected`, optionally `chosen_ended` / `rejected_ended` for sampled
+responses that may have run out of budget), so the same text can be scored by references with other tokenizers."""
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 from datasets import DatasetDict
 from transformers import PreTrainedTokenizerBase
 
-from ..chat import render_many
+from ..chat import end_of_turn_length, render_pairs
 from ..errors import UserError
 
 
@@ -49,54 +48,67 @@ def load_prompts(spec: str, where: str = "eval.prompts") -> list:
     return list(ds[column])
 
 
-def pairs_fingerprint(pairs: DatasetDict) -> str:
-    """Content hash of the text of every pair in every split: the data part of reference cache keys."""
-    h = hashlib.sha256()
-    for split in sorted(pairs):
-        ds = pairs[split]
-        h.update(split.encode())
-        for col in ("prompt", "chosen", "rejected"):
-            h.update(json.dumps(list(ds[col])).encode())
-    return h.hexdigest()[:16]
-
-
 @dataclass
 class PrepReport:
     """What tokenization did to the pairs, per split: nothing is dropped silently."""
 
     kept: dict[str, int] = field(default_factory=dict)
-    truncated: dict[str, int] = field(default_factory=dict)  # prompt + response longer than max_length
+    truncated: dict[str, int] = field(default_factory=dict)  # a response cut to fit max_length
     dropped_prompt_too_long: dict[str, int] = field(default_factory=dict)  # no response token would survive
+    unfinished: dict[str, int] = field(default_factory=dict)  # responses that never ended: no end-of-turn rendered
+
+
+def _keep(tokenizer, response: str, completion: list[int], closed: bool, budget: int, eot: int):
+    """(ids, text, closed) of what the policy keeps of one response given `budget` tokens: all of it, or the start of
+    its response tokens without end-of-turn (and the text of exactly those tokens, for references to score)."""
+    if len(completion) <= budget:
+        return completion, response, closed
+    body = completion[: len(completion) - eot] if closed else completion
+    kept = body[:budget]
+    return kept, tokenizer.decode(kept), False
 
 
 def tokenize_pairs(
     pairs: DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> tuple[DatasetDict, PrepReport]:
-    """Add `prompt_ids`, `chosen_ids`, `rejected_ids` (the columns TRL's preference collator reads) and `pair_index`
-    (the row in `pairs`, which joins reference scores to the rows that survive)."""
+    """Add what the policy trains on, cut to fit `max_length` here (so TRL's collator cuts nothing): `prompt_ids`,
+    `chosen_ids`, `rejected_ids` (the columns TRL's preference collator reads); `chosen_kept` / `rejected_kept`, the
+    response text those ids hold, and `chosen_closed` / `rejected_closed`, whether they end the turn, which every
+    reference scores so that it sees exactly the policy's text; and `pair_index` (the row in `pairs`, which joins
+    reference scores to the rows that survive). Pairs whose prompt alone fills `max_length` are dropped, as TRL does."""
     report = PrepReport()
+    eot = end_of_turn_length(tokenizer)
 
     def tok(batch, index):
-        chosen = render_many(tokenizer, batch["prompt"], batch["chosen"])
-        rejected = render_many(tokenizer, batch["prompt"], batch["rejected"])
-        return {
-            "prompt_ids": [p for p, _ in chosen],
-            "chosen_ids": [c for _, c in chosen],
-            "rejected_ids": [r for _, r in rejected],
-            "pair_index": index,
-        }
+        ended = {s: batch.get(f"{s}_ended") or [True] * len(batch["prompt"]) for s in ("chosen", "rejected")}
+        rendered = render_pairs(tokenizer, batch["prompt"], batch["chosen"], batch["rejected"], *ended.values())
+        out = {k: [] for k in ("prompt_ids", "chosen_ids", "rejected_ids", "chosen_kept", "rejected_kept")}
+        out |= {"chosen_closed": [], "rejected_closed": [], "truncated": [], "pair_index": index}
+        for i, (prompt, *completions) in enumerate(rendered):
+            budget = max(max_length - len(prompt), 0)
+            out["prompt_ids"].append(prompt)
+            cut = False
+            for side, completion in zip(("chosen", "rejected"), completions):
+                ids, text, closed = _keep(tokenizer, batch[side][i], completion, ended[side][i], budget, eot)
+                cut |= len(ids) < len(completion)
+                out[f"{side}_ids"].append(ids)
+                out[f"{side}_kept"].append(text)
+                out[f"{side}_closed"].append(closed)
+            out["truncated"].append(cut)
+        return out
 
     out = {}
     for split, ds in pairs.items():
         ds = ds.map(tok, with_indices=True, batched=True, desc=f"tokenizing {split}", load_from_cache_file=False)
         too_long = [len(p) >= max_length for p in ds["prompt_ids"]]
-        lengths = [
-            len(p) + max(len(c), len(r)) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])
-        ]
         report.dropped_prompt_too_long[split] = sum(too_long)
-        report.truncated[split] = sum(n > max_length for n, bad in zip(lengths, too_long) if not bad)
+        report.truncated[split] = sum(t for t, bad in zip(ds["truncated"], too_long) if not bad)
         if any(too_long):
             ds = ds.select([i for i, bad in enumerate(too_long) if not bad])
+        ds = ds.remove_columns("truncated")
+        report.unfinished[split] = sum(
+            not e for s in ("chosen", "rejected") if f"{s}_ended" in ds.column_names for e in ds[f"{s}_ended"]
+        )
         report.kept[split] = len(ds)
         out[split] = ds
     return DatasetDict(out), report

@@ -47,7 +47,6 @@ class Benchmark:
     val: PromptSet
     judge: Judge
     cfg: EvalConfig
-    max_length: int  # truncation of the validation pairs, as in training
 
 
 class SampleScorer(Protocol):
@@ -93,10 +92,12 @@ class EvalResult:
 
 
 def _ranking(model, validation, bench: Benchmark, reward: ImplicitReward) -> dict[str, float]:
-    """Ranking accuracy on the validation pairs of the implicit reward and of the policy's own log-probs."""
+    """Ranking accuracy on the validation pairs of the implicit reward and of the policy's own log-probs. The pairs
+    hold what the policy trains on (cut to max_length when tokenized), so log-probs and lengths describe the same
+    tokens."""
     seqs = [(p, c) for p, c in zip(validation["prompt_ids"], validation["chosen_ids"])]
     seqs += [(p, r) for p, r in zip(validation["prompt_ids"], validation["rejected_ids"])]
-    logps = sequence_logps(model, seqs, bench.cfg.batch_size, bench.max_length, desc="scoring validation pairs")
+    logps = sequence_logps(model, seqs, bench.cfg.batch_size, desc="scoring validation pairs")
     n = len(validation)
     f64 = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float64)  # noqa: E731
     policy = PolicyLogps(

@@ -15,26 +15,28 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from datasets import DatasetDict
 
 from .. import data
 from ..config import Experiment, expand
-from ..data.tokenize import load_prompts, pairs_fingerprint, tokenize_pairs, unique_prompts
+from ..data.tokenize import load_prompts, tokenize_pairs, unique_prompts
 from ..evaluation.evaluate import PromptSet, sampling
 from ..evaluation.judges import Judge, RewardModelJudge, RuleJudge
+from ..evaluation.metrics import kl_estimates
 from ..generation import Generations, generate
-from ..models import ModelRef, load_model, load_tokenizer, resolve, use_bf16
+from ..logprobs import sequence_logps
+from ..models import ModelRef, load_model, load_tokenizer, resolve
 from ..plan import STUDIES, scoring_needs
-from ..reference import ReferenceEngine, similarity
+from ..precision import regime_for
+from ..reference import ReferenceEngine, SampleScorer, similarity
 from ..store import atomic_dir, atomic_write_json, atomic_write_text, content_hash, read_json
 from ..ui import console
 from ..world import build_world
 
-PREPARE_VERSION = "1"  # bump when what prepare writes changes, so old directories are rebuilt
+PREPARE_VERSION = "2"  # bump when what prepare writes changes, so old directories are rebuilt (2: kept text)
 
 
 def columns(name: str, unconditional: bool) -> tuple[str, str]:
@@ -89,7 +91,7 @@ def prepare_key(exp: Experiment, models: Models, study: str) -> str:
             *data.source(exp).hash_parts(exp),
             exp.judge.model_dump(),
             exp.train.max_length,
-            exp.train.precision,
+            regime_for(models.policy, exp.train.precision).key,  # auto: fp32 on CPU, bf16 on GPU
             exp.eval.model_dump(),
             scoring_needs(exp, expand(exp)),
             STUDIES[study].similarity,
@@ -104,12 +106,16 @@ def write_generations(path: Path, gens: Generations, rewards: list[float]) -> No
 
 def baseline(exp: Experiment, exp_dir: Path, name: str, prompts: list, policy: ModelRef, judge: Judge) -> None:
     """The SFT model's samples (baseline seed) on `prompts`, judged once per experiment, judge and config."""
-    key = content_hash([policy.fingerprint, exp.eval.model_dump(), judge.key, prompts])
+    regime = regime_for(policy, exp.train.precision)
+    key = content_hash([policy.fingerprint, regime.key, exp.eval.model_dump(), judge.key, prompts])
     path, meta_path = exp_dir / "baseline" / f"{name}.jsonl", exp_dir / "baseline" / f"{name}.meta.json"
     if not (meta_path.is_file() and read_json(meta_path).get("key") == key):
-        model = load_model(policy, bf16=use_bf16(exp.train.precision))
+        model = load_model(policy, bf16=regime.bf16_weights)
         seed = exp.eval.baseline_seed
-        gens = generate(model, load_tokenizer(policy), prompts, sampling(exp.eval), seed, desc=f"sampling SFT ({name})")
+        with regime.autocast():
+            gens = generate(
+                model, load_tokenizer(policy), prompts, sampling(exp.eval), seed, desc=f"sampling SFT ({name})"
+            )
         del model
         rewards = judge.rewards(gens.prompts, gens.responses, gens.ended).tolist()
         write_generations(path, gens, rewards)
@@ -122,40 +128,67 @@ def read_baseline(exp_dir: Path, name: str) -> PromptSet:
     return PromptSet([r["prompt"] for r in rows], [r["reward"] for r in rows], [r["length"] for r in rows])
 
 
-def _tokenized_with_references(exp: Experiment, models: Models, pairs, engine: ReferenceEngine, tokenizer):
-    """The tokenized pairs with one pair of columns per needed scoring pass, joined by pair index."""
-    tokenized, report = tokenize_pairs(pairs, tokenizer, exp.train.max_length)
-    fingerprint = pairs_fingerprint(pairs)
-    for split in tokenized:
+def _print_counts(split: str, report, engine: ReferenceEngine, dropped: int) -> None:
+    console.print(
+        f"pairs ({split}): {report.kept[split] - dropped} kept, {report.truncated[split]} with a response cut to "
+        f"max_length, {report.dropped_prompt_too_long[split]} dropped (prompt fills max_length), "
+        f"{report.unfinished[split]} responses that never ended (scored without end-of-turn)"
+    )
+    for name, r in engine.reports.items():
         console.print(
-            f"pairs ({split}): {report.kept[split]} kept, {report.truncated[split]} truncated to "
-            f"max_length, {report.dropped_prompt_too_long[split]} dropped (prompt fills max_length)"
+            f"  reference {name}: scores the policy's kept text; {r.beyond_max_length[split]} responses longer than "
+            f"max_length in its tokens (scored whole), {r.over_context[split]} pairs dropped (longer than its context)"
         )
-    out = {}
+
+
+def _tokenized_with_references(exp: Experiment, models: Models, pairs, engine: ReferenceEngine, tokenizer):
+    """The policy's tokenized pairs with one pair of columns per needed scoring pass; pairs some reference cannot
+    score (longer than its context) are dropped and counted."""
+    tokenized, report = tokenize_pairs(pairs, tokenizer, exp.train.max_length)
+    for name, _, unconditional in scoring_needs(exp, expand(exp)):
+        ref = models.policy if unconditional else models.references[name]
+        scores = engine.pair_scores(
+            ref, tokenized, tokenizer, exp.train.max_length, exp.eval.batch_size, unconditional, exp.train.precision
+        )
+        chosen, rejected = columns(name, unconditional)
+        for split in tokenized:
+            ds = tokenized[split].add_column(chosen, scores[split]["chosen"].tolist())
+            tokenized[split] = ds.add_column(rejected, scores[split]["rejected"].tolist())
+    dropped = {}
     for split, ds in tokenized.items():
-        idx = np.asarray(ds["pair_index"])
-        for name, _, unconditional in scoring_needs(exp, expand(exp)):
-            ref = models.policy if unconditional else models.references[name]
-            scores = engine.pair_scores(
-                ref, pairs, fingerprint, exp.train.max_length, exp.eval.batch_size, unconditional, exp.train.precision
-            )[split]
-            chosen, rejected = columns(name, unconditional)
-            ds = ds.add_column(chosen, scores["chosen"][idx].tolist())
-            ds = ds.add_column(rejected, scores["rejected"][idx].tolist())
-        out[split] = ds
-    counts = {k: getattr(report, k) for k in ("kept", "truncated", "dropped_prompt_too_long")}
-    return DatasetDict(out), counts, fingerprint
+        score_columns = [c for c in ds.column_names if c.startswith(("ref:", "p_lm:"))]
+        ok = [all(np.isfinite(row)) for row in zip(*(ds[c] for c in score_columns))] if score_columns else []
+        dropped[split] = ok.count(False)
+        if dropped[split]:
+            tokenized[split] = ds.select([i for i, good in enumerate(ok) if good])
+        _print_counts(split, report, engine, dropped[split])
+    counts = {k: getattr(report, k) for k in ("truncated", "dropped_prompt_too_long", "unfinished")}
+    counts |= {"kept": {s: len(ds) for s, ds in tokenized.items()}, "dropped_over_reference_context": dropped}
+    counts["references"] = {name: asdict(r) for name, r in engine.reports.items()}
+    return tokenized, counts
 
 
-def _similarity(exp: Experiment, models: Models, pairs, fingerprint: str, engine: ReferenceEngine) -> dict:
-    """For each reference: how alike it is to the SFT policy on the training pairs, before any training."""
+def _similarity(exp: Experiment, models: Models, pairs, engine: ReferenceEngine, tokenizer, prompts: list) -> dict:
+    """For each reference: how alike it is to the SFT policy before any training: on the training pairs, and as
+    KL(SFT || ref) estimated on the SFT policy's own samples at temperature 1 on the test prompts."""
 
     def scores(ref: ModelRef) -> dict:
-        args = (pairs, fingerprint, exp.train.max_length, exp.eval.batch_size, False, exp.train.precision)
-        return engine.pair_scores(ref, *args)["train"]
+        args = (exp.train.max_length, exp.eval.batch_size, False, exp.train.precision)
+        return engine.pair_scores(ref, pairs, tokenizer, *args)["train"]
 
+    regime = regime_for(models.policy, exp.train.precision)
+    model = load_model(models.policy, bf16=regime.bf16_weights)
+    with regime.autocast():
+        kl_sampling = sampling(exp.eval, temperature=1.0, top_p=1.0)
+        gens = generate(model, tokenizer, prompts, kl_sampling, exp.eval.baseline_seed + 1, desc="sampling SFT for KL")
+        policy_logps = sequence_logps(model, gens.sequences(), exp.eval.batch_size, desc="scoring SFT samples")
     policy = scores(models.policy)
-    return {r.name: {"model": r.model, **similarity(policy, scores(models.references[r.name]))} for r in exp.references}
+    out = {}
+    for r in exp.references:
+        ref = models.references[r.name]
+        ref_logps = SampleScorer(ref, tokenizer, exp.eval.batch_size, exp.train.precision).logps(gens, model)
+        out[r.name] = {"model": r.model, **similarity(policy, scores(ref)), **kl_estimates(policy_logps, ref_logps)}
+    return out
 
 
 def prepare(exp: Experiment, exp_dir: Path, study: str) -> dict:
@@ -174,7 +207,7 @@ def prepare(exp: Experiment, exp_dir: Path, study: str) -> dict:
     for note in loaded.notes:
         console.print(note)
     engine = ReferenceEngine()
-    pairs, tokenization, fingerprint = _tokenized_with_references(exp, models, loaded.pairs, engine, tokenizer)
+    pairs, tokenization = _tokenized_with_references(exp, models, loaded.pairs, engine, tokenizer)
     judge = make_judge(exp, models.judge)
     prompts = load_prompts(exp.eval.prompts) if exp.eval.prompts else loaded.eval_prompts
     test_prompts = prompts[: exp.eval.n_prompts] if exp.eval.n_prompts else prompts
@@ -182,7 +215,8 @@ def prepare(exp: Experiment, exp_dir: Path, study: str) -> dict:
     for name, prompt_list in (("test", test_prompts), ("validation", val_prompts)):
         baseline(exp, exp_dir, name, prompt_list, models.policy, judge)
     if STUDIES[study].similarity:
-        atomic_write_json(exp_dir / "similarity.json", _similarity(exp, models, loaded.pairs, fingerprint, engine))
+        sims = _similarity(exp, models, pairs, engine, tokenizer, test_prompts)
+        atomic_write_json(exp_dir / "similarity.json", sims)
     plan = {
         "key": key,
         "models": models.as_dict(),

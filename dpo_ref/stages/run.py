@@ -26,9 +26,10 @@ from ..config import Experiment, RunSpec
 from ..errors import UserError
 from ..evaluation.alpaca_eval import MODEL_OUTPUTS, export_model_outputs, generator_name
 from ..evaluation.evaluate import Benchmark, ImplicitReward, evaluate_policy
-from ..models import ModelRef, load_model, load_tokenizer, use_bf16
+from ..models import ModelRef, load_model, load_tokenizer
 from ..objectives import OBJECTIVES
 from ..plan import find_run, run_hash
+from ..precision import regime_for
 from ..reference import SampleScorer
 from ..store import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from ..ui import console
@@ -81,7 +82,7 @@ class Prepared:
         exp = self.exp
         judge = make_judge(exp, self.model("judge") if self.plan["models"]["judge"] else None)
         test, val = read_baseline(self.exp_dir, "test"), read_baseline(self.exp_dir, "validation")
-        return Benchmark(test, val, judge, exp.eval, exp.train.max_length)
+        return Benchmark(test, val, judge, exp.eval)
 
     def kl_reference(self, run: RunSpec) -> SampleScorer:
         """KL is measured against the run's reference; reference-free runs (and the SFT row) against the SFT policy."""
@@ -128,10 +129,8 @@ def execute(prepared: Prepared, run: RunSpec) -> str:
     _start(run_dir, exp, run)
     policy = prepared.model("policy")
     tokenizer = load_tokenizer(policy)
-    bf16 = use_bf16(exp.train.precision)
-    model = load_model(policy, bf16=bf16)
-    if bf16 and run.objective != "sft" and sum(p.numel() for p in model.parameters()) < 1e9:
-        model.float()  # small models train with fp32 master weights under bf16 autocast; large ones stay in bf16
+    regime = regime_for(policy, exp.train.precision)  # the regime its reference columns were scored in
+    model = load_model(policy, bf16=regime.bf16_weights)
     metrics: dict = {"run_id": run.run_id, "steps": 0, "train_seconds": 0.0, "train_loss": None, "history": []}
     objective = OBJECTIVES.get(run.objective)  # None for the untrained SFT row
     validation = prepared.split("validation", run)
@@ -141,7 +140,8 @@ def execute(prepared: Prepared, run: RunSpec) -> str:
     t0 = time.time()
     reward = ImplicitReward(objective, run.beta, run.gamma)
     bench = prepared.benchmark()
-    result, gens, rewards = evaluate_policy(model, tokenizer, bench, validation, reward, prepared.kl_reference(run))
+    with regime.autocast():
+        result, gens, rewards = evaluate_policy(model, tokenizer, bench, validation, reward, prepared.kl_reference(run))
     write_generations(run_dir / "generations.jsonl", gens, rewards)
     export_model_outputs(run_dir / MODEL_OUTPUTS, gens, generator_name(exp.name, run.run_id), exp.data.source)
     metrics.update(eval=result.as_dict(), eval_seconds=time.time() - t0)
