@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForSequenceClassification
+from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
 from dpo_ref.evaluation.judges import RewardModelJudge, RuleJudge
 from dpo_ref.models import resolve
@@ -39,19 +39,25 @@ PROMPTS = ["rev abc", "copy abcd", "sort dcba", "dup ab", "rev abcdef"]
 RESPONSES = ["cba", "abcd and more", "abcd", "", "fedcbaaaa"]
 
 
-def test_reward_model_scores_equal_direct_forward_passes(reward_model_dir, tiny_world):
-    judge = RewardModelJudge(resolve(str(reward_model_dir)), batch_size=2)  # batches mix lengths: padding matters
-    rewards = judge.rewards(PROMPTS, RESPONSES, [True] * len(PROMPTS))
-    tok = tiny_world.tokenizer()
-    model = LlamaForSequenceClassification.from_pretrained(reward_model_dir).eval()
-    for prompt, response, r in zip(PROMPTS, RESPONSES, rewards):
+def direct_rewards(model_dir, tok, prompts, responses) -> list[float]:
+    """r(x, y) by a plain forward pass of the classifier, one conversation at a time (no padding, no dporef code)."""
+    model = LlamaForSequenceClassification.from_pretrained(model_dir).eval()
+    out = []
+    for prompt, response in zip(prompts, responses):
         text = tok.apply_chat_template(
             [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False
         )
         ids = tok(text, add_special_tokens=False, return_tensors="pt")
         with torch.no_grad():
-            direct = model(**ids).logits[0, 0].item()
-        assert r == pytest.approx(direct, abs=1e-5)
+            out.append(model(**ids).logits[0, 0].item())
+    return out
+
+
+def test_reward_model_scores_equal_direct_forward_passes(reward_model_dir, tiny_world):
+    judge = RewardModelJudge(resolve(str(reward_model_dir)), batch_size=2)  # batches mix lengths: padding matters
+    rewards = judge.rewards(PROMPTS, RESPONSES, [True] * len(PROMPTS))
+    direct = direct_rewards(reward_model_dir, tiny_world.tokenizer(), PROMPTS, RESPONSES)
+    assert rewards.tolist() == pytest.approx(direct, abs=1e-5)
     assert np.ptp(rewards) > 0  # a random model still tells the responses apart
 
 
@@ -62,8 +68,10 @@ def test_reward_model_preference_is_the_bradley_terry_probability():
 
 def test_rule_judge_counts_ties_as_half():
     judge = RuleJudge("world", gold_reward)
-    rewards = judge.rewards(["rev abc", "rev abc", "rev abc"], ["cba", "cb", "cba"], [True, True, True])
-    assert judge.preferences(rewards, [0.5, 1.0, 1.0]).tolist() == [1.0, 0.0, 0.5]
+    rewards = judge.rewards(["rev abc", "rev abc", "rev abc"], ["cba", "cb", "cba"], [True, True, False])
+    # by hand (README, gold reward): all 3 characters right 1.0; 2 of 3 right 2/3; right but no EOS 1.0 - 0.5
+    assert rewards.tolist() == pytest.approx([1.0, 2 / 3, 0.5], abs=1e-12)
+    assert judge.preferences(rewards, [0.5, 1.0, 0.5]).tolist() == [1.0, 0.0, 0.5]
 
 
 @pytest.mark.slow
@@ -78,13 +86,18 @@ def test_sweep_judged_by_a_reward_model(run_study, reward_model_dir, tmp_path):
         experiment="rq1_sweep_beta",
     )
     exp = tmp_path / "rq1_sweep_beta"
-    judge = RewardModelJudge(resolve(str(reward_model_dir)))
+    tok = AutoTokenizer.from_pretrained(reward_model_dir)
     base = [json.loads(x) for x in (exp / "baseline" / "test.jsonl").read_text().splitlines()]
     gens = [json.loads(x) for x in (exp / "dpo-sft-b0.1-s0" / "generations.jsonl").read_text().splitlines()]
-    # stored rewards are the reward model's, and the win rate is the mean of sigmoid(r - r_base)
-    direct = judge.rewards([g["prompt"] for g in gens], [g["response"] for g in gens], [g["ended"] for g in gens])
-    assert [g["reward"] for g in gens] == pytest.approx(direct.tolist(), abs=1e-5)
-    expected = judge.preferences(direct, [b["reward"] for b in base]).mean()
+    assert [g["prompt"] for g in gens] == [b["prompt"] for b in base]
+    # stored rewards (the run's and the baseline's) are the reward model's, by a direct forward pass
+    direct = direct_rewards(reward_model_dir, tok, [g["prompt"] for g in gens], [g["response"] for g in gens])
+    direct_base = direct_rewards(reward_model_dir, tok, [b["prompt"] for b in base], [b["response"] for b in base])
+    assert [g["reward"] for g in gens] == pytest.approx(direct, abs=1e-5)
+    assert [b["reward"] for b in base] == pytest.approx(direct_base, abs=1e-5)
+    # the win rate is the mean Bradley-Terry probability sigmoid(r - r_base), written out
+    prefs = [1 / (1 + math.exp(rb - r)) for r, rb in zip(direct, direct_base)]
     trained = next(r for r in results["rows"] if r["run_id"] == "dpo-sft-b0.1-s0")
-    assert trained["win_rate"] == pytest.approx(expected, abs=1e-5)
+    assert trained["win_rate"] == pytest.approx(sum(prefs) / len(prefs), abs=1e-5)
+    assert trained["reward"] == pytest.approx(sum(direct) / len(direct), abs=1e-5)
     assert "reward model" in (exp / "results.md").read_text()

@@ -1,10 +1,13 @@
-"""`dporef sweep-beta` end to end on a tiny world: files, resume, one reference pass, loss ln 2 at step 1."""
+"""`dporef sweep-beta` end to end on a tiny world: files, every metric recomputed from the run files, resume, one
+reference pass, loss ln 2 at step 1."""
 
 import json
 import math
 import shutil
 
+import datasets
 import pytest
+import torch
 
 from dpo_ref.reporting.tables import COLUMNS
 
@@ -45,12 +48,122 @@ def test_sweep_writes_every_file(first):
         assert row["status"] == "done"
         for name in ("run.yaml", "status.json", "metrics.json", "generations.jsonl"):
             assert (run / name).is_file(), (row["run_id"], name)
-        assert 0 <= row["win_rate"] <= 1 and 0 <= row["eos_rate"] <= 1 and row["length"] > 0
         assert len((run / "generations.jsonl").read_text().splitlines()) == 24
     assert (exp / "dpo-sft-b0.1-s0" / "policy" / "config.json").is_file()
-    sft = rows[0]
-    assert sft["kl"] == 0 and sft["rank_acc_reward"] == 0.5  # the SFT row is its own reference: r = 0
     assert "rq1_sweep_beta" in result.stdout and "win_rate" in result.stdout
+
+
+# --- every reported metric recomputed from what the run wrote, without dporef's scorer, judge or metrics ------------
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+TARGETS = {
+    "copy": lambda s: s,
+    "rev": lambda s: s[::-1],
+    "sort": lambda s: "".join(sorted(s)),
+    "dup": lambda s: "".join(c + c for c in s),
+}
+
+
+def gold(prompt: str, response: str, ended: bool) -> float:
+    """The README's gold reward: share of the target's positions right, -0.1 per extra character, -0.5 without EOS."""
+    task, letters = prompt.split(" ")
+    target = TARGETS[task](letters)
+    hits = sum(response[i] == target[i] for i in range(min(len(response), len(target))))
+    return hits / len(target) - 0.1 * max(0, len(response) - len(target)) - (0.0 if ended else 0.5)
+
+
+def pref(a: float, b: float) -> float:
+    return 1.0 if a > b else 0.5 if a == b else 0.0
+
+
+def mean_and_se(xs):
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
+
+
+def load(path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def ids(tok, prompt: str, response: str, ended: bool) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids) with the tokenizer's chat template: the response's tokens, EOS when it ended."""
+    head = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+    completion = tok(response, add_special_tokens=False)["input_ids"]
+    return tok(head, add_special_tokens=False)["input_ids"], completion + ([tok.eos_token_id] if ended else [])
+
+
+@torch.no_grad()
+def logp(model, prompt_ids: list[int], completion_ids: list[int]) -> float:
+    """log p(completion | prompt) by one plain forward pass (float64 log-softmax over the logits)."""
+    x = torch.tensor([prompt_ids + completion_ids])
+    logprobs = torch.log_softmax(model(input_ids=x).logits[0, :-1].double(), dim=-1)
+    per_token = logprobs.gather(1, x[0, 1:, None])[:, 0]
+    return per_token[len(prompt_ids) - 1 :].sum().item()
+
+
+def ranking(chosen, rejected, slack=1e-4):
+    """(accuracy with ties 0.5, share of pairs within `slack` of a tie, where float noise may flip the order)."""
+    acc = sum(pref(c, r) for c, r in zip(chosen, rejected)) / len(chosen)
+    return acc, sum(abs(c - r) < slack for c, r in zip(chosen, rejected)) / len(chosen)
+
+
+def test_metrics_recomputed_from_the_run_files(first):
+    out, _ = first
+    exp = out / "rq1_sweep_beta"
+    reference, tok = load(
+        json.loads((exp / "prepared" / "plan.json").read_text())["models"]["references"]["sft"]["location"]
+    )
+    base = read_jsonl(exp / "baseline" / "test.jsonl")
+    assert [b["reward"] for b in base] == pytest.approx(
+        [gold(b["prompt"], b["response"], b["ended"]) for b in base], abs=1e-12
+    )
+    val = datasets.load_from_disk(str(exp / "prepared" / "pairs"))["validation"]
+    val_ids = [
+        (
+            ids(tok, v["prompt"], v["chosen"], v["chosen_ended"]),
+            ids(tok, v["prompt"], v["rejected"], v["rejected_ended"]),
+        )
+        for v in val
+    ]
+    ref_val = [(logp(reference, *c), logp(reference, *r)) for c, r in val_ids]
+    for row in results(out)["rows"]:
+        run = exp / row["run_id"]
+        gens = read_jsonl(run / "generations.jsonl")
+        assert [g["prompt"] for g in gens] == [b["prompt"] for b in base]
+        # the judge: the gold reward of each response; the win rate: 1 win, 0.5 tie, 0 loss against the baseline
+        rewards = [gold(g["prompt"], g["response"], g["ended"]) for g in gens]
+        assert [g["reward"] for g in gens] == pytest.approx(rewards, abs=1e-12)
+        wins = [pref(r, b["reward"]) for r, b in zip(rewards, base)]
+        win_rate, win_rate_se = mean_and_se(wins)
+        assert row["win_rate"] == pytest.approx(win_rate, abs=1e-12)
+        assert row["win_rate_se"] == pytest.approx(win_rate_se, abs=1e-12)
+        assert row["reward"] == pytest.approx(sum(rewards) / len(rewards), abs=1e-12)
+        assert row["eos_rate"] == sum(g["ended"] for g in gens) / len(gens)
+        samples = [ids(tok, g["prompt"], g["response"], g["ended"]) for g in gens]
+        assert [len(c) - g["ended"] for (_, c), g in zip(samples, gens)] == [g["length"] for g in gens]
+        assert row["length"] == pytest.approx(sum(len(c) - g["ended"] for (_, c), g in zip(samples, gens)) / len(gens))
+
+        policy = reference if row["run_id"] == "sft" else load(run / "policy")[0]
+        pol_val = [(logp(policy, *c), logp(policy, *r)) for c, r in val_ids]
+        acc, near_ties = ranking(*zip(*pol_val))
+        assert abs(row["rank_acc_policy"] - acc) <= near_ties, row["run_id"]
+        if row["run_id"] == "sft":
+            continue
+        # KL(policy || ref) from the run's own samples (T = 1): k1 = mean log-ratio, k3 = mean exp(-l) - 1 + l
+        log_ratio = [logp(policy, p, c) - logp(reference, p, c) for p, c in samples]
+        assert row["kl"] == pytest.approx(sum(log_ratio) / len(log_ratio), abs=1e-4)
+        assert row["kl_k3"] == pytest.approx(sum(math.expm1(-x) + x for x in log_ratio) / len(log_ratio), abs=1e-4)
+        assert row["kl"] > 1e-3  # six steps moved the policy: the check above is not 0 == 0
+        # DPO's implicit reward beta * log(p / p_ref) on the validation pairs
+        margins = [(row["beta"] * (pc - rc), row["beta"] * (pr - rr)) for (pc, pr), (rc, rr) in zip(pol_val, ref_val)]
+        acc, near_ties = ranking(*zip(*margins), slack=row["beta"] * 1e-4)
+        assert abs(row["rank_acc_reward"] - acc) <= near_ties, row["run_id"]
 
 
 def test_one_reference_pass_serves_the_whole_sweep(first, sweep, tmp_path):

@@ -37,14 +37,23 @@ def ranking_accuracy(chosen_rewards, rejected_rewards) -> float:
 
 
 def _loops(tokens: list[int]) -> bool:
-    """One token 8+ times in a row, or a 4-gram repeated 4+ times."""
+    """One token 8+ times in a row, or a 4-gram occurring 4+ times without overlapping itself (overlapping counts
+    would make 7 equal tokens four copies of one 4-gram)."""
     run = 1
     for a, b in zip(tokens, tokens[1:]):
         run = run + 1 if a == b else 1
         if run >= 8:
             return True
-    grams = [tuple(tokens[i : i + 4]) for i in range(len(tokens) - 3)]
-    return any(grams.count(g) >= 4 for g in set(grams))
+    next_free: dict[tuple, int] = {}  # per 4-gram: where a non-overlapping occurrence may start next
+    counts: dict[tuple, int] = {}
+    for i in range(len(tokens) - 3):
+        gram = tuple(tokens[i : i + 4])
+        if i >= next_free.get(gram, 0):
+            counts[gram] = counts.get(gram, 0) + 1
+            next_free[gram] = i + 4
+            if counts[gram] >= 4:
+                return True
+    return False
 
 
 def degeneration(gens: Generations) -> str | None:
