@@ -1,14 +1,25 @@
-"""AlpacaEval interop: every run exports model_outputs.json; annotation files come back as ae_* columns."""
+"""AlpacaEval interop: every run exports model_outputs.json; annotation files come back as ae_* columns.
+The LC numbers themselves are checked against AlpacaEval's code in test_lc.py."""
 
 import json
+from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 from typer.testing import CliRunner
 
 from dpo_ref.cli import app
-from dpo_ref.evaluation.length_controlled import lc_win_rate
+from dpo_ref.errors import UserError
+from dpo_ref.evaluation.alpaca_eval import import_annotations
+from dpo_ref.reporting.tables import COLUMNS, collect, results_caption
 
-pytestmark = pytest.mark.slow  # end to end: trains on the embedded world
+ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
+
+
+@pytest.fixture(autouse=True)
+def empty_hub(tmp_path, monkeypatch):
+    """No df_gamed.csv: the import's LC is the minimal GLM, whatever the user's own cache holds."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +29,16 @@ def finished(run_study, tmp_path_factory):
     return out / "rq1_sweep_beta"
 
 
-def annotate(outputs: list[dict], preference) -> list[dict]:
+@pytest.fixture
+def exp_dir(tmp_path):
+    """A results directory with one run, as far as the import reads it."""
+    path = tmp_path / "exp"
+    (path / "run").mkdir(parents=True)
+    (path / "run" / "run.yaml").write_text("run: {}\n")
+    return path
+
+
+def annotate(outputs: list[dict], preference, annotator: str = ANNOTATOR) -> list[dict]:
     """What AlpacaEval writes: its baseline's output as output_1, the run's as output_2, a preference in [1, 2]."""
     return [
         {
@@ -27,13 +47,83 @@ def annotate(outputs: list[dict], preference) -> list[dict]:
             "generator_1": "gpt4_turbo",
             "output_2": o["output"],
             "generator_2": o["generator"],
-            "annotator": "weighted_alpaca_eval_gpt4_turbo",
+            "annotator": annotator,
             "preference": preference(i),
         }
         for i, o in enumerate(outputs)
     ]
 
 
+def outputs(n: int, generator: str = "exp/run") -> list[dict]:
+    return [{"instruction": f"q{i}", "output": "answer " * (1 + i % 4), "generator": generator} for i in range(n)]
+
+
+def write(path, rows):
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_a_zero_preference_is_a_draw(exp_dir, tmp_path):
+    prefs = [2.0, 1.0, 0, 0, None, float("nan")]  # AlpacaEval 1 files code a draw as 0
+    path = write(tmp_path / "a.json", annotate(outputs(6), lambda i: prefs[i]))
+    summary = import_annotations(exp_dir, "exp", [path])[0]["run"]
+    assert (summary["n"], summary["unjudged"]) == (4, 2)
+    assert summary["win_rate"] == pytest.approx((1 + 0 + 0.5 + 0.5) / 4)
+
+
+@pytest.mark.parametrize("bad", [3, -1, 0.5, 2.5, "2", True])
+def test_preferences_outside_0_and_1_to_2_are_refused(exp_dir, tmp_path, bad):
+    path = write(tmp_path / "bad.json", annotate(outputs(3), lambda i: bad if i == 1 else 2.0))
+    with pytest.raises(UserError) as e:
+        import_annotations(exp_dir, "exp", [path])
+    assert e.value.where == f"{path}: [1]" and "allowed: 1..2" in e.value.message and "0 (a draw)" in e.value.message
+    assert not (exp_dir / "run" / "alpaca_eval.json").exists()
+
+
+def test_importing_the_same_annotations_twice_counts_each_row_once(exp_dir, tmp_path):
+    rows = annotate(outputs(8), lambda i: [1.0, 2.0, 1.75][i % 3])
+    first = write(tmp_path / "a.json", rows)
+    copy = write(tmp_path / "copy.json", rows)
+    summary = import_annotations(exp_dir, "exp", [first, first, copy])[0]["run"]
+    assert summary["n"] == 8 and summary["duplicates"] == 16
+    assert summary["win_rate"] == pytest.approx(sum([0, 1, 0.75, 0, 1, 0.75, 0, 1]) / 8)
+    assert summary["files"] == [str(first), str(copy)]
+
+
+def test_two_annotators_for_one_run_are_refused(exp_dir, tmp_path):
+    gpt4 = write(tmp_path / "gpt4.json", annotate(outputs(4), lambda i: 2.0, "alpaca_eval_gpt4"))
+    turbo = write(tmp_path / "turbo.json", annotate(outputs(4), lambda i: 1.0))
+    with pytest.raises(UserError) as e:
+        import_annotations(exp_dir, "exp", [gpt4, turbo])
+    assert "run run" in e.value.message and f"alpaca_eval_gpt4, {ANNOTATOR}" in e.value.message
+    assert not (exp_dir / "run" / "alpaca_eval.json").exists()
+
+
+def test_the_summary_stores_absolute_paths(exp_dir, tmp_path, monkeypatch):
+    write(tmp_path / "annotations.json", annotate(outputs(4), lambda i: 2.0))
+    monkeypatch.chdir(tmp_path)
+    import_annotations(exp_dir, "exp", [Path("annotations.json")])
+    stored = json.loads((exp_dir / "run" / "alpaca_eval.json").read_text())
+    assert stored["files"] == [str((tmp_path / "annotations.json").resolve())]
+
+
+@pytest.mark.parametrize("kind, rule", [("builtin", True), ("instructions", True), ("reward-model", False)])
+def test_the_caption_says_that_lc_removes_signal_from_a_rule_judge(tmp_path, kind, rule):
+    (tmp_path / "experiment.yaml").write_text(f"judge:\n  kind: {kind}\n  model: null\n")
+    caption = results_caption(tmp_path, [dict.fromkeys(COLUMNS)], "exp (sweep)", "the judge")
+    assert ("no length bias, so lc_win_rate" in caption and "the win rate is the headline" in caption) == rule
+
+
+def test_the_lc_method_reaches_the_results_column_and_the_caption(exp_dir, tmp_path):
+    import_annotations(exp_dir, "exp", [write(tmp_path / "a.json", annotate(outputs(8), lambda i: 1.0 + i / 8))])
+    rows = collect(exp_dir, ["run"])
+    assert rows[0]["ae_lc_method"] == "minimal"
+    assert "ae_lc_win_rate (minimal): AlpacaEval's minimal GLM, df_gamed.csv not being" in results_caption(
+        exp_dir, rows, "exp", "the judge"
+    )
+
+
+@pytest.mark.slow  # end to end: trains on the embedded world
 def test_every_run_exports_model_outputs(finished):
     for run_id in ("sft", "dpo-sft-b0.1-s0"):
         outputs = json.loads((finished / run_id / "model_outputs.json").read_text())
@@ -43,6 +133,7 @@ def test_every_run_exports_model_outputs(finished):
         assert {o["generator"] for o in outputs} == {f"rq1_sweep_beta/{run_id}"}
 
 
+@pytest.mark.slow
 def test_import_annotations_adds_ae_columns(finished, tmp_path):
     outputs = json.loads((finished / "dpo-sft-b0.1-s0" / "model_outputs.json").read_text())
     rows = annotate(outputs, lambda i: [1.0, 2.0, 1.75, None][i % 4])  # one in four left unjudged
@@ -60,23 +151,28 @@ def test_import_annotations_adds_ae_columns(finished, tmp_path):
     summary = json.loads((finished / "dpo-sft-b0.1-s0" / "alpaca_eval.json").read_text())
     assert summary["n"] == len(judged) and summary["unjudged"] == len(rows) - len(judged)
     assert summary["win_rate"] == pytest.approx(sum(wins) / len(wins))
-    lc = lc_win_rate(wins, [len(r["output_2"]) for r in judged], [len(r["output_1"]) for r in judged])
-    assert summary["lc_win_rate"] == pytest.approx(lc)
+    assert summary["lc_method"] == "minimal" and 0 < summary["lc_win_rate"] < 1
     table = json.loads((finished / "results.json").read_text())["rows"]
     trained = next(r for r in table if r["run_id"] == "dpo-sft-b0.1-s0")
     assert trained["ae_win_rate"] == pytest.approx(summary["win_rate"])
-    assert trained["ae_lc_win_rate"] == pytest.approx(lc)
+    assert trained["ae_lc_win_rate"] == pytest.approx(summary["lc_win_rate"])
+    assert trained["ae_lc_method"] == "minimal"
     assert next(r for r in table if r["run_id"] == "sft")["ae_win_rate"] is None
-    assert "ae_lc_win_rate" in (finished / "results.md").read_text()
+    markdown = (finished / "results.md").read_text()
+    assert "ae_lc_win_rate" in markdown and "no length bias" in markdown  # the world's gold reward is a rule
 
 
+@pytest.mark.slow
 def test_bad_annotation_files_give_one_line_and_exit_2(finished, tmp_path):
+    row = {"output_1": "a", "output_2": "b", "generator_2": "rq1_sweep_beta/sft"}
     cases = {
         "broken.json": "[{",
         "not_a_list.json": json.dumps({"preference": 2}),
         "missing_keys.json": json.dumps([{"output_1": "a", "output_2": "b"}]),
-        "other_experiment.json": json.dumps(
-            [{"output_1": "a", "output_2": "b", "generator_2": "x/sft", "preference": 2.0}]
+        "other_experiment.json": json.dumps([{**row, "generator_2": "x/sft", "preference": 2.0}]),
+        "bad_preference.json": json.dumps([{**row, "preference": 2.0}, {**row, "preference": 5}]),
+        "two_annotators.json": json.dumps(
+            [{**row, "annotator": "a", "preference": 2.0}, {**row, "annotator": "b", "preference": 1.0}]
         ),
     }
     for name, text in cases.items():

@@ -1,6 +1,5 @@
 """The degeneration rule: fires on constructed broken outputs, not on the SFT model's own samples."""
 
-
 from dpo_ref.evaluation.metrics import degeneration
 from dpo_ref.generation import Generations, Sampling, generate
 from dpo_ref.models import load_model, load_tokenizer, resolve

@@ -1,9 +1,158 @@
-"""The length-controlled win rate (AlpacaEval 2's GLM) on constructed judgements."""
+"""The length-controlled win rate against AlpacaEval's own code (alpaca_eval.metrics.glm_winrate, installed by the dev
+extra): `length_controlled_minimal` on the function, the leaderboard's `length_controlled_v1` and the minimal fallback
+through `import_annotations`, with df_gamed.csv laid out in a temporary Hugging Face cache that both codes read
+offline. Both fit with the same scikit-learn estimator, arguments and folds, so they agree to float rounding."""
 
+import hashlib
+import json
+import os
+
+import huggingface_hub.constants
 import numpy as np
 import pytest
 
+from dpo_ref.evaluation.alpaca_eval import import_annotations
+from dpo_ref.evaluation.alpaca_lc import DOWNLOAD
 from dpo_ref.evaluation.length_controlled import lc_win_rate
+
+TOL = 1e-9  # the same scikit-learn estimator, arguments and folds: equal up to float rounding
+N = 805  # AlpacaEval's eval set
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+BASELINE = "gpt4_1106_preview"
+ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
+SCENARIOS = {  # name: (mean length change of the policy vs the baseline, in characters; quality edge in logits)
+    "longer": (400, 0.2),
+    "much_shorter": (-1200, 0.3),
+    "shorter_and_worse": (-300, -0.5),
+    "same_length": (0, 0.4),
+}
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:pkg_resources is deprecated:UserWarning")
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An empty Hugging Face cache that dporef and AlpacaEval both read (huggingface_hub reads the env at import)."""
+    path = tmp_path / "hf" / "hub"
+    path.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(path.parent))
+    monkeypatch.setenv("HF_HUB_CACHE", str(path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return path
+
+
+def difficulties(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.0, 1.0, N)
+
+
+def cache_df_gamed(hub, difficulty: np.ndarray, seed: int = 0):
+    """df_gamed.csv as a download leaves it (blob, snapshot link, refs/main): the baseline prompted to be verbose and
+    concise, judged against itself (preference in [0, 1], std_delta_len = (len_1 - len_2) / sd per gamed model)."""
+    rng = np.random.default_rng(seed)
+    lines = ["index,model,preference,std_delta_len,instruction_difficulty,not_gamed_baseline"]
+    for model, shift in ((f"{BASELINE}_verbose", -700.0), (f"{BASELINE}_concise", 900.0)):
+        delta = shift + rng.normal(0.0, 400.0, N)
+        std_delta = delta / delta.std(ddof=1)
+        pref = np.clip(1 / (1 + np.exp(0.7 * np.tanh(std_delta) - 0.6 * difficulty)) + rng.normal(0, 0.1, N), 0, 1)
+        cells = zip(pref.tolist(), std_delta.tolist(), difficulty.tolist())
+        lines += [f"{i},{model},{p!r},{s!r},{d!r},False" for i, (p, s, d) in enumerate(cells)]
+    text = "\n".join(lines) + "\n"
+    root = hub / "datasets--tatsu-lab--alpaca_eval"
+    blob = root / "blobs" / hashlib.sha256(text.encode()).hexdigest()
+    blob.parent.mkdir(parents=True)
+    blob.write_text(text)
+    snapshot = root / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    (snapshot / "df_gamed.csv").symlink_to(os.path.relpath(blob, snapshot))
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(COMMIT)
+    return snapshot / "df_gamed.csv"
+
+
+def annotations(shift: float, edge: float, difficulty: np.ndarray, seed: int = 1, generator="exp/run") -> list[dict]:
+    """An annotations.json of a length-biased weighted judge, in eval-set order, with draws (0) and unjudged rows."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(N):
+        len_1 = int(rng.integers(200, 3000))
+        len_2 = max(1, int(len_1 + shift + rng.normal(0, 500)))
+        logit = edge + 0.9 * np.tanh((len_2 - len_1) / 600) + 0.6 * difficulty[i]
+        pref = float(np.clip(1 + 1 / (1 + np.exp(-logit)) + rng.normal(0, 0.15), 1, 2))
+        rows.append(
+            {
+                "instruction": f"instruction {i}",
+                "output_1": "b" * len_1,
+                "generator_1": BASELINE,
+                "dataset": "helpful_base",
+                "output_2": "m" * len_2,
+                "generator_2": generator,
+                "annotator": ANNOTATOR,
+                "preference": None if i % 53 == 7 else 0 if i % 61 == 3 else pref,
+                "price_per_example": 0.01,
+                "time_per_example": 1.2,
+            }
+        )
+    return rows
+
+
+def alpaca_eval_lc(rows: list[dict], glm: str) -> float:
+    from alpaca_eval.metrics.glm_winrate import get_length_controlled_winrate
+
+    return get_length_controlled_winrate(rows, glm_name=glm, save_weights_dir=None)["length_controlled_winrate"] / 100
+
+
+def imported(tmp_path, rows: list[dict]) -> dict:
+    exp_dir = tmp_path / "exp"
+    (exp_dir / "run").mkdir(parents=True)
+    (exp_dir / "run" / "run.yaml").write_text("run: {}\n")
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(rows))
+    summaries, unmatched = import_annotations(exp_dir, "exp", [path])
+    assert not unmatched
+    return summaries["run"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_minimal_agrees_with_alpaca_eval(hub, scenario):
+    difficulty = difficulties()
+    cache_df_gamed(hub, difficulty)  # AlpacaEval reads it even for the minimal GLM, which does not use it
+    rows = annotations(*SCENARIOS[scenario], difficulty)
+    wins = [np.nan if r["preference"] is None else 0.5 if r["preference"] == 0 else r["preference"] - 1 for r in rows]
+    ours = lc_win_rate(wins, [len(r["output_2"]) for r in rows], [len(r["output_1"]) for r in rows])
+    assert ours == pytest.approx(alpaca_eval_lc(rows, "length_controlled_minimal"), abs=TOL)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_import_computes_alpaca_evals_v1_from_the_cached_df_gamed(hub, tmp_path, scenario):
+    difficulty = difficulties()
+    path = cache_df_gamed(hub, difficulty)
+    rows = annotations(*SCENARIOS[scenario], difficulty)
+    summary = imported(tmp_path, rows)
+    assert summary["lc_method"] == "v1" and summary["lc_data"] == str(path)
+    assert summary["lc_win_rate"] == pytest.approx(alpaca_eval_lc(rows, "length_controlled_v1"), abs=TOL)
+
+
+def test_import_without_df_gamed_computes_alpaca_evals_minimal_and_says_so(hub, tmp_path):
+    difficulty = difficulties()
+    rows = annotations(*SCENARIOS["much_shorter"], difficulty)
+    summary = imported(tmp_path, rows)
+    assert summary["lc_method"] == "minimal" and DOWNLOAD in summary["lc_note"]
+    cache_df_gamed(hub, difficulty)  # only now, for AlpacaEval, which cannot run without it
+    assert summary["lc_win_rate"] == pytest.approx(alpaca_eval_lc(rows, "length_controlled_minimal"), abs=TOL)
+    # the judge's length-free preference, by construction of annotations(): mean sigmoid(edge + 0.6 * difficulty)
+    truth = np.mean(1 / (1 + np.exp(-(SCENARIOS["much_shorter"][1] + 0.6 * difficulty))))
+    v1 = alpaca_eval_lc(rows, "length_controlled_v1")
+    assert summary["lc_win_rate"] > v1 + 0.03 and abs(v1 - truth) < summary["lc_win_rate"] - truth  # minimal overstates
+
+
+def test_more_rows_than_df_gamed_has_instructions_fall_back_to_minimal(hub, tmp_path):
+    cache_df_gamed(hub, difficulties())
+    rows = annotations(200, 0.2, np.zeros(N))
+    rows += [dict(r, instruction=f"extra {i}") for i, r in enumerate(rows[:5])]
+    summary = imported(tmp_path, rows)
+    assert summary["lc_method"] == "minimal" and "810 rows" in summary["lc_note"]
 
 
 def test_lc_is_near_half_when_length_alone_explains_the_raw_win_rate():
@@ -26,6 +175,7 @@ def test_lc_keeps_a_real_advantage_that_length_does_not_explain():
 
 
 def test_equal_lengths_give_the_raw_win_rate():
-    pref = np.array([1, 1, 0, 0.5, 1, 0, 1, 1.0])
-    lengths = np.full(8, 10)
-    assert lc_win_rate(pref, lengths, lengths) == pytest.approx(pref.mean(), abs=1e-3)  # up to the tiny ridge
+    """AlpacaEval divides by a zero s.d. here; dporef drops the length term, leaving the L1-penalised mean."""
+    pref = np.random.default_rng(2).choice([0.0, 0.5, 1.0], size=400, p=[0.3, 0.1, 0.6])
+    lengths = np.full(400, 10)
+    assert lc_win_rate(pref, lengths, lengths) == pytest.approx(pref.mean(), abs=1e-3)

@@ -3,27 +3,34 @@
 Export: every run writes `model_outputs.json`, a list of {instruction, output, generator, dataset}: the file
 `alpaca_eval --model_outputs` reads. The generator is `<experiment>/<run-id>`.
 Import: AlpacaEval's `annotations.json` rows hold `instruction`, `output_1` (its baseline's response), `output_2`
-(the run's), `generator_2` and `preference` in [1, 2] (2 = output_2 preferred; weighted annotators give fractions).
-`dporef import-annotations` matches rows to runs by `generator_2`, takes win = preference - 1, and writes
-`alpaca_eval.json` into each run: win rate, and the LC win rate of length_controlled.py with lengths in characters,
-AlpacaEval's unit.
+(the run's), `generator_2`, `annotator` and `preference`: in [1, 2] (2 = output_2 preferred; weighted annotators
+give fractions), 0 for a draw (AlpacaEval 1 files; AlpacaEval reads it as 1.5), null/NaN when unjudged.
+`dporef import-annotations` matches rows to runs by `generator_2`, drops repeated rows (same instruction, outputs and
+annotator: one file imported twice), refuses two annotators for one run, and writes `alpaca_eval.json` into each
+run: AlpacaEval's win rate (win = preference - 1) and LC win rate, lengths in characters, both as AlpacaEval computes
+them. The LC is the leaderboard's `length_controlled_v1` (alpaca_lc.py) when df_gamed.csv is in the local Hugging
+Face cache, else `length_controlled_minimal` (length_controlled.py), which can overstate LC by several points for a
+model much shorter than the baseline; `lc_method` says which.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
 from ..store import atomic_write_json
+from .alpaca_lc import DOWNLOAD, GAMED_FILE, Gamed, find_gamed, lc_win_rate_v1, read_gamed
 from .length_controlled import lc_win_rate
 
 MODEL_OUTPUTS = "model_outputs.json"
 ANNOTATED = "alpaca_eval.json"
 NEEDED = ("output_1", "output_2", "generator_2", "preference")  # annotation keys the import reads
+ALLOWED = "1..2 (2 = output_2 preferred), 0 (a draw) or null (unjudged)"
 
 
 def generator_name(experiment: str, run_id: str) -> str:
@@ -45,7 +52,40 @@ def export_model_outputs(path: Path, gens, generator: str, dataset: str) -> None
     atomic_write_json(path, rows)
 
 
-def _read(path: Path) -> list[dict]:
+@dataclass(frozen=True)
+class Annotation:
+    """One verdict: `win` in [0, 1] for output_2 (a draw 0.5), NaN when unjudged."""
+
+    instruction: str | None
+    output_1: str
+    output_2: str
+    generator_1: str
+    generator_2: str
+    annotator: str | None
+    win: float
+    file: Path
+
+    @property
+    def key(self) -> tuple:
+        return self.instruction, self.output_1, self.output_2, self.annotator
+
+
+def _win(value, where: str) -> float:
+    """AlpacaEval's preference as a win of output_2: 0 is a draw, outside {0} and [1, 2] is an error."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UserError(where, f"preference {value!r} is not a number; allowed: {ALLOWED}")
+    if math.isnan(value):
+        return math.nan
+    if value == 0:
+        return 0.5
+    if not 1 <= value <= 2:
+        raise UserError(where, f"preference {value!r} is out of range; allowed: {ALLOWED}")
+    return float(value) - 1.0
+
+
+def _read(path: Path) -> list[Annotation]:
     try:
         rows = json.loads(Path(path).read_text())
     except OSError as e:
@@ -54,17 +94,60 @@ def _read(path: Path) -> list[dict]:
         raise UserError(str(path), f"not valid JSON: {e}") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise UserError(str(path), "expected AlpacaEval's annotations.json: a list of objects")
+    out = []
     for i, row in enumerate(rows):
+        where = f"{path}: [{i}]"
         missing = [k for k in NEEDED if k not in row]
         if missing:
-            raise UserError(f"{path}: [{i}]", f"missing {', '.join(missing)}; annotation rows need {', '.join(NEEDED)}")
-    return rows
+            raise UserError(where, f"missing {', '.join(missing)}; annotation rows need {', '.join(NEEDED)}")
+        if not (isinstance(row["output_1"], str) and isinstance(row["output_2"], str)):
+            raise UserError(where, "output_1 and output_2 must be strings (the two responses)")
+        annotator = row.get("annotator")
+        out.append(
+            Annotation(
+                row.get("instruction"),
+                row["output_1"],
+                row["output_2"],
+                str(row.get("generator_1", "?")),
+                str(row["generator_2"]),
+                None if annotator is None else str(annotator),
+                _win(row["preference"], where),
+                Path(path).resolve(),
+            )
+        )
+    return out
 
 
-def summarize(rows: list[dict]) -> dict:
-    """Win rate (with s.e.) and LC win rate of output_2 over output_1; rows without a preference are counted."""
-    judged = [r for r in rows if r["preference"] is not None and not math.isnan(float(r["preference"]))]
-    wins = np.array([float(r["preference"]) - 1.0 for r in judged])
+def _deduplicate(rows: list[Annotation]) -> tuple[list[Annotation], int]:
+    """The first of each (instruction, output_1, output_2, annotator), in file order, and how many were dropped."""
+    kept: dict[tuple, Annotation] = {}
+    for row in rows:
+        kept.setdefault(row.key, row)
+    return list(kept.values()), len(rows) - len(kept)
+
+
+def length_controlled(rows: list[Annotation], gamed: Gamed | None) -> dict:
+    """AlpacaEval's LC win rate of the rows (one run, in file order): v1 when `gamed` covers them, else minimal."""
+    wins = [r.win for r in rows]
+    len_2, len_1 = [len(r.output_2) for r in rows], [len(r.output_1) for r in rows]
+    difficulty = gamed.difficulties(len(rows)) if gamed is not None else None
+    if difficulty is not None:
+        return {
+            "lc_win_rate": lc_win_rate_v1(wins, len_2, len_1, gamed, difficulty),
+            "lc_method": "v1",
+            "lc_data": str(gamed.path),
+        }
+    if gamed is None:
+        note = f"{GAMED_FILE} not in the local Hugging Face cache (`{DOWNLOAD}`)"
+    else:
+        note = f"{len(rows)} rows but {gamed.path} has difficulties of instructions 0..{len(gamed.difficulty) - 1}"
+    return {"lc_win_rate": lc_win_rate(wins, len_2, len_1), "lc_method": "minimal", "lc_note": note}
+
+
+def summarize(rows: list[Annotation], gamed: Gamed | None = None) -> dict:
+    """Win rate (with s.e.) and LC win rate of output_2 over output_1, as AlpacaEval computes them; unjudged rows
+    are counted (and take part in the LC's length scale and average, as in AlpacaEval)."""
+    wins = np.array([r.win for r in rows if not math.isnan(r.win)])
     if len(wins) == 0:
         return {"n": 0, "unjudged": len(rows)}
     return {
@@ -72,26 +155,39 @@ def summarize(rows: list[dict]) -> dict:
         "unjudged": len(rows) - len(wins),
         "win_rate": float(wins.mean()),
         "win_rate_se": float(wins.std(ddof=1) / np.sqrt(len(wins))) if len(wins) > 1 else 0.0,
-        "lc_win_rate": lc_win_rate(wins, [len(r["output_2"]) for r in judged], [len(r["output_1"]) for r in judged]),
-        "annotators": sorted({str(r.get("annotator", "?")) for r in judged}),
-        "baseline": sorted({str(r.get("generator_1", "?")) for r in judged}),
+        **length_controlled(rows, gamed),
+        "annotators": sorted({str(r.annotator) for r in rows}),
+        "baseline": sorted({r.generator_1 for r in rows}),
     }
 
 
 def import_annotations(exp_dir: Path, experiment: str, files: list[Path]) -> tuple[dict[str, dict], dict[str, int]]:
     """Write `alpaca_eval.json` into each run the annotations name; return (per-run summary, rows per generator that
-    matched no run of this experiment)."""
-    groups: dict[str, list[dict]] = {}
+    matched no run of this experiment). Every file is checked before anything is written."""
+    groups: dict[str, list[Annotation]] = {}
     for path in files:
         for row in _read(path):
-            groups.setdefault(str(row["generator_2"]), []).append(row)
-    summaries, unmatched = {}, {}
+            groups.setdefault(row.generator_2, []).append(row)
+    runs, unmatched = {}, {}
     for generator, rows in groups.items():
         exp_name, _, run_id = generator.partition("/")
-        run_dir = exp_dir / run_id
-        if exp_name != experiment or not run_id or not (run_dir / "run.yaml").is_file():
+        if exp_name != experiment or not run_id or not (exp_dir / run_id / "run.yaml").is_file():
             unmatched[generator] = len(rows)
             continue
-        summaries[run_id] = {**summarize(rows), "files": [str(f) for f in files]}
-        atomic_write_json(run_dir / ANNOTATED, summaries[run_id])
+        annotators = sorted({str(r.annotator) for r in rows})
+        if len(annotators) > 1:
+            raise UserError(
+                str(exp_dir / run_id),
+                f"run {run_id} has annotations by {len(annotators)} annotators ({', '.join(annotators)}); "
+                "import one annotator's files at a time",
+            )
+        runs[run_id] = rows
+    gamed_path = find_gamed() if runs else None
+    gamed = read_gamed(gamed_path) if gamed_path is not None else None
+    summaries = {}
+    for run_id, rows in runs.items():
+        kept, duplicates = _deduplicate(rows)
+        sources = list(dict.fromkeys(str(r.file) for r in rows))
+        summaries[run_id] = {**summarize(kept, gamed), "duplicates": duplicates, "files": sources}
+        atomic_write_json(exp_dir / run_id / ANNOTATED, summaries[run_id])
     return summaries, unmatched

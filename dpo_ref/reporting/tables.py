@@ -7,6 +7,7 @@ import io
 import math
 from pathlib import Path
 
+import yaml
 from rich.table import Table
 
 from ..evaluation.alpaca_eval import ANNOTATED
@@ -35,6 +36,7 @@ COLUMNS = [
     "rank_acc_policy",
     "ae_win_rate",  # from an imported AlpacaEval annotation file (alpaca.py), when there is one
     "ae_lc_win_rate",
+    "ae_lc_method",  # v1 (AlpacaEval's leaderboard LC) or minimal (without df_gamed.csv), see alpaca_eval.py
     "train_loss",
     "steps",
     "train_seconds",
@@ -53,7 +55,7 @@ SHOWN = [
     "rank_acc_reward",
     "rank_acc_policy",
 ]
-IMPORTED = ["ae_win_rate", "ae_lc_win_rate"]
+IMPORTED = ["ae_win_rate", "ae_lc_win_rate", "ae_lc_method"]
 
 
 def shown_columns(rows: list[dict]) -> list[str]:
@@ -68,8 +70,6 @@ def collect(exp_dir: Path, run_ids: list[str]) -> list[dict]:
         run_dir = exp_dir / run_id
         row = {c: None for c in COLUMNS}
         if (run_dir / "run.yaml").is_file():
-            import yaml
-
             row.update(yaml.safe_load((run_dir / "run.yaml").read_text())["run"])
         row["run_id"] = run_id
         row["status"] = (
@@ -81,7 +81,9 @@ def collect(exp_dir: Path, run_ids: list[str]) -> list[dict]:
             row.update({k: m.get(k) for k in ("train_loss", "steps", "train_seconds", "eval_seconds")})
         if (run_dir / ANNOTATED).is_file():
             ae = read_json(run_dir / ANNOTATED)
-            row.update(ae_win_rate=ae.get("win_rate"), ae_lc_win_rate=ae.get("lc_win_rate"))
+            row.update(
+                ae_win_rate=ae.get("win_rate"), ae_lc_win_rate=ae.get("lc_win_rate"), ae_lc_method=ae.get("lc_method")
+            )
         rows.append({c: row.get(c) for c in COLUMNS})
     return rows
 
@@ -228,12 +230,13 @@ BEST_RULE = (
 )
 
 
-SIMILARITY_COLUMNS = ["log_ratio", "logp_corr", "ref_pref_acc"]
+SIMILARITY_COLUMNS = ["kl_k3", "pair_log_ratio", "logp_corr", "ref_pref_acc"]
 SIMILARITY_NOTE = (
-    "Similarity of each reference to the SFT policy, on the training pairs before training: log_ratio = mean "
-    "log p_sft(y|x) - log p_ref(y|x) over the responses (the sequence-level KL(SFT || ref), the responses being SFT "
-    "samples), logp_corr = correlation of the two models' sequence log-probs, ref_pref_acc = pairs where the "
-    "reference alone prefers the chosen response."
+    "Similarity of each reference to the SFT policy before training: kl_k3 = KL(SFT || ref) estimated on the SFT "
+    "policy's own samples at temperature 1 on the test prompts (k3 estimator; k1 as kl in results.json); on the "
+    "training pairs: pair_log_ratio = mean log p_sft(y|x) - log p_ref(y|x) over their responses (not a KL: the pairs "
+    "are not plain samples of the SFT policy), logp_corr = correlation of the two models' sequence log-probs, "
+    "ref_pref_acc = pairs where the reference alone prefers the chosen response."
 )
 
 
@@ -268,6 +271,31 @@ def best_table(rows: list[dict], similarity: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+RULE_JUDGE_LC = (
+    " The judge is a rule with no length bias, so lc_win_rate (AlpacaEval's length-controlled GLM) removes real "
+    "signal here: the win rate is the headline."
+)
+AE_LC = {
+    "v1": "AlpacaEval's leaderboard LC (length_controlled_v1, with its df_gamed.csv)",
+    "minimal": "AlpacaEval's minimal GLM, df_gamed.csv not being in the local Hugging Face cache; it can overstate "
+    "LC by several points for a model much shorter than the baseline",
+}
+
+
+def results_caption(exp_dir: Path, rows: list[dict], title: str, judge: str) -> str:
+    """The caption of results.md: who judges, what the LC columns mean for that judge, how ae_lc_win_rate was fitted."""
+    spec = exp_dir / "experiment.yaml"
+    kind = (yaml.safe_load(spec.read_text()) or {}).get("judge", {}).get("kind") if spec.is_file() else None
+    methods = sorted({r["ae_lc_method"] for r in rows if r.get("ae_lc_method")})
+    return (
+        f"{title}. Win rate: preference of {judge} for the policy's sample over the SFT baseline's sample on each "
+        "held-out prompt. KL: sequence-level k1 estimate from policy samples. Rank acc.: validation pairs."
+        + (RULE_JUDGE_LC if kind in ("builtin", "instructions") else "")
+        + (" ae_*: AlpacaEval annotations (`dporef import-annotations`)." if shown_columns(rows) != SHOWN else "")
+        + "".join(f" ae_lc_win_rate ({m}): {AE_LC[m]}." for m in methods if m in AE_LC)
+    )
+
+
 def write_report(
     exp_dir: Path,
     rows: list[dict],
@@ -279,11 +307,7 @@ def write_report(
 ) -> list[Path]:
     """results.csv / results.md / results.json / results.png under `exp_dir`; returns the paths written.
     `tables` adds study-specific views to results.md: "grid" (metric by beta) and "best" (best beta per method)."""
-    caption = (
-        f"{title}. Win rate: preference of {judge} for the policy's sample over the SFT baseline's sample on each "
-        "held-out prompt. KL: sequence-level k1 estimate from policy samples. Rank acc.: validation pairs."
-        + (" ae_*: AlpacaEval annotations (`dporef import-annotations`)." if shown_columns(rows) != SHOWN else "")
-    )
+    caption = results_caption(exp_dir, rows, title, judge)
     paths = [
         exp_dir / "results.csv",
         exp_dir / "results.md",
