@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .cache import intact_dir
 from .errors import UserError
 from .store import atomic_dir, cache_root, content_hash, file_hash
 from .ui import progress
@@ -76,7 +77,7 @@ def _built(kind: str, source: Path, build) -> tuple[str, str]:
     """
     fingerprint = content_hash([kind, _content(source), REBUILD_VERSION])
     target = cache_root() / "models" / f"{kind}-{fingerprint}"
-    if not target.is_dir():
+    if not intact_dir(target, f"rebuilt {kind} model"):
         with atomic_dir(target) as out:
             build(out)
     return str(target), fingerprint

@@ -21,11 +21,12 @@ import numpy as np
 from datasets import DatasetDict
 from transformers import AutoConfig
 
+from .cache import read_entry, write_entry
 from .chat import render_many, same_rendering, unconditional_head
 from .logprobs import sequence_logps
 from .models import ModelRef, load_model, load_tokenizer
 from .precision import Regime, regime_for
-from .store import atomic_write_json, cache_root, content_hash, read_json
+from .store import cache_root, content_hash
 from .ui import console
 
 SCORER_VERSION = "2"  # bump when the scoring maths change, to invalidate old cache entries
@@ -92,23 +93,30 @@ class ReferenceEngine:
         context = getattr(AutoConfig.from_pretrained(ref.location), "max_position_embeddings", None)
         self.reports[f"{ref.spec} {mode}"] = _report(seqs, max_length, context)
         if key not in self.memo:
-            self.memo[key] = self._cached(key) or self._score(ref, regime, seqs, batch_size, context, mode, key)
+            shape = {split: len(rows) // 2 for split, rows in seqs.items()}  # pairs per split
+            cached = self._cached(key, shape)
+            self.memo[key] = cached or self._score(ref, regime, seqs, batch_size, context, mode, key, shape)
         return self.memo[key]
 
-    def _cached(self, key: str) -> dict | None:
-        path = self.cache_dir / f"{key}.json"
-        if not path.is_file():
+    def _cached(self, key: str, shape: dict[str, int]) -> dict | None:
+        """The entry of `key` when it is intact and holds one score per response of every split (`shape`)."""
+        payload = read_entry(self.cache_dir / f"{key}.json", shape, "reference cache entry")
+        if payload is None:
             return None
-        try:
-            entry = read_json(path)
-            scores = {s: {k: np.asarray(v, dtype=np.float64) for k, v in c.items()} for s, c in entry["scores"].items()}
-        except (ValueError, KeyError, TypeError):
-            console.print(f"[yellow]reference cache entry {path} is corrupt; rescoring")
+        scores = {
+            s: {k: np.array([np.nan if x is None else x for x in v], dtype=np.float64) for k, v in c.items()}
+            for s, c in payload["scores"].items()
+        }
+        sizes = {s: sorted({len(v) for v in c.values()}) for s, c in scores.items()}
+        if sizes != {s: [n] for s, n in shape.items()} or any(
+            set(c) != {"chosen", "rejected"} for c in scores.values()
+        ):
+            console.print(f"[yellow]reference cache entry {key} holds {sizes} scores, expected {shape}; rebuilding it")
             return None
         self.cached += 1
         return scores
 
-    def _score(self, ref: ModelRef, regime: Regime, seqs: dict, batch_size: int, context, mode: str, key: str) -> dict:
+    def _score(self, ref: ModelRef, regime: Regime, seqs: dict, batch_size: int, context, mode: str, key: str, shape):
         model = load_model(ref, bf16=regime.bf16_weights)
         scores = {}
         for split, rows in seqs.items():
@@ -124,7 +132,7 @@ class ReferenceEngine:
         as_lists = {
             s: {k: [None if np.isnan(x) else float(x) for x in v] for k, v in c.items()} for s, c in scores.items()
         }
-        atomic_write_json(self.cache_dir / f"{key}.json", {"meta": meta, "scores": as_lists})
+        write_entry(self.cache_dir / f"{key}.json", {"meta": meta, "scores": as_lists}, shape)
         self.computed += 1
         return scores
 

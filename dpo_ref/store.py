@@ -20,6 +20,7 @@ from typing import Any
 HASH_CHUNK = 8 << 20  # bytes per read: few system calls and progress updates, small enough to stay in memory
 MEMO_BYTES = 1 << 20  # smaller files are read again rather than memoised (a memo entry costs about as much)
 PROGRESS_BYTES = 256 << 20  # files this large show a progress bar while they are hashed
+MANIFEST = ".dporef-manifest.json"  # in every directory atomic_dir finishes: its files' sizes and checksums
 RACY_NS = 2 * 10**9  # the coarsest mtime granularity of common file systems (FAT: 2 s)
 
 
@@ -131,18 +132,50 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def _listing(root: Path) -> dict[str, int]:
+    files = (p for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST)
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in files}
+
+
+def seal(root: Path) -> None:
+    """Write the manifest of a finished directory: every file's size (its shape) and sha256 (its checksum)."""
+    root = Path(root)
+    files = {rel: {"size": size, "sha256": _digest(root / rel, None)} for rel, size in _listing(root).items()}
+    atomic_write_json(root / MANIFEST, {"files": files})
+
+
+def damage(root: Path) -> str | None:
+    """Why a sealed directory no longer holds what it was sealed with (no manifest, a file missing, added, resized
+    or with other bytes), or None when it is intact. Unchanged large files are not read again (`_digest` memo)."""
+    root = Path(root)
+    manifest = _read_memo(root / MANIFEST)
+    if manifest is None or not isinstance(manifest.get("files"), dict):
+        return "no readable manifest"
+    sealed, present = manifest["files"], _listing(root)
+    for rel in sorted(set(sealed) | set(present)):
+        entry = sealed.get(rel)
+        if not isinstance(entry, dict) or rel not in present:
+            return f"{rel} {'missing' if rel not in present else 'not in the manifest'}"
+        if present[rel] != entry.get("size") or _digest(root / rel, None) != entry.get("sha256"):
+            return f"{rel} changed"
+    return None
+
+
 @contextmanager
 def atomic_dir(final: Path, replace: bool = False):
-    """Yield a temporary sibling directory; on success it is renamed to `final`, on error it is removed.
+    """Yield a temporary sibling directory; on success it is sealed (`seal`) and renamed to `final`, on error it is
+    removed.
 
-    Used for cache entries made of several files (a world, a model): readers see all of it or none of it. An
-    existing `final` is kept (another process finished first), or with `replace` swapped out for the new one."""
+    Used for cache entries made of several files (a world, a model): readers see all of it or none of it, and can
+    tell it was damaged later (`damage`). An existing `final` is kept (another process finished first), or with
+    `replace` swapped out for the new one."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
+        seal(tmp)
         if final.exists() and replace:
             old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
             os.replace(final, old / final.name)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, DatasetDict
 
+from ..cache import intact_dir
 from ..config import InstructionsConfig
 from ..generation import Sampling, generate
 from ..models import ModelRef, load_model, use_bf16
@@ -31,7 +32,7 @@ def build_instruction_pairs(
 ) -> tuple[DatasetDict, list[str], dict]:
     """(pairs with splits train/validation, held-out evaluation prompts, statistics), from the cache when built."""
     root = cache_root() / "pairs" / f"instructions-{content_hash([VERSION, policy.fingerprint, cfg.model_dump()])}"
-    if not root.is_dir():
+    if not intact_dir(root, "instruction pairs"):
         with atomic_dir(root) as tmp:
             _build(cfg, policy, tokenizer, batch_size, precision, Path(tmp))
     pairs = DatasetDict(

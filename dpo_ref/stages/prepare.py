@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import data
+from ..cache import intact_dir
 from ..config import Experiment, expand
 from ..data.tokenize import load_prompts, tokenize_pairs, unique_prompts
 from ..evaluation.evaluate import PromptSet, sampling
@@ -32,7 +33,7 @@ from ..models import ModelRef, load_model, load_tokenizer, resolve
 from ..plan import STUDIES, scoring_needs
 from ..precision import regime_for
 from ..reference import ReferenceEngine, SampleScorer, similarity
-from ..store import atomic_dir, atomic_write_json, atomic_write_text, content_hash, read_json
+from ..store import atomic_dir, atomic_write_json, atomic_write_text, content_hash, file_hash, read_json
 from ..ui import console
 from ..world import build_world
 
@@ -109,7 +110,7 @@ def baseline(exp: Experiment, exp_dir: Path, name: str, prompts: list, policy: M
     regime = regime_for(policy, exp.train.precision)
     key = content_hash([policy.fingerprint, regime.key, exp.eval.model_dump(), judge.key, prompts])
     path, meta_path = exp_dir / "baseline" / f"{name}.jsonl", exp_dir / "baseline" / f"{name}.meta.json"
-    if not (meta_path.is_file() and read_json(meta_path).get("key") == key):
+    if not baseline_intact(exp_dir, name, key):
         model = load_model(policy, bf16=regime.bf16_weights)
         seed = exp.eval.baseline_seed
         with regime.autocast():
@@ -119,7 +120,25 @@ def baseline(exp: Experiment, exp_dir: Path, name: str, prompts: list, policy: M
         del model
         rewards = judge.rewards(gens.prompts, gens.responses, gens.ended).tolist()
         write_generations(path, gens, rewards)
-        atomic_write_json(meta_path, {"key": key, "policy": exp.policy, "seed": seed})
+        atomic_write_json(meta_path, {"key": key, "policy": exp.policy, "seed": seed, "sha256": file_hash(path, 64)})
+
+
+def baseline_intact(exp_dir: Path, name: str, key: str | None = None) -> bool:
+    """Whether a baseline file is there with the checksum its meta file recorded (and, given, the content key); a
+    changed one is named in one line (the caller samples it again)."""
+    path, meta_path = exp_dir / "baseline" / f"{name}.jsonl", exp_dir / "baseline" / f"{name}.meta.json"
+    if not (path.is_file() and meta_path.is_file()):
+        return False
+    try:
+        meta = read_json(meta_path)
+    except ValueError:
+        meta = {}
+    if key is not None and meta.get("key") != key:
+        return False
+    if meta.get("sha256") != file_hash(path, 64):
+        console.print(f"[yellow]baseline {path} does not match its checksum; sampling it again")
+        return False
+    return True
 
 
 def read_baseline(exp_dir: Path, name: str) -> PromptSet:
@@ -197,9 +216,10 @@ def prepare(exp: Experiment, exp_dir: Path, study: str) -> dict:
     models = resolve_models(exp)
     key = prepare_key(exp, models, study)
     root = exp_dir / "prepared"
-    written = [root / "plan.json", exp_dir / "baseline" / "test.jsonl", exp_dir / "baseline" / "validation.jsonl"]
-    written += [exp_dir / "similarity.json"] if STUDIES[study].similarity else []
-    if all(p.is_file() for p in written) and read_json(root / "plan.json").get("key") == key:
+    written = [root / "plan.json"] + ([exp_dir / "similarity.json"] if STUDIES[study].similarity else [])
+    same_key = all(p.is_file() for p in written) and read_json(root / "plan.json").get("key") == key
+    baselines = all([baseline_intact(exp_dir, "test"), baseline_intact(exp_dir, "validation")])
+    if same_key and baselines and intact_dir(root, "prepared data"):
         console.print(f"prepared inputs reused: {root}")
         return {"status": "reused", "computed": 0, "from_cache": 0}
     tokenizer = load_tokenizer(models.policy)

@@ -31,9 +31,9 @@ from ..objectives import OBJECTIVES
 from ..plan import find_run, run_hash
 from ..precision import regime_for
 from ..reference import SampleScorer
-from ..store import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from ..store import atomic_dir, atomic_write_json, atomic_write_text, damage, read_json
 from ..ui import console
-from .prepare import columns, make_judge, read_baseline, write_generations
+from .prepare import baseline_intact, columns, make_judge, read_baseline, write_generations
 
 
 @dataclass
@@ -52,6 +52,11 @@ class Prepared:
         if not (spec.is_file() and plan.is_file()):
             raise UserError(str(exp_dir), "not a prepared experiment (no experiment.yaml or prepared/plan.json)")
         exp = Experiment.model_validate(yaml.safe_load(spec.read_text()))
+        problem = damage(exp_dir / "prepared") or next(
+            (f"baseline/{n}.jsonl changed" for n in ("test", "validation") if not baseline_intact(exp_dir, n)), None
+        )
+        if problem:
+            raise UserError(str(exp_dir / "prepared"), f"prepared inputs are damaged ({problem}); run the study again")
         pairs = datasets.load_from_disk(str(exp_dir / "prepared" / "pairs"))
         return cls(exp_dir, exp, read_json(plan), pairs)
 

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..cache import intact_dir
 from ..config import WorldConfig
 from ..evaluation.metrics import preference
 from ..store import atomic_dir, atomic_write_json, cache_root, content_hash, read_json
@@ -120,7 +121,7 @@ def build_world(cfg: WorldConfig, cache_dir: Path | None = None) -> World:
     """
     key = content_hash({"config": cfg.model_dump(), "world_version": WORLD_VERSION})
     root = Path(cache_dir or cache_root()) / "world" / key
-    if not root.exists():
+    if not intact_dir(root, "world"):
         with atomic_dir(root) as tmp, _quiet(), _preserved_global_rng(), _single_threaded():
             _build(cfg, tmp)
     return World.load(root)
