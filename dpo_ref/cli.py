@@ -5,22 +5,65 @@ The three study commands are made from the study table (plan.STUDIES); the other
 
 from __future__ import annotations
 
-import os
+import errno
+import signal
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
-from .errors import UserError
+from .errors import EXCERPT, UserError, one_line
 from .plan import STUDIES
+from .ui import quiet_libraries
+
+
+class OneLineErrors(TyperGroup):
+    """Click's own errors (an unknown option, a missing argument, a value of the wrong type, a file it cannot read)
+    in the form of dporef's: one line `error: <where>: <what is wrong>` and exit code 2, not a usage box."""
+
+    def main(self, *args, **kwargs):
+        try:
+            code = super().main(*args, **{**kwargs, "standalone_mode": False})  # Exit(n) comes back as n
+        except typer.TyperException as e:  # Typer's click: its UsageError, BadParameter, FileError ...
+            ctx = getattr(e, "ctx", None)
+            if type(e).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+                where = ctx.command_path if ctx else "dporef"
+                typer.echo(f"error: {where}: {one_line(e.format_message(), 2 * EXCERPT)}", err=True)
+            code = 2
+        except typer.Abort:
+            code = 1
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
+    name="dporef",  # the program's name in messages, in tests too (CliRunner would call it `root`)
+    cls=OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Study how the reference policy shapes DPO: beta sweeps, objectives, reference swaps.",
 )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM sends before pre-emption) as an interrupt: the run stops as on Ctrl-C, marked
+    `interrupted` with a line saying how to resume, and the command exits 143 as shells report it."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+@app.callback()
+def _handle_sigterm() -> None:
+    """Before every command: SIGTERM raises Terminated instead of ending the process at once with nothing said."""
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set a handler
+        signal.signal(signal.SIGTERM, _terminate)
+
 
 ExperimentArg = Annotated[Path | None, typer.Argument(help="YAML experiment; default: the command's embedded default.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Results root: runs land in OUT/<experiment name>/.")]
@@ -34,30 +77,40 @@ PrepareOpt = Annotated[
         "`dporef run-one` command of every pending run, to run elsewhere; then `dporef report`.",
     ),
 ]
+LauncherOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--launcher",
+        help="Where the runs execute: local (this machine; launch.gpus / launch.workers) or slurm (every stage a "
+        "SLURM job through submitit; launch.slurm). Default: the experiment's launch.launcher.",
+    ),
+]
 ExpDirArg = Annotated[Path, typer.Argument(help="An experiment's results directory, e.g. runs/rq1_sweep_beta.")]
 
 
+def _os_error(e: OSError) -> str:
+    """`<path>: <what the OS said> (<ERRNO>)`, e.g. a read-only or full disk, a path under a regular file."""
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    name = errno.errorcode.get(e.errno or 0)
+    what = f"{e.strerror} ({name})" if name and e.strerror else str(e)
+    return one_line(f"{paths}: {what}" if paths else what, 600)
+
+
 def _guarded(action: Callable[[], int | None]) -> None:
-    """Run a command body: a user's mistake is one line and exit code 2, Ctrl-C exit 130, failed runs exit 1."""
+    """Run a command body: a user's mistake or a disk fault outside a run is one line and exit code 2, Ctrl-C exit
+    130 (SIGTERM 143), failed runs exit 1 (a fault during a run marks it failed)."""
     try:
         failed = action()
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+    except OSError as e:
+        typer.echo(f"error: {_os_error(e)}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt as e:
+        raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
     if failed:
         raise typer.Exit(1)
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars; dporef shows its own progress
 
 
 def default_experiment(study: str) -> Path:
@@ -76,13 +129,15 @@ def _study_command(study: str):
         set_: SetOpt = None,
         dry_run: DryOpt = False,
         prepare_only: PrepareOpt = False,
+        launcher: LauncherOpt = None,
     ) -> None:
         def body() -> int:
             from .runner import read_experiment, run_experiment
 
             path = experiment or default_experiment(study)
-            exp = read_experiment(path, set_ or [])
-            _quiet_libraries()
+            overrides = [*(set_ or []), *([f"launch.launcher={launcher}"] if launcher else [])]  # the flag wins
+            exp = read_experiment(path, overrides)
+            quiet_libraries()
             return run_experiment(exp, out, study, str(path), dry_run=dry_run, prepare_only=prepare_only)
 
         _guarded(body)
@@ -99,14 +154,17 @@ for _study in STUDIES:
 def run_one(
     exp_dir: ExpDirArg,
     run_id: Annotated[str, typer.Argument(help="The run to execute, e.g. dpo-sft-b0.1-s0 (see --dry-run).")],
+    wait: Annotated[
+        bool, typer.Option("--wait", help="When another process is running this run, wait for it instead of exiting.")
+    ] = False,
 ) -> None:
-    """Train and evaluate one run of a prepared experiment, reading only what the prepare stage wrote; runs of one experiment may execute at the same time in separate processes."""  # noqa: E501
+    """Train and evaluate one run of a prepared experiment, reading only what the prepare stage wrote; runs of one experiment may execute at the same time in separate processes. A run already done is left as it is (exit 0); a run another process is running exits with code 2 and one line saying so, or with --wait waits for it and then runs it only if it is still not done."""  # noqa: E501
 
     def body() -> int:
         from .stages.run import run_one as execute
 
-        _quiet_libraries()
-        return int(execute(exp_dir, run_id) == "failed")  # diverged and degenerate runs are results too
+        quiet_libraries()
+        return int(execute(exp_dir, run_id, wait) == "failed")  # diverged and degenerate runs are results too
 
     _guarded(body)
 
@@ -125,7 +183,7 @@ def analyze(
         from .stages.report import analyze_run
         from .ui import stdout
 
-        _quiet_libraries()
+        quiet_libraries()
         summary = analyze_run(run_dir, min_count, top)
         stdout.print((run_dir / "analysis" / "tokens.md").read_text(), markup=False)
         stdout.print(f"{summary['items']} vocabulary items; files in {run_dir / 'analysis'}", markup=False)

@@ -17,8 +17,10 @@ from .config import (
     Experiment,
     InstructionsConfig,
     JudgeConfig,
+    LaunchConfig,
     ObjectiveGrid,
     ReferenceConfig,
+    SlurmConfig,
     TrainConfig,
     WorldConfig,
 )
@@ -33,6 +35,8 @@ SECTIONS = [
     ("`judge`", JudgeConfig),
     ("`instructions`", InstructionsConfig),
     ("`world`", WorldConfig),
+    ("`launch`", LaunchConfig),
+    ("`launch.slurm`", SlurmConfig),
 ]
 
 

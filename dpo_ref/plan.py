@@ -1,13 +1,15 @@
 """What a study command will do: the studies, each run's content hash, which runs are done, and the `--dry-run` text.
 
-A run is done when its status is finished and its config hash matches, so re-running a command resumes after a crash
-and a finished experiment only rebuilds its tables.
+A run is done when its status is finished, every file it wrote is there and readable, and its config hash (settings
+and the resolved models' fingerprints) matches, so re-running a command resumes after a crash, runs a damaged or
+outdated run again, and a finished experiment only rebuilds its tables.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
@@ -16,7 +18,7 @@ from . import data
 from .config import Experiment, RunSpec, expand
 from .errors import UserError
 from .objectives import OBJECTIVES
-from .store import content_hash, read_json
+from .store import content_hash, damage, read_json
 
 
 @dataclass(frozen=True)
@@ -75,10 +77,15 @@ def reference_spec(exp: Experiment, name: str | None) -> str | None:
     return next((r.model for r in exp.references if r.name == name), None)
 
 
-def run_hash(exp: Experiment, run: RunSpec) -> str:
-    """Hash of everything that determines a run's result; a finished run with another hash is run again."""
+def run_hash(exp: Experiment, run: RunSpec, models: dict) -> str:
+    """Hash of everything that determines a run's result, the resolved models' fingerprints included (`models` as
+    prepared/plan.json holds them): a finished run with another hash is run again, so a model whose weights changed
+    under the same spec never mixes old and new rows in one table. The world enters through its models."""
     # the untrained SFT row depends on the training settings only through max_length (validation truncation)
     train = exp.train.max_length if run.objective == "sft" else exp.train.model_dump()
+    # a reference the models do not name (plan.json of another config, in a dry run) matches no finished run
+    reference = models["references"].get(run.reference, {}).get("fingerprint") if run.reference else None
+    judge = models["judge"]["fingerprint"] if models.get("judge") else None
     parts = [
         exp.world.model_dump() if data.needs_world(exp) else None,
         exp.policy,
@@ -88,18 +95,101 @@ def run_hash(exp: Experiment, run: RunSpec) -> str:
         train,
         exp.eval.model_dump(),
         run.model_dump(),
+        {"policy": models["policy"]["fingerprint"], "reference": reference, "judge": judge},
     ]
     return content_hash(parts)
 
 
-def is_done(exp_dir: Path, exp: Experiment, run: RunSpec) -> bool:
-    run_dir = exp_dir / run.run_id
+def prepared_models(exp_dir: Path) -> dict | None:
+    """The models the last prepare of `exp_dir` resolved (prepared/plan.json), or None before any."""
     try:
-        status = read_json(run_dir / "status.json")
-        meta = yaml.safe_load((run_dir / "run.yaml").read_text())
-    except (OSError, ValueError, yaml.YAMLError):
-        return False
-    return status.get("status") in FINISHED and meta.get("config_hash") == run_hash(exp, run)
+        return read_json(Path(exp_dir) / "prepared" / "plan.json")["models"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Where a run stands on disk: `pending` (never started), its status.json's status, `damaged` (a finished run
+    with a file missing or unreadable) or `changed` (finished with other settings or models), with the reason."""
+
+    status: str
+    reason: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINISHED
+
+
+def _rows(text: str) -> list:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _metrics(m) -> bool:
+    """metrics.json holds an `eval` mapping with every measure of an evaluation (what the report tabulates)."""
+    from .evaluation.evaluate import EvalResult  # here, not at the top: it loads TRL, and the CLI imports plan
+
+    measures = {f.name for f in fields(EvalResult)}
+    return isinstance(m, dict) and isinstance(m.get("eval"), dict) and measures <= set(m["eval"])
+
+
+# what a finished run wrote: file -> (parse its text, whether the parsed value is what a run writes)
+WRITTEN = {
+    "run.yaml": (yaml.safe_load, lambda m: isinstance(m, dict) and isinstance(m.get("run"), dict)),
+    "metrics.json": (json.loads, _metrics),
+    "generations.jsonl": (_rows, lambda rows: bool(rows) and all(isinstance(r, dict) for r in rows)),
+    "model_outputs.json": (json.loads, lambda rows: isinstance(rows, list) and bool(rows)),
+}
+
+
+def _incomplete(run_dir: Path, status: str, trained: bool) -> str | None:
+    """Why a run whose status is `status` (a finished one) does not hold all it wrote, or None: a diverged run wrote
+    its run.yaml only; a done or degenerate one every file of WRITTEN, and a trained one an intact `policy/`."""
+    names = ["run.yaml"] if status == "diverged" else list(WRITTEN)
+    values = {}
+    for name in names:
+        parse, valid = WRITTEN[name]
+        try:
+            values[name] = parse((run_dir / name).read_text())
+        except FileNotFoundError:
+            return f"{name} missing"
+        except (OSError, ValueError, UnicodeDecodeError, yaml.YAMLError) as e:
+            return f"{name} unreadable ({type(e).__name__})"
+        if not valid(values[name]):
+            return f"{name} does not hold what a finished run writes"
+    if status != "diverged" and len(values["model_outputs.json"]) != len(values["generations.jsonl"]):
+        return "model_outputs.json and generations.jsonl hold different numbers of samples"
+    problem = damage(run_dir / "policy") if trained and status != "diverged" else None
+    return f"policy/: {problem}" if problem else None
+
+
+def run_status(run_dir: Path, run: RunSpec) -> RunState:
+    """The run's state from its files alone (no config hash: what `dporef report` shows)."""
+    if not (run_dir / "status.json").exists():
+        return RunState("pending")
+    try:
+        status = read_json(run_dir / "status.json")["status"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return RunState("damaged", f"status.json unreadable ({type(e).__name__})")
+    if status not in FINISHED:
+        return RunState(str(status))
+    problem = _incomplete(run_dir, status, trained=run.objective in OBJECTIVES)
+    return RunState("damaged", problem) if problem else RunState(status)
+
+
+def run_state(exp_dir: Path, exp: Experiment, run: RunSpec, models: dict) -> RunState:
+    """The run's state: `run_status`, and `changed` when it finished with another config hash than `run_hash`."""
+    state = run_status(exp_dir / run.run_id, run)
+    if not state.done:
+        return state
+    meta = yaml.safe_load((exp_dir / run.run_id / "run.yaml").read_text())  # readable: run_status checked it
+    if meta.get("config_hash") != run_hash(exp, run, models):
+        return RunState("changed", "its settings or models changed since it ran")
+    return state
+
+
+def is_done(exp_dir: Path, exp: Experiment, run: RunSpec, models: dict) -> bool:
+    return run_state(exp_dir, exp, run, models).done
 
 
 def estimated_steps(exp: Experiment, n_pairs: int) -> int:
@@ -123,7 +213,8 @@ def scoring_needs(exp: Experiment, runs: list[RunSpec]) -> list[tuple[str, str, 
 
 
 def plan_text(exp: Experiment, runs: list[RunSpec], exp_dir: Path) -> str:
-    """The expanded plan `--dry-run` prints: runs, references to score, steps per run."""
+    """The expanded plan `--dry-run` prints: runs, references to score, steps per run. A run is shown done when it
+    is done with the models the last prepare resolved (a dry run resolves nothing)."""
     n_pairs = data.source(exp).n_train_pairs(exp)
     steps = estimated_steps(exp, n_pairs) if n_pairs is not None else None
     judge = exp.judge.kind + (f" {exp.judge.model}" if exp.judge.model else "")
@@ -135,8 +226,9 @@ def plan_text(exp: Experiment, runs: list[RunSpec], exp_dir: Path) -> str:
     needs = scoring_needs(exp, runs)
     lines += [f"  {n}: {spec} [{'p_LM(y), no prompt' if u else 'p_ref(y|x)'}]" for n, spec, u in needs] or ["  (none)"]
     lines.append(f"runs ({len(runs)}, ~{steps if steps is not None else '?'} optimizer steps each):")
+    models = prepared_models(exp_dir)
     for run in runs:
-        state = "done" if is_done(exp_dir, exp, run) else "pending"
+        state = "done" if models and is_done(exp_dir, exp, run, models) else "pending"
         lines.append(
             f"  {run.run_id:<32} objective={run.objective:<10} reference={run.reference or '-':<8} "
             f"beta={'-' if run.beta is None else f'{run.beta:g}':<7} seed={run.seed}  [{state}]"

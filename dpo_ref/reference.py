@@ -26,7 +26,7 @@ from .chat import render_many, same_rendering, unconditional_head
 from .logprobs import sequence_logps
 from .models import ModelRef, load_model, load_tokenizer
 from .precision import Regime, regime_for
-from .store import cache_root, content_hash
+from .store import cache_root, content_hash, locked
 from .ui import console
 
 SCORER_VERSION = "2"  # bump when the scoring maths change, to invalidate old cache entries
@@ -94,8 +94,10 @@ class ReferenceEngine:
         self.reports[f"{ref.spec} {mode}"] = _report(seqs, max_length, context)
         if key not in self.memo:
             shape = {split: len(rows) // 2 for split, rows in seqs.items()}  # pairs per split
-            cached = self._cached(key, shape)
-            self.memo[key] = cached or self._score(ref, regime, seqs, batch_size, context, mode, key, shape)
+            # looked up under the entry's lock: a second process waits for the first and reads what it scored
+            with locked(self.cache_dir / f"{key}.json", on_wait=console.print):
+                cached = self._cached(key, shape)
+                self.memo[key] = cached or self._score(ref, regime, seqs, batch_size, context, mode, key, shape)
         return self.memo[key]
 
     def _cached(self, key: str, shape: dict[str, int]) -> dict | None:

@@ -1,9 +1,10 @@
-"""A study command from start to end: prepare once, run every pending run, rebuild the report.
+"""A study command from start to end: validate the inputs, prepare once, run every pending run, rebuild the report.
 
-Runs execute here, one after another in this process, each exactly as `dporef run-one` would run it in another; the
-stages between them are files on disk (see stages/), so the same experiment can be prepared here
-(`--prepare-only`) and its runs executed elsewhere.
-"""
+The stages between them are files on disk (see stages/), so the same experiment can be prepared here
+(`--prepare-only`) and its runs executed elsewhere. Where the pending runs execute is the launcher's choice
+(launch/): by default here, one after another, each exactly as `dporef run-one` would run it in another process;
+else N local processes (one per GPU) or SLURM jobs. Each run is taken under its lock: a run another process is
+running is skipped, then waited for before the report, so two commands on one directory never run a run twice."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ from pathlib import Path
 
 import yaml
 
-from . import data
-from .config import Experiment, expand, load_experiment
-from .plan import STUDIES, check_study, is_done, plan_text
-from .stages.prepare import prepare
+from . import data, launch
+from .config import Experiment, RunSpec, expand, load_experiment
+from .plan import STUDIES, check_study, plan_text, run_state
+from .stages.prepare import Models, prepare, resolve_models
 from .stages.report import report
-from .stages.run import Prepared, execute_safely
+from .stages.run import Prepared, execute_locked
 from .store import atomic_write_json, atomic_write_text
 from .ui import console, stdout
+from .validate import check_inputs
 
 
 def read_experiment(path: Path, overrides: list[str]) -> Experiment:
@@ -35,30 +37,28 @@ def run_experiment(
     exp_dir = Path(out) / exp.name
     runs = expand(exp)
     if dry_run:
-        stdout.print(plan_text(exp, runs, exp_dir), markup=False, soft_wrap=True)
+        launched = launch.dry_run(exp, exp_dir, study, source)  # the processes or jobs it would start
+        stdout.print("\n".join(filter(None, [plan_text(exp, runs, exp_dir), launched])), markup=False, soft_wrap=True)
         return 0
     t_start = time.time()
+    check_inputs(exp, source)  # models, data, prompts: refused before anything is written
     exp_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(exp_dir / "experiment.yaml", yaml.safe_dump(exp.model_dump(), sort_keys=False))
     atomic_write_json(exp_dir / "command.json", {"study": study, "experiment_file": source})
-    pending = [r for r in runs if not is_done(exp_dir, exp, r)]
-    for r in runs:
-        if r not in pending:
-            console.print(f"[green]already done[/]: {r.run_id}")
+    if launch.submits(exp) and not prepare_only:  # prepare, runs and report run as jobs (slurm); this only submits
+        return launch.submit(exp, exp_dir, study, source)
+    models = resolve_models(exp)  # before deciding what is done: a run is done with these models' fingerprints
+    pending = pending_runs(exp_dir, exp, runs, models)
     needs_similarity = STUDIES[study].similarity and not (exp_dir / "similarity.json").is_file()
     prepared = {"status": "skipped", "computed": 0, "from_cache": 0}
     if pending or prepare_only or needs_similarity:
-        prepared = prepare(exp, exp_dir, study)
+        prepared = prepare(exp, exp_dir, study, models)
     if prepare_only:
         lines = [f"prepared {exp_dir}; run each pending run anywhere that sees it, then `dporef report {exp_dir}`:"]
         stdout.print("\n".join(lines + [f"  dporef run-one {exp_dir} {r.run_id}" for r in pending]), markup=False)
         return 0
-    failed = 0
-    if pending:
-        opened = Prepared.open(exp_dir)
-        for i, run in enumerate(pending, 1):
-            console.rule(f"[bold]{run.run_id}[/] ({i}/{len(pending)})")
-            failed += execute_safely(opened, run) == "failed"
+    launched = launch.run_pending(exp, exp_dir, pending, source) if pending else 0  # None: here, one by one
+    failed = execute_all(exp_dir, pending) if launched is None else launched
     scoring = {"computed": prepared["computed"], "from_cache": prepared["from_cache"]}
     extra = {"reference_scoring": scoring, "prepared": prepared["status"], "wall_seconds": time.time() - t_start}
     report(exp_dir, exp, study, data.describe_judge(exp), extra=extra)
@@ -67,4 +67,35 @@ def run_experiment(
         f"{len(runs) - len(pending)} of {len(runs)} runs already done; "
         f"wall time {time.time() - t_start:.1f}s; results in {exp_dir}"
     )
+    return failed
+
+
+def pending_runs(exp_dir: Path, exp: Experiment, runs: list[RunSpec], models: Models) -> list[RunSpec]:
+    """The runs not done with `models`, saying which are done and which run again because damaged or outdated."""
+    pending = []
+    for run in runs:
+        state = run_state(exp_dir, exp, run, models.as_dict())
+        if state.done:
+            console.print(f"[green]already done[/]: {run.run_id}")
+            continue
+        if state.reason:
+            console.print(f"[yellow]{state.status}[/]: {run.run_id}: {state.reason}; running it again")
+        pending.append(run)
+    return pending
+
+
+def execute_all(exp_dir: Path, pending: list[RunSpec]) -> int:
+    """Run the pending runs here, one after another; a run another process holds is skipped and waited for at the
+    end (then run here only if that process did not finish it). Returns the number of runs that failed."""
+    opened = Prepared.open(exp_dir)
+    failed, held = 0, []
+    for i, run in enumerate(pending, 1):
+        console.rule(f"[bold]{run.run_id}[/] ({i}/{len(pending)})")
+        status = execute_locked(opened, run)
+        if status == "held":
+            console.print(f"[yellow]skipped[/]: {run.run_id}: another process is running it; waiting for it at the end")
+            held.append(run)
+        failed += status == "failed"
+    for run in held:
+        failed += execute_locked(opened, run, wait=True) == "failed"
     return failed

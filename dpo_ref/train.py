@@ -6,7 +6,8 @@ overrides below hand it dporef's cached `ref_chosen_logps` / `ref_rejected_logps
 
 from __future__ import annotations
 
-import math
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,16 +19,19 @@ from trl import DPOConfig, DPOTrainer
 from .config import RunSpec, TrainConfig
 from .models import use_bf16
 from .objectives import OBJECTIVES, PolicyLogps, ReferenceLogps
-from .ui import progress
+from .store import read_json
+from .training_guards import Diverged, DivergenceGuard
+from .ui import console, progress
 
 
 class CachedReferenceDPOTrainer(DPOTrainer):
     """DPOTrainer over pre-tokenized pairs with reference columns supplied by dporef's reference engine."""
 
-    def __init__(self, *args, objective: str = "dpo", gamma: float = 0.0, **kwargs):
+    def __init__(self, *args, objective: str = "dpo", gamma: float = 0.0, guard: DivergenceGuard | None = None, **kw):
         self.objective = OBJECTIVES[objective]
         self.gamma = gamma
-        super().__init__(*args, **kwargs)
+        self.guard = guard  # told every training loss, so a non-finite one stops training at its step
+        super().__init__(*args, **kw)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         # TRL 1.16 private: it would re-tokenize; dporef's prepare stage already rendered the pairs with the template.
@@ -59,6 +63,9 @@ class CachedReferenceDPOTrainer(DPOTrainer):
         loss = losses.mean()
         gather = self.accelerator.gather_for_metrics
         metrics = self._metrics[mode]
+        if mode == "train" and self.guard is not None:  # gathered: every process takes the same decision
+            step_loss = self.accelerator.gather(loss.detach().reshape(1)).mean().item()
+            self.guard.observe(self.state.global_step + 1, "loss", step_loss)
         metrics["rewards/chosen"].append(gather(chosen_reward.detach()).mean().item())
         metrics["rewards/rejected"].append(gather(rejected_reward.detach()).mean().item())
         metrics["rewards/margins"].append(gather((chosen_reward - rejected_reward).detach()).mean().item())
@@ -89,6 +96,39 @@ class RichProgress(TrainerCallback):
         self.bar.stop()
 
 
+class PeriodicCheckpoints(TrainerCallback):
+    """A full checkpoint (weights, optimizer, scheduler, RNG) every `every` optimizer steps, to resume from after a
+    kill. Every checkpoint step (`eval_steps` ones too) is also a logging step: the Trainer's running loss is not
+    saved, so a resumed run logs exactly what an uninterrupted run logs only when a log closes at the checkpoint."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0 and state.global_step < state.max_steps:  # the end needs none
+            control.should_save = True
+        control.should_log = control.should_log or control.should_save
+
+
+def _saving(cfg: TrainConfig) -> dict:
+    """What the Trainer saves: with `eval_steps`, a checkpoint at every evaluation for checkpoint choice (the best
+    and the latest kept), full ones when `checkpoint_steps` needs to resume from them; with `checkpoint_steps`
+    alone, the latest full checkpoint (PeriodicCheckpoints)."""
+    if cfg.eval_steps:
+        return {
+            "eval_strategy": "steps",
+            "eval_steps": cfg.eval_steps,
+            "save_strategy": "steps",
+            "save_steps": cfg.eval_steps,
+            "save_only_model": cfg.checkpoint_steps is None,
+            "save_total_limit": 2,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "eval_loss",
+            "greater_is_better": False,
+        }
+    return {"save_strategy": "no", "save_total_limit": 1 if cfg.checkpoint_steps else None}
+
+
 def dpo_config(cfg: TrainConfig, run: RunSpec, output_dir: Path, params: float) -> DPOConfig:
     """TRL settings from dporef's; precision and checkpointing follow the hardware unless set explicitly."""
     gpu = torch.cuda.is_available()
@@ -112,21 +152,8 @@ def dpo_config(cfg: TrainConfig, run: RunSpec, output_dir: Path, params: float) 
         precompute_ref_log_probs=True,  # => TRL keeps no reference model in memory
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
-        **(
-            {  # checkpoint choice by validation loss; only the weights are saved, and only the best two kept
-                "eval_strategy": "steps",
-                "eval_steps": cfg.eval_steps,
-                "save_strategy": "steps",
-                "save_steps": cfg.eval_steps,
-                "save_only_model": True,
-                "save_total_limit": 2,
-                "load_best_model_at_end": True,
-                "metric_for_best_model": "eval_loss",
-                "greater_is_better": False,
-            }
-            if cfg.eval_steps
-            else {"save_strategy": "no"}
-        ),
+        logging_nan_inf_filter=False,  # the history shows a non-finite loss as it was, not as an average
+        **_saving(cfg),
         report_to=[],
         disable_tqdm=True,
         seed=run.seed,
@@ -134,6 +161,49 @@ def dpo_config(cfg: TrainConfig, run: RunSpec, output_dir: Path, params: float) 
         use_cpu=not gpu,
         dataloader_num_workers=0,
     )
+
+
+def resume_point(output_dir: Path) -> Path | None:
+    """The newest full checkpoint an interrupted attempt of this run left in `output_dir`, or None (and nothing
+    left there). A checkpoint is complete once its trainer_state.json is readable (the Trainer writes it last); an
+    incomplete one (killed while saving) is removed, and one without optimizer state (`eval_steps` alone) cannot be
+    resumed from."""
+    complete = []
+    for ckpt in output_dir.glob("checkpoint-*") if output_dir.is_dir() else []:
+        try:
+            read_json(ckpt / "trainer_state.json")
+            complete.append(ckpt)
+        except (OSError, ValueError):
+            shutil.rmtree(ckpt)
+    full = [c for c in complete if (c / "optimizer.pt").is_file()]
+    if not full:
+        shutil.rmtree(output_dir, ignore_errors=True)
+        return None
+    return max(full, key=lambda c: int(c.name.rsplit("-", 1)[1]))
+
+
+@dataclass
+class Trained:
+    """What training returns: TRL's log history, the checkpoint step kept with `eval_steps` (None: the final
+    policy) and the checkpoint step it resumed from (None: it started at step 0)."""
+
+    history: list[dict]
+    checkpoint_step: int | None
+    resumed_from: int | None
+
+
+def _whole_run_train_loss(history: list[dict], resumed_from: int) -> None:
+    """Make the final `train_loss` of a resumed run the mean over all its steps, as an uninterrupted run's is: the
+    Trainer averages only the steps since the resume, and the steps before it are all in logged losses (the
+    checkpoint step is a logging step, PeriodicCheckpoints)."""
+    end = next((h for h in history if "train_loss" in h), None)
+    if end is None or not end["step"]:
+        return
+    before, last = 0.0, 0
+    for h in history:
+        if "loss" in h and h["step"] <= resumed_from:
+            before, last = before + h["loss"] * (h["step"] - last), h["step"]
+    end["train_loss"] = (before + end["train_loss"] * (end["step"] - resumed_from)) / end["step"]
 
 
 def train_policy(
@@ -144,10 +214,15 @@ def train_policy(
     cfg: TrainConfig,
     run: RunSpec,
     output_dir: Path,
-) -> tuple[list[dict], int | None]:
-    """Train `model` on `train` (tokenized pairs with reference columns). Returns TRL's log history and, with
-    `cfg.eval_steps`, the step of the checkpoint kept (lowest validation loss), whose weights are then in `model`."""
+) -> Trained:
+    """Train `model` on `train` (tokenized pairs with reference columns), from the last checkpoint of an interrupted
+    attempt in `output_dir` when there is one; with `cfg.eval_steps`, the weights kept (lowest validation loss) are
+    then in `model`. Raises Diverged at the first non-finite loss or gradient norm."""
     params = sum(p.numel() for p in model.parameters())
+    resume = resume_point(output_dir)
+    resumed_from = int(resume.name.rsplit("-", 1)[1]) if resume else None
+    guard = DivergenceGuard()
+    callbacks = [RichProgress(f"training {run.run_id}"), guard]
     trainer = CachedReferenceDPOTrainer(
         model=model,
         args=dpo_config(cfg, run, output_dir, params),
@@ -156,13 +231,17 @@ def train_policy(
         processing_class=tokenizer,
         objective=run.objective,
         gamma=run.gamma,
-        callbacks=[RichProgress(f"training {run.run_id}")],
+        guard=guard,
+        callbacks=callbacks + ([PeriodicCheckpoints(cfg.checkpoint_steps)] if cfg.checkpoint_steps else []),
     )
     trainer.remove_callback(PrinterCallback)  # metrics go to metrics.json, progress to the rich bar
-    trainer.train()
+    if resume:
+        console.print(f"resuming {run.run_id} from its checkpoint at step {resumed_from}")
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     history = [h for h in trainer.state.log_history if "loss" in h or "train_loss" in h or "eval_loss" in h]
-    for h in history:
-        if any(isinstance(v, float) and not math.isfinite(v) for v in h.values()):
-            raise FloatingPointError(f"non-finite training metric at step {h.get('step')}: {h}")
+    if guard.found:
+        raise Diverged(*guard.found, history)
+    if resumed_from:
+        _whole_run_train_loss(history, resumed_from)
     best = trainer.state.best_model_checkpoint
-    return history, int(best.rsplit("-", 1)[1]) if best else None
+    return Trained(history, int(best.rsplit("-", 1)[1]) if best else None, resumed_from)

@@ -16,6 +16,18 @@ console = Console(stderr=True, highlight=False)  # logs and progress; results ta
 stdout = Console(highlight=False, width=None if Console().is_terminal else 160)  # files/pipes get full tables
 
 
+def quiet_libraries() -> None:
+    """Only dporef speaks: the libraries' progress bars and info logs off (dporef shows its own progress)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()  # e.g. its "Failed to load JSON" next to dporef's own one-line error
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars
+
+
 def progress() -> Progress:
     """A progress display; hidden when DPOREF_QUIET is set (tests) or the console is not a terminal."""
     return Progress(

@@ -67,3 +67,20 @@ def run_study(cache_dir):
         return json.loads((out / experiment / "results.json").read_text()), result
 
     return run
+
+
+# The world's gold reward written out by hand from the README, for tests that recompute metrics without dporef.
+TARGETS = {
+    "copy": lambda s: s,
+    "rev": lambda s: s[::-1],
+    "sort": lambda s: "".join(sorted(s)),
+    "dup": lambda s: "".join(c + c for c in s),
+}
+
+
+def gold(prompt: str, response: str, ended: bool) -> float:
+    """The README's gold reward: share of the target's positions right, -0.1 per extra character, -0.5 without EOS."""
+    task, letters = prompt.split(" ")
+    target = TARGETS[task](letters)
+    hits = sum(response[i] == target[i] for i in range(min(len(response), len(target))))
+    return hits / len(target) - 0.1 * max(0, len(response) - len(target)) - (0.0 if ended else 0.5)

@@ -8,6 +8,7 @@ import shutil
 import datasets
 import pytest
 import torch
+from conftest import gold
 
 from dpo_ref.reporting.tables import COLUMNS
 
@@ -58,22 +59,6 @@ def test_sweep_writes_every_file(first):
 
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-TARGETS = {
-    "copy": lambda s: s,
-    "rev": lambda s: s[::-1],
-    "sort": lambda s: "".join(sorted(s)),
-    "dup": lambda s: "".join(c + c for c in s),
-}
-
-
-def gold(prompt: str, response: str, ended: bool) -> float:
-    """The README's gold reward: share of the target's positions right, -0.1 per extra character, -0.5 without EOS."""
-    task, letters = prompt.split(" ")
-    target = TARGETS[task](letters)
-    hits = sum(response[i] == target[i] for i in range(min(len(response), len(target))))
-    return hits / len(target) - 0.1 * max(0, len(response) - len(target)) - (0.0 if ended else 0.5)
 
 
 def pref(a: float, b: float) -> float:

@@ -2,6 +2,7 @@
 and strong-other (its own BPE tokenizer, chat template and architecture): loading, generation, tokenizer, strength."""
 
 import pytest
+from conftest import TARGETS, gold
 
 from dpo_ref import world as W
 from dpo_ref.world import World, WorldConfig, build_world
@@ -139,22 +140,6 @@ def test_strong_same_beats_sft(world):
     assert same["sample_mean_reward"] > sft["sample_mean_reward"]
     assert same["win_rate_vs_sft"] > 0.5
     assert same["greedy_exact_match"] < 1  # stronger, not perfect
-
-
-TARGETS = {
-    "copy": lambda s: s,
-    "rev": lambda s: s[::-1],
-    "sort": lambda s: "".join(sorted(s)),
-    "dup": lambda s: "".join(c + c for c in s),
-}
-
-
-def gold(prompt: str, response: str, ended: bool) -> float:
-    """The README's gold reward: share of the target's positions right, -0.1 per extra character, -0.5 without EOS."""
-    task, letters = prompt.split(" ")
-    target = TARGETS[task](letters)
-    hits = sum(response[i] == target[i] for i in range(min(len(response), len(target))))
-    return hits / len(target) - 0.1 * max(0, len(response) - len(target)) - (0.0 if ended else 0.5)
 
 
 @pytest.mark.parametrize("name", W.MODEL_NAMES)

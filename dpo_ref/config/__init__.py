@@ -1,5 +1,6 @@
 """The experiment's configuration: pydantic models of the YAML (`schema`, `world`) and how files are read (`load`)."""
 
+from .launch import LaunchConfig, SlurmConfig
 from .load import load_experiment, merge
 from .run import RunSpec, expand
 from .schema import (
@@ -20,9 +21,11 @@ __all__ = [
     "Experiment",
     "InstructionsConfig",
     "JudgeConfig",
+    "LaunchConfig",
     "ObjectiveGrid",
     "ReferenceConfig",
     "RunSpec",
+    "SlurmConfig",
     "TrainConfig",
     "WorldConfig",
     "expand",

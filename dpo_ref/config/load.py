@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,36 +10,94 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..errors import UserError
+from ..errors import EXCERPT, UserError, excerpt, one_line
 from .schema import Experiment
 
 Check = Callable[[Experiment], tuple[str, str] | None]  # a cross-cutting rule: (key, message) when it is broken
+MAX_YAML_BYTES = 1 << 20  # an experiment is a few hundred bytes; a file or --set value far larger is not one
+MAX_YAML_VALUES = 100_000  # values a document may hold once its aliases are expanded (refuses "billion laughs")
+Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser where PyYAML has it: 4x faster or more
+
+
+def parse_yaml(text: str, where: str, numbered: bool = True) -> Any:
+    """One YAML document, safely: its aliases are counted on the composed node graph (where an alias is one shared
+    node) before any value is built, so an alias bomb is refused in milliseconds and with little memory. `numbered`
+    puts the line of a syntax error into `where`."""
+    if len(text) > MAX_YAML_BYTES:
+        raise UserError(where, f"{len(text)} characters; an experiment is at most {MAX_YAML_BYTES} bytes")
+    loader = Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _check_expansion(node, where)
+        return None if node is None else loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = min(mark.line + 1, len(text.splitlines()) or 1) if mark else 0  # libyaml: end of stream is 1 past
+        at = f"{where}:{line}" if line and numbered else where
+        raise UserError(at, f"not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    except RecursionError:
+        raise UserError(where, "not valid YAML: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, where: str) -> None:
+    """Refuse a node graph that expands to more than `MAX_YAML_VALUES` values, or that contains itself through an
+    alias; each shared node is sized once (depth-first, without recursion)."""
+    size: dict[int, int] = {}
+    ancestors: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        children = _children(node)
+        if finished:
+            ancestors.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(c)] for c in children)
+            if size[id(node)] > MAX_YAML_VALUES:
+                raise UserError(where, f"holds more than {MAX_YAML_VALUES} values once its aliases are expanded")
+        elif id(node) in ancestors:
+            raise UserError(where, "an alias refers to a node that contains it (recursive YAML)")
+        elif id(node) not in size:
+            ancestors.add(id(node))
+            stack += [(node, True)] + [(c, False) for c in children]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _non_finite(node: Any, loc: tuple = ()) -> tuple[tuple, float] | None:
+    """(key path, value) of the first NaN or infinite number under `node` (`.nan`, `.inf` in YAML), or None."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return loc, node
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    return next((found for k, v in items if (found := _non_finite(v, (*loc, k))) is not None), None)
 
 
 def apply_override(data: dict, assignment: str, source: str) -> None:
     """Apply one `--set key.sub=value` (value parsed as YAML; list items addressed by index, `objectives.0.betas`)."""
     if "=" not in assignment:
-        raise UserError(f"--set {assignment}", "expected KEY=VALUE, e.g. train.learning_rate=1e-4")
+        raise UserError(f"--set {one_line(assignment, EXCERPT)}", "expected KEY=VALUE, e.g. train.learning_rate=1e-4")
     key, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw)
+    value = parse_yaml(raw, f"--set {one_line(key.strip(), EXCERPT)}", numbered=False)
     node: Any = data
     parts = key.strip().split(".")
     for i, part in enumerate(parts):
-        last = i == len(parts) - 1
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise UserError(f"{source}: {'.'.join(parts[: i + 1])}", f"no list item {part!r} (has {len(node)})")
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
+            index: Any = int(part)
+        elif isinstance(node, dict):
+            index = part
         else:
-            if last:
-                node[part] = value
-            else:
-                node = node.setdefault(part, {})
-                if not isinstance(node, dict | list):
-                    raise UserError(f"{source}: {'.'.join(parts[: i + 1])}", "is not a mapping; cannot set a sub-key")
+            raise UserError(f"{source}: {'.'.join(parts[:i])}", "is not a mapping or a list; cannot set a sub-key")
+        if i == len(parts) - 1:
+            node[index] = value
+        else:
+            node = node.setdefault(index, {}) if isinstance(node, dict) else node[index]
 
 
 def _describe(err: dict, model: type[BaseModel]) -> tuple[str, str]:
@@ -54,19 +113,26 @@ def _describe(err: dict, model: type[BaseModel]) -> tuple[str, str]:
         return loc, f"unknown key; allowed: {allowed}"
     msg = err["msg"].removeprefix("Value error, ")
     if "input" in err and err["type"] != "missing" and err["loc"]:  # not the whole file for cross-key checks
-        msg += f" (got {err['input']!r})"
+        msg += f" (got {excerpt(err['input'])})"
     return loc, msg
 
 
 def _read_yaml(path: Path) -> dict:
+    """The mapping in an experiment file; its size is checked before it is read, its bytes before they are parsed."""
+    if path.is_dir():
+        raise UserError(str(path), "is a directory; expected an experiment YAML file")
     if not path.is_file():
         raise UserError(str(path), "experiment file not found")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise UserError(str(path), f"{path.stat().st_size} bytes; an experiment is at most {MAX_YAML_BYTES} bytes")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UserError(where, f"not valid YAML: {getattr(e, 'problem', e)}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(str(path), f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    data = parse_yaml(text, str(path))
+    if data is None:
+        raise UserError(str(path), "empty file; an experiment needs at least `name` and `objectives`")
     if not isinstance(data, dict):
         raise UserError(str(path), "top level must be a mapping of keys (name, objectives, ...)")
     return data
@@ -92,7 +158,7 @@ def read_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict
     if parent is None:
         return [(path, data)]
     if not isinstance(parent, str):
-        raise UserError(f"{path}: extends", f"expected the path of one YAML file, got {parent!r}")
+        raise UserError(f"{path}: extends", f"expected the path of one YAML file, got {excerpt(parent)}")
     base = path.parent / parent
     if not base.is_file():
         raise UserError(f"{path}: extends", f"{parent}: no such file (paths are relative to {path.parent})")
@@ -126,6 +192,11 @@ def load_experiment(path: Path | str, overrides: list[str] = (), checks: list[Ch
         data = merge(data, part)
     for assignment in overrides:
         apply_override(data, assignment, str(path))
+    if (bad := _non_finite(data)) is not None:
+        loc, value = bad
+        raise UserError(
+            f"{_origin(loc, chain, path)}: {'.'.join(map(str, loc))}", f"must be a finite number (got {value})"
+        )
     try:
         exp = Experiment.model_validate(data)
     except ValidationError as e:

@@ -12,11 +12,17 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..objectives import OBJECTIVES
+from .launch import LaunchConfig
 from .world import WorldConfig
+
+MAX_STEPS = 10**7  # more optimizer steps (or a step interval this long) than any run can take: a typo
+MAX_NAME = 64  # characters of a name: it becomes a directory and part of every run id
+MAX_SEED = 2**32 - 1  # numpy's seeds (transformers.set_seed seeds numpy too) are 0 .. 2**32 - 1
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # a NaN or infinite number is never a setting (quoted ones included: pydantic would parse "nan")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ReferenceConfig(Strict):
@@ -31,6 +37,8 @@ class ReferenceConfig(Strict):
     def _safe_name(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", v):
             raise ValueError("must be letters, digits, '-', '_' or '.', starting with a letter or digit")
+        if len(v) > MAX_NAME:
+            raise ValueError(f"is {len(v)} characters long; at most {MAX_NAME}")
         return v
 
 
@@ -51,6 +59,8 @@ class ObjectiveGrid(Strict):
     def _positive(cls, v: list[float]) -> list[float]:
         if any(b <= 0 for b in v):
             raise ValueError("every beta must be > 0")
+        if len({f"{b:g}" for b in v}) < len(v):  # as run ids write them: 0.1 and 0.10000001 are one run
+            raise ValueError("each beta once: a value repeats (the same runs twice)")
         return v
 
 
@@ -59,7 +69,9 @@ class TrainConfig(Strict):
         1e-4, gt=0, description="Peak learning rate of AdamW (default suits the embedded world; paper: 5e-7 for 7B)."
     )
     epochs: float = Field(2.0, gt=0, description="Passes over the preference pairs (paper: 3).")
-    max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 uses `epochs`.")
+    max_steps: int = Field(
+        -1, ge=-1, le=MAX_STEPS, description="Stop after this many optimizer steps; -1 uses `epochs`."
+    )
     batch_size: int = Field(16, ge=1, description="Pairs per device per step (paper: 4 x 8 GPUs).")
     grad_accum: int = Field(
         1, ge=1, description="Gradient accumulation steps (global batch = batch_size x grad_accum x GPUs)."
@@ -73,14 +85,31 @@ class TrainConfig(Strict):
     gradient_checkpointing: Literal["auto", "on", "off"] = Field(
         "auto", description="`auto`: on for GPU runs of models over 1B parameters, off otherwise."
     )
-    logging_steps: int = Field(10, ge=1, description="Log training metrics every this many steps.")
+    logging_steps: int = Field(10, ge=1, le=MAX_STEPS, description="Log training metrics every this many steps.")
     eval_steps: int | None = Field(
         None,
         ge=1,
+        le=MAX_STEPS,
         description="Checkpoint choice: every N steps compute the objective's loss on the validation pairs and keep "
         "the checkpoint where it is lowest (the paper: DPO loss, every 500 steps). Default (null): keep the final "
         "policy.",
     )
+    checkpoint_steps: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_STEPS,
+        description="Save a full checkpoint (weights, optimizer, scheduler, RNG state) every N optimizer steps in the "
+        "run's `trainer/`, so that a run killed or interrupted (Ctrl-C, SIGTERM) resumes from its last checkpoint "
+        "when run again, with the same result as an uninterrupted run; each checkpoint step is also a logging step. "
+        "Default (null): no periodic checkpoints, an interrupted run starts over.",
+    )
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("must be -1 (train for `epochs`) or at least 1 step")
+        return v
 
 
 class EvalConfig(Strict):
@@ -95,8 +124,10 @@ class EvalConfig(Strict):
         "their evaluation prompts; hub/local data: the validation split's prompts). Or a local file or hub dataset "
         "with an `instruction` or `prompt` column, e.g. AlpacaEval's 805 prompts.",
     )
-    seed: int = Field(1234, description="Seed of the policies' samples.")
-    baseline_seed: int = Field(4321, description="Seed of the SFT baseline's samples every policy is judged against.")
+    seed: int = Field(1234, ge=0, le=MAX_SEED, description="Seed of the policies' samples.")
+    baseline_seed: int = Field(
+        4321, ge=0, le=MAX_SEED, description="Seed of the SFT baseline's samples every policy is judged against."
+    )
 
 
 class InstructionsConfig(Strict):
@@ -108,7 +139,7 @@ class InstructionsConfig(Strict):
     )
     max_new_tokens: int = Field(96, ge=1, description="Token budget of each sample (a sample that hits it has no EOS).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the pairs' responses.")
-    seed: int = Field(0, description="Seed of the prompts and of the samples.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the prompts and of the samples.")
 
 
 class DataConfig(Strict):
@@ -171,6 +202,9 @@ class Experiment(Strict):
     seeds: list[int] = Field([0], min_length=1, description="Training seeds; each is a separate run.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings shared by all runs.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings shared by all runs.")
+    launch: LaunchConfig = Field(
+        default_factory=LaunchConfig, description="Where the runs execute (see `launch`); never part of a run's hash."
+    )
 
     @field_validator("name")
     @classmethod
@@ -181,6 +215,23 @@ class Experiment(Strict):
     @classmethod
     def _data_shorthand(cls, v):
         return {"source": v} if isinstance(v, str) else v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if any(not 0 <= s <= MAX_SEED for s in v):
+            raise ValueError(f"every seed must be in 0 .. {MAX_SEED}")
+        if len(set(v)) < len(v):
+            raise ValueError("each seed once: a value repeats (the same runs twice)")
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _unique_objectives(cls, grids: list[ObjectiveGrid]) -> list[ObjectiveGrid]:
+        names = [g.name for g in grids]
+        if len(set(names)) < len(names):
+            raise ValueError(f"each objective once (put all its betas in one grid); names: {names}")
+        return grids
 
     @field_validator("references")
     @classmethod

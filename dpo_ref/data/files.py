@@ -6,6 +6,7 @@ offline: a hub dataset must already be in the local hub cache. Pairs that cannot
 conversations that differ before the response) are dropped and counted per split, never silently.
 """
 
+import codecs
 import random
 import re
 from collections import Counter
@@ -26,6 +27,8 @@ COLUMNS = ("prompt", "chosen", "rejected")
 NEEDS = "needs prompt/chosen/rejected as strings or chosen/rejected as chat messages"
 ALLOWED = "a .jsonl/.json/.parquet/.csv file, a directory of split files, or a hub dataset id org/name"
 VALIDATION_FRACTION = 0.05
+TEXT_KINDS = ("json", "csv")  # formats read as UTF-8 text
+CHUNK = 8 << 20  # bytes per read while a text file's encoding is checked
 
 
 @dataclass
@@ -107,6 +110,9 @@ def load_source(
         report.read[split], report.kept[split] = len(raw[split]), len(pairs[split])
         report.empty[split], report.identical[split] = counts["empty"], counts["identical"]
         report.mismatched[split] = counts["mismatched"]
+    for split, line in zip(report.read, report.lines()):
+        if not report.kept[split]:
+            raise UserError(where, f"{source}: no usable pair in split {split} ({line})")
 
     if not all(isinstance(p["prompt"], str) for kept in pairs.values() for p in kept):
         for p in (p for kept in pairs.values() for p in kept if isinstance(p["prompt"], str)):
@@ -155,10 +161,35 @@ def read_files(files: list[Path], where: str) -> Dataset:
     if len(kinds) > 1:
         raise UserError(where, f"{files[0].parent}: one split in several file types ({', '.join(sorted(kinds))})")
     kind = kinds.pop()
+    for f in files:
+        _check_bytes(f, kind, where)
     try:
         return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
-    except datasets.exceptions.DatasetGenerationError as e:
+    except (datasets.exceptions.DatasetGenerationError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
         raise UserError(where, f"{files[0]}: cannot read as {kind}: {e.__cause__ or e}") from None
+
+
+def _check_bytes(path: Path, kind: str, where: str) -> None:
+    """Refuse an empty file, and a text file that is not UTF-8 (naming the first bad byte's offset), before the
+    readers see it: they would stop with a traceback, or report an offset into some internal buffer."""
+    if path.stat().st_size == 0:
+        raise UserError(where, f"{path}: empty file")
+    if kind not in TEXT_KINDS:
+        return
+    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(CHUNK)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                at = offset + e.start - (len(e.object) - len(chunk))  # e.object starts with bytes held from before
+                raise UserError(
+                    where, f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {at})"
+                ) from None
+            if not chunk:
+                return
+            offset += len(chunk)
 
 
 def _kind(feature) -> str | None:

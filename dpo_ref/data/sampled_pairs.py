@@ -20,7 +20,7 @@ from ..cache import intact_dir
 from ..config import InstructionsConfig
 from ..generation import Sampling, generate
 from ..models import ModelRef, load_model, use_bf16
-from ..store import atomic_dir, atomic_write_json, cache_root, content_hash, read_json
+from ..store import atomic_dir, atomic_write_json, cache_root, content_hash, locked, read_json
 from ..ui import console
 from . import instructions
 
@@ -32,9 +32,10 @@ def build_instruction_pairs(
 ) -> tuple[DatasetDict, list[str], dict]:
     """(pairs with splits train/validation, held-out evaluation prompts, statistics), from the cache when built."""
     root = cache_root() / "pairs" / f"instructions-{content_hash([VERSION, policy.fingerprint, cfg.model_dump()])}"
-    if not intact_dir(root, "instruction pairs"):
-        with atomic_dir(root) as tmp:
-            _build(cfg, policy, tokenizer, batch_size, precision, Path(tmp))
+    with locked(root, on_wait=console.print):  # a second process waits for the first build, then reads it
+        if not intact_dir(root, "instruction pairs"):
+            with atomic_dir(root) as tmp:
+                _build(cfg, policy, tokenizer, batch_size, precision, Path(tmp))
     pairs = DatasetDict(
         {
             split: Dataset.from_list([json.loads(x) for x in (root / f"{split}.jsonl").read_text().splitlines()])

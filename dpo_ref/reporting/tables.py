@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import yaml
 from rich.table import Table
 
 from ..evaluation.alpaca_eval import ANNOTATED
-from ..store import atomic_write_json, atomic_write_text, read_json
+from ..store import atomic_write_json, atomic_write_text
 from .plots import plot_beta, setting_label
 
 COLUMNS = [
@@ -21,6 +22,8 @@ COLUMNS = [
     "beta",
     "seed",
     "status",
+    "damage",  # why a run is shown as damaged (a file it wrote missing or unreadable); the next command reruns it
+    "flags",  # a finished run's health flags (training_guards.run_flags), e.g. grad-collapse, shown with its status
     "win_rate",
     "win_rate_se",
     "lc_win_rate",
@@ -58,32 +61,55 @@ SHOWN = [
 IMPORTED = ["ae_win_rate", "ae_lc_win_rate", "ae_lc_method"]
 
 
+def _imported(rows: list[dict]) -> bool:
+    return any(r.get(c) is not None for r in rows for c in IMPORTED)
+
+
 def shown_columns(rows: list[dict]) -> list[str]:
-    """The terminal/markdown columns: SHOWN, plus the AlpacaEval ones once annotations were imported."""
-    return SHOWN + [c for c in IMPORTED if any(r.get(c) is not None for r in rows)]
+    """The terminal/markdown columns: SHOWN, plus the AlpacaEval ones once annotations were imported, and why a run
+    is damaged when one is."""
+    return SHOWN + [c for c in IMPORTED + ["damage"] if any(r.get(c) is not None for r in rows)]
 
 
-def collect(exp_dir: Path, run_ids: list[str]) -> list[dict]:
-    """One row per run, in grid order: its spec and status, plus its metrics when it finished."""
+def _load(path: Path, parse):
+    """(parse(text of `path`), None); (None, None) without such a file; (None, why) when it cannot be read."""
+    if not path.is_file():
+        return None, None
+    try:
+        return parse(path.read_text()), None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as e:
+        return None, f"{path.name} unreadable ({type(e).__name__})"
+
+
+def _numbers(text: str) -> dict:
+    m = json.loads(text)
+    numbers = {k: v for k, v in m["eval"].items() if k in COLUMNS}
+    numbers |= {"flags": ", ".join(m.get("flags") or []) or None}
+    return numbers | {k: m.get(k) for k in ("train_loss", "steps", "train_seconds", "eval_seconds")}
+
+
+def _annotations(text: str) -> dict:
+    ae = json.loads(text)
+    return {c: ae.get(c.removeprefix("ae_")) for c in IMPORTED}
+
+
+def collect(exp_dir: Path, run_ids: list[str], damaged: dict[str, str] | None = None) -> list[dict]:
+    """One row per run, in grid order: its spec and status, plus its metrics when it finished. A run named in
+    `damaged` (run id -> why; see plan.run_status) or with a file that cannot be read is shown as `damaged`, with the
+    reason and no numbers, never a crash: the report of the other runs still gets written."""
     rows = []
     for run_id in run_ids:
         run_dir = exp_dir / run_id
-        row = {c: None for c in COLUMNS}
-        if (run_dir / "run.yaml").is_file():
-            row.update(yaml.safe_load((run_dir / "run.yaml").read_text())["run"])
-        row["run_id"] = run_id
-        row["status"] = (
-            read_json(run_dir / "status.json")["status"] if (run_dir / "status.json").is_file() else "pending"
-        )
-        if (run_dir / "metrics.json").is_file():
-            m = read_json(run_dir / "metrics.json")
-            row.update({k: v for k, v in m["eval"].items() if k in COLUMNS})
-            row.update({k: m.get(k) for k in ("train_loss", "steps", "train_seconds", "eval_seconds")})
-        if (run_dir / ANNOTATED).is_file():
-            ae = read_json(run_dir / ANNOTATED)
-            row.update(
-                ae_win_rate=ae.get("win_rate"), ae_lc_win_rate=ae.get("lc_win_rate"), ae_lc_method=ae.get("lc_method")
-            )
+        spec, bad_spec = _load(run_dir / "run.yaml", lambda t: dict(yaml.safe_load(t)["run"]))
+        status, bad_status = _load(run_dir / "status.json", lambda t: str(json.loads(t)["status"]))
+        numbers, bad_numbers = _load(run_dir / "metrics.json", _numbers)
+        ae, bad_ae = _load(run_dir / ANNOTATED, _annotations)
+        row = dict.fromkeys(COLUMNS) | (spec or {}) | {"run_id": run_id, "status": status or "pending"}
+        why = (damaged or {}).get(run_id) or bad_spec or bad_status or bad_numbers or bad_ae
+        if why:
+            row |= {"status": "damaged", "damage": why}
+        else:
+            row |= (numbers or {}) | (ae or {})
         rows.append({c: row.get(c) for c in COLUMNS})
     return rows
 
@@ -119,9 +145,16 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def _cell(r: dict, c: str) -> str:
+    """A run table's cell; the status of a flagged run names its flags, e.g. `done (grad-collapse)`."""
+    if c == "status" and r.get("flags"):
+        return f"{r['status']} ({r['flags']})"
+    return _fmt(r[c], "beta" if c == "best_beta" else c)
+
+
 def to_markdown(rows: list[dict], columns: list[str], caption: str) -> str:
     lines = [f"{caption}\n", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r[c], c) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(r, c) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -130,8 +163,8 @@ def rich_table(rows: list[dict], columns: list[str], title: str) -> Table:
     for c in columns:
         table.add_column(c, justify="left" if c in ("run_id", "status", "method") else "right")
     for r in rows:
-        style = {"done": None, "degenerate": "yellow"}.get(r.get("status", "done"), "dim")
-        table.add_row(*[_fmt(r[c], "beta" if c == "best_beta" else c) for c in columns], style=style)
+        style = {"done": None, "degenerate": "yellow", "damaged": "red"}.get(r.get("status", "done"), "dim")
+        table.add_row(*[_cell(r, c) for c in columns], style=style)
     return table
 
 
@@ -291,7 +324,7 @@ def results_caption(exp_dir: Path, rows: list[dict], title: str, judge: str) -> 
         f"{title}. Win rate: preference of {judge} for the policy's sample over the SFT baseline's sample on each "
         "held-out prompt. KL: sequence-level k1 estimate from policy samples. Rank acc.: validation pairs."
         + (RULE_JUDGE_LC if kind in ("builtin", "instructions") else "")
-        + (" ae_*: AlpacaEval annotations (`dporef import-annotations`)." if shown_columns(rows) != SHOWN else "")
+        + (" ae_*: AlpacaEval annotations (`dporef import-annotations`)." if _imported(rows) else "")
         + "".join(f" ae_lc_win_rate ({m}): {AE_LC[m]}." for m in methods if m in AE_LC)
     )
 

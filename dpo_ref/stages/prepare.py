@@ -33,7 +33,7 @@ from ..models import ModelRef, load_model, load_tokenizer, resolve
 from ..plan import STUDIES, scoring_needs
 from ..precision import regime_for
 from ..reference import ReferenceEngine, SampleScorer, similarity
-from ..store import atomic_dir, atomic_write_json, atomic_write_text, content_hash, file_hash, read_json
+from ..store import atomic_dir, atomic_write_json, atomic_write_text, content_hash, file_hash, locked, read_json
 from ..ui import console
 from ..world import build_world
 
@@ -210,16 +210,23 @@ def _similarity(exp: Experiment, models: Models, pairs, engine: ReferenceEngine,
     return out
 
 
-def prepare(exp: Experiment, exp_dir: Path, study: str) -> dict:
-    """Write everything the runs of `exp` read (see the module docstring); returns what it did: `status` (built or
-    reused) and the reference scoring passes computed and served from the cache."""
-    models = resolve_models(exp)
+def prepare(exp: Experiment, exp_dir: Path, study: str, models: Models | None = None) -> dict:
+    """Write everything the runs of `exp` read (see the module docstring), under the experiment's prepare lock: a
+    second process waits, then reuses what the first wrote. `models`: resolved already (`resolve_models`). Returns
+    what it did: `status` (built or reused) and the reference scoring passes computed and served from the cache."""
+    models = models or resolve_models(exp)
+    with locked(exp_dir / "prepared", on_wait=console.print):
+        return _prepare(exp, exp_dir, study, models)
+
+
+def _prepare(exp: Experiment, exp_dir: Path, study: str, models: Models) -> dict:
     key = prepare_key(exp, models, study)
     root = exp_dir / "prepared"
     written = [root / "plan.json"] + ([exp_dir / "similarity.json"] if STUDIES[study].similarity else [])
-    same_key = all(p.is_file() for p in written) and read_json(root / "plan.json").get("key") == key
+    intact = intact_dir(root, "prepared data")  # first: a damaged plan.json is never read
+    same_key = intact and all(p.is_file() for p in written) and read_json(root / "plan.json").get("key") == key
     baselines = all([baseline_intact(exp_dir, "test"), baseline_intact(exp_dir, "validation")])
-    if same_key and baselines and intact_dir(root, "prepared data"):
+    if same_key and baselines:
         console.print(f"prepared inputs reused: {root}")
         return {"status": "reused", "computed": 0, "from_cache": 0}
     tokenizer = load_tokenizer(models.policy)

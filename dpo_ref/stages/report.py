@@ -10,7 +10,7 @@ import yaml
 from ..config import Experiment, RunSpec, expand
 from ..errors import UserError
 from ..models import load_model, load_tokenizer, resolve
-from ..plan import STUDIES
+from ..plan import STUDIES, run_status
 from ..reporting.tables import (
     BEST_COLUMNS,
     BEST_RULE,
@@ -36,8 +36,12 @@ def results_dir(exp_dir: Path) -> tuple[Experiment, str]:
 
 
 def report(exp_dir: Path, exp: Experiment, study: str, judge: str, extra: dict | None = None) -> None:
-    """Rebuild the results files from the run directories on disk and print the tables."""
-    rows = collect(exp_dir, [r.run_id for r in expand(exp)])
+    """Rebuild the results files from the run directories on disk and print the tables; a damaged run (a file it
+    wrote missing or unreadable) is shown as such, with the reason, and runs again on the next study command."""
+    runs = expand(exp)
+    states = {r.run_id: run_status(exp_dir / r.run_id, r) for r in runs}
+    damaged = {run_id: s.reason for run_id, s in states.items() if s.status == "damaged"}
+    rows = collect(exp_dir, [r.run_id for r in runs], damaged)
     sim_path = exp_dir / "similarity.json"
     sim = read_json(sim_path) if sim_path.is_file() else None
     title = STUDIES[study].title

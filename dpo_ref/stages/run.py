@@ -1,11 +1,13 @@
 """Stage 2, run one: train (unless it is the SFT row), save and evaluate one run, reading only what prepare wrote.
 
     <exp_dir>/<run_id>/run.yaml            the run's spec and config hash
-                       status.json         running -> done | degenerate | diverged | failed
+                       status.json         running -> done | degenerate (both with `flags`) | diverged | failed
+                                           | interrupted (Ctrl-C, SIGTERM)
                        metrics.json        training history and the evaluation
                        generations.jsonl   the policy's judged samples on the test prompts
                        model_outputs.json  the same in AlpacaEval's format
                        policy/             the trained policy
+                       trainer/            checkpoints while it trains, kept for a rerun to resume from
 
 A run writes nothing outside its own directory, so runs of one experiment can execute at the same time in separate
 processes (`dporef run-one EXP_DIR RUN_ID`), on separate GPUs or cluster nodes.
@@ -28,10 +30,11 @@ from ..evaluation.alpaca_eval import MODEL_OUTPUTS, export_model_outputs, genera
 from ..evaluation.evaluate import Benchmark, ImplicitReward, evaluate_policy
 from ..models import ModelRef, load_model, load_tokenizer
 from ..objectives import OBJECTIVES
-from ..plan import find_run, run_hash
+from ..plan import find_run, prepared_models, run_hash, run_state
 from ..precision import regime_for
 from ..reference import SampleScorer
-from ..store import atomic_dir, atomic_write_json, atomic_write_text, damage, read_json
+from ..store import Held, atomic_dir, atomic_write_json, atomic_write_text, damage, lock_file, locked, read_json
+from ..training_guards import run_flags
 from ..ui import console
 from .prepare import baseline_intact, columns, make_judge, read_baseline, write_generations
 
@@ -98,13 +101,36 @@ class Prepared:
         return SampleScorer(ref, tokenizer, self.exp.eval.batch_size, self.exp.train.precision, is_policy)
 
 
-def _start(run_dir: Path, exp: Experiment, run: RunSpec) -> None:
+def _clear_attempt(run_dir: Path, config_hash: str) -> None:
+    """Remove an earlier attempt of the run, except the checkpoints in its `trainer/` when it ran with the same config
+    hash: an interrupted run resumes from them (train.resume_point)."""
+    try:
+        same = yaml.safe_load((run_dir / "run.yaml").read_text())["config_hash"] == config_hash
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        same = False
+    if not same:
+        shutil.rmtree(run_dir)
+        return
+    for entry in (e for e in run_dir.iterdir() if e.name != "trainer"):
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _start(run_dir: Path, exp: Experiment, run: RunSpec) -> float:
+    """Start the run's directory over (`_clear_attempt`) and return the start time. Called under the run's lock
+    (`execute_locked`), so what is there is an interrupted, damaged or outdated attempt, never one another process is
+    writing."""
+    config_hash = run_hash(exp, run, prepared_models(run_dir.parent))  # the models the runs read (plan.json)
     if run_dir.exists():
-        shutil.rmtree(run_dir)  # an interrupted or stale attempt: start it over
-    run_dir.mkdir(parents=True)
-    meta = {"experiment": exp.name, "config_hash": run_hash(exp, run), "run": run.model_dump()}
+        _clear_attempt(run_dir, config_hash)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"experiment": exp.name, "config_hash": config_hash, "run": run.model_dump()}
     atomic_write_text(run_dir / "run.yaml", yaml.safe_dump(meta, sort_keys=False))
-    atomic_write_json(run_dir / "status.json", {"status": "running", "started": time.time()})
+    started = time.time()
+    atomic_write_json(run_dir / "status.json", {"status": "running", "started": started})
+    return started
 
 
 def _train(prepared: Prepared, run: RunSpec, model, tokenizer, validation, run_dir: Path) -> dict:
@@ -113,14 +139,20 @@ def _train(prepared: Prepared, run: RunSpec, model, tokenizer, validation, run_d
 
     t0 = time.time()
     train = prepared.split("train", run)
-    history, best_step = train_policy(model, tokenizer, train, validation, prepared.exp.train, run, run_dir / "trainer")
+    try:  # checkpoints stay in trainer/ when training is interrupted or fails: the next attempt resumes from them
+        trained = train_policy(model, tokenizer, train, validation, prepared.exp.train, run, run_dir / "trainer")
+    except FloatingPointError:  # diverged: a finished run, nothing to resume
+        shutil.rmtree(run_dir / "trainer", ignore_errors=True)
+        raise
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
     with atomic_dir(run_dir / "policy") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+    history = trained.history
     return {
         "history": history,
-        "checkpoint_step": best_step,  # None: the final policy
+        "checkpoint_step": trained.checkpoint_step,  # None: the final policy
+        "resumed_from_step": trained.resumed_from,  # None: trained from step 0 in one go
         "train_seconds": time.time() - t0,
         "steps": max((h.get("step", 0) for h in history), default=0),
         "train_loss": next((h["train_loss"] for h in history if "train_loss" in h), None),
@@ -131,7 +163,7 @@ def execute(prepared: Prepared, run: RunSpec) -> str:
     """Train (unless it is the SFT row) and evaluate one run; every file lands atomically in its directory. Returns
     the final status."""
     exp, run_dir = prepared.exp, prepared.exp_dir / run.run_id
-    _start(run_dir, exp, run)
+    started = _start(run_dir, exp, run)
     policy = prepared.model("policy")
     tokenizer = load_tokenizer(policy)
     regime = regime_for(policy, exp.train.precision)  # the regime its reference columns were scored in
@@ -149,10 +181,14 @@ def execute(prepared: Prepared, run: RunSpec) -> str:
         result, gens, rewards = evaluate_policy(model, tokenizer, bench, validation, reward, prepared.kl_reference(run))
     write_generations(run_dir / "generations.jsonl", gens, rewards)
     export_model_outputs(run_dir / MODEL_OUTPUTS, gens, generator_name(exp.name, run.run_id), exp.data.source)
-    metrics.update(eval=result.as_dict(), eval_seconds=time.time() - t0)
+    flags = run_flags(metrics["history"], result.kl, result.length)  # name -> why
+    metrics.update(eval=result.as_dict(), eval_seconds=time.time() - t0, flags=list(flags), flag_reasons=flags)
     atomic_write_json(run_dir / "metrics.json", metrics)
     status = {"status": "degenerate", "reason": result.degenerate} if result.degenerate else {"status": "done"}
-    atomic_write_json(run_dir / "status.json", {**status, "finished": time.time()})
+    finished = {"flags": list(flags), "started": started, "finished": time.time()}
+    atomic_write_json(run_dir / "status.json", {**status, **finished})
+    for why in flags.values():
+        console.print(f"[yellow]flagged[/]: {run.run_id}: {why}")
     if result.degenerate:
         console.print(f"[yellow]degenerate[/]: {run.run_id}: {result.degenerate}")
     return status["status"]
@@ -165,11 +201,14 @@ def execute_safely(prepared: Prepared, run: RunSpec) -> str:
     try:
         return execute(prepared, run)
     except FloatingPointError as e:
-        atomic_write_json(status_file, {"status": "diverged", "error": str(e)})
+        atomic_write_json(status_file, {"status": "diverged", "error": str(e), **getattr(e, "details", {})})
         console.print(f"[red]diverged[/]: {run.run_id}: {e}")
         return "diverged"
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted during {run.run_id}; run the same command again to resume")
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into one)
+        if status_file.parent.is_dir():
+            atomic_write_json(status_file, {"status": "interrupted", "interrupted": time.time()})
+        resume = f"run the same command again, or `dporef run-one {prepared.exp_dir} {run.run_id}`"
+        console.print(f"[yellow]interrupted[/]: {run.run_id}; to resume, {resume}", soft_wrap=True)
         raise
     except UserError:
         raise
@@ -179,7 +218,32 @@ def execute_safely(prepared: Prepared, run: RunSpec) -> str:
         return "failed"
 
 
-def run_one(exp_dir: Path, run_id: str) -> str:
-    """`dporef run-one`: one run of a prepared experiment, from its directory alone; returns its final status."""
+def execute_locked(prepared: Prepared, run: RunSpec, wait: bool = False) -> str:
+    """`execute_safely` holding the run's lock (`store.locked`), so no two processes ever write one run directory,
+    and checked again under it, so a run another process finished meanwhile is not run twice. Returns the final
+    status, or "held" when another process holds the run and `wait` is false (with `wait`: once it is released)."""
+    run_dir = prepared.exp_dir / run.run_id
+    try:
+        with locked(run_dir, timeout=-1 if wait else 0, on_wait=console.print):
+            state = run_state(prepared.exp_dir, prepared.exp, run, prepared.plan["models"])
+            if state.done:
+                console.print(f"[green]already done[/]: {run.run_id}")
+                return state.status
+            t0 = time.time()
+            status = execute_safely(prepared, run)
+            console.print(f"finished {run.run_id}: {status} in {time.time() - t0:.1f}s")
+            return status
+    except Held:  # only the run's lock is taken without waiting
+        return "held"
+
+
+def run_one(exp_dir: Path, run_id: str, wait: bool = False) -> str:
+    """`dporef run-one`: one run of a prepared experiment, from its directory alone; returns its final status. A
+    done run is left as it is; one another process holds is refused (a user error), or with `wait` waited for."""
     prepared = Prepared.open(exp_dir)
-    return execute_safely(prepared, find_run(prepared.exp, run_id, f"{exp_dir}: run {run_id}"))
+    run = find_run(prepared.exp, run_id, f"{exp_dir}: run {run_id}")
+    status = execute_locked(prepared, run, wait)
+    if status == "held":
+        lock = lock_file(prepared.exp_dir / run_id)
+        raise UserError(f"{exp_dir}: run {run_id}", f"another process is running it (lock {lock}); pass --wait to wait")
+    return status

@@ -50,7 +50,8 @@ import numpy as np
 from ..cache import intact_dir
 from ..config import WorldConfig
 from ..evaluation.metrics import preference
-from ..store import atomic_dir, atomic_write_json, cache_root, content_hash, read_json
+from ..store import atomic_dir, atomic_write_json, cache_root, content_hash, locked, read_json
+from ..ui import console
 from .models import init_model, init_other_model, respond, sft
 from .pairs import pair_stats, sample_pairs
 from .tasks import TASKS, demonstration, gold_reward, max_length, prompts, response_budget, solve
@@ -101,10 +102,11 @@ class World:
 
     def preference_data(self) -> datasets.DatasetDict:
         """Splits train/validation; columns prompt, chosen, rejected (responses without EOS), chosen_reward,
-        rejected_reward, chosen_ended, rejected_ended."""
+        rejected_reward, chosen_ended, rejected_ended. Held in memory: a `map` over data read from the sealed world
+        directory would otherwise write its cache files into it (and the world would read as damaged)."""
         import datasets
 
-        return datasets.load_from_disk(str(self.root / "preference"))
+        return datasets.load_from_disk(str(self.root / "preference"), keep_in_memory=True)
 
     def eval_prompts(self) -> list[str]:
         return json.loads((self.root / "eval_prompts.json").read_text())
@@ -117,13 +119,15 @@ def build_world(cfg: WorldConfig, cache_dir: Path | None = None) -> World:
     """Build the world once into <cache_dir>/world/<hash of config + WORLD_VERSION>/ and return it.
 
     A second call with the same config finds the directory and returns at once (no training, no model load).
-    The build writes into a temporary sibling renamed at the end: an interrupted build leaves nothing behind.
+    The build writes into a temporary sibling renamed at the end: an interrupted build leaves nothing behind. It
+    holds the world's lock: a second process waits for the first build, then loads it.
     """
     key = content_hash({"config": cfg.model_dump(), "world_version": WORLD_VERSION})
     root = Path(cache_dir or cache_root()) / "world" / key
-    if not intact_dir(root, "world"):
-        with atomic_dir(root) as tmp, _quiet(), _preserved_global_rng(), _single_threaded():
-            _build(cfg, tmp)
+    with locked(root, on_wait=console.print):
+        if not intact_dir(root, "world"):
+            with atomic_dir(root) as tmp, _quiet(), _preserved_global_rng(), _single_threaded():
+                _build(cfg, tmp)
     return World.load(root)
 
 

@@ -1,0 +1,68 @@
+"""Launchers: where each pending run's `dporef run-one` executes; never what it computes.
+
+A study command is prepare -> run each pending run -> report, with everything between the stages on disk. `local`
+without `gpus` or `workers` runs the runs in the command's own process (the runner's loop); `local` with them, in
+child processes on this machine (`local`); `slurm` makes every stage a cluster job (`slurm`). The registry maps
+`launch.launcher` to what each launcher does; `accelerate` (DDP / DeepSpeed / FSDP) is to join it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Experiment, RunSpec
+from . import local, slurm
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """`dry_run(exp, exp_dir, study, source)`: what it would start. Then either `run(exp, exp_dir, pending,
+    source)`: execute the pending runs once prepare ran here (returns the failed runs), or `submit(exp, exp_dir,
+    study, source)`: make prepare, the runs and the report jobs of their own."""
+
+    dry_run: Callable[[Experiment, Path, str, str], str | None]
+    run: Callable[[Experiment, Path, list[RunSpec], str], int] | None = None
+    submit: Callable[[Experiment, Path, str, str], int] | None = None
+
+
+def _local_dry_run(exp: Experiment, exp_dir: Path, study: str, source: str) -> str | None:
+    if exp.launch.in_process:
+        return None  # the plan says it all: runs one after another, here
+    return local.dry_run(exp.launch, exp_dir, slurm.pending_runs(exp, exp_dir), source)
+
+
+def _local_run(exp: Experiment, exp_dir: Path, pending: list[RunSpec], source: str) -> int:
+    return local.run_processes(exp.launch, exp_dir, pending, source)
+
+
+LAUNCHERS = {
+    "local": Launcher(_local_dry_run, run=_local_run),
+    "slurm": Launcher(slurm.dry_run, submit=slurm.submit),
+}
+
+
+def launcher(exp: Experiment) -> Launcher:
+    return LAUNCHERS[exp.launch.launcher]
+
+
+def dry_run(exp: Experiment, exp_dir: Path, study: str, source: str) -> str | None:
+    """The `--dry-run` lines of the launcher: the processes or sbatch scripts it would start (None: in process)."""
+    return launcher(exp).dry_run(exp, exp_dir, study, source)
+
+
+def submits(exp: Experiment) -> bool:
+    """Whether the launcher runs every stage as a job of its own (then the command only submits them)."""
+    return launcher(exp).submit is not None
+
+
+def submit(exp: Experiment, exp_dir: Path, study: str, source: str) -> int:
+    return launcher(exp).submit(exp, exp_dir, study, source)
+
+
+def run_pending(exp: Experiment, exp_dir: Path, pending: list[RunSpec], source: str) -> int | None:
+    """Execute the pending runs with the launcher; None when they are to run in this process (the runner's loop)."""
+    if exp.launch.in_process:
+        return None
+    return launcher(exp).run(exp, exp_dir, pending, source)

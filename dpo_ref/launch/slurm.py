@@ -1,0 +1,194 @@
+"""The slurm launcher, through submitit: the prepare stage as one job, the pending runs as a job array that starts
+once prepare succeeded (each task one `run-one`), the report as a job after every task ended (afterany).
+
+Every stage resumes where it stopped, so a job that SLURM pre-empts or that reaches its time limit is requeued
+(`--requeue`, and submitit's checkpointing of the `Stage` callable) and simply starts again: prepare and reference
+scores are reused from disk, a done run is left as it is, an interrupted one resumes from its checkpoints. Running
+the study command again gathers what the jobs wrote and submits only the runs that are not done.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import submitit
+from submitit.core.utils import FailedJobError
+from submitit.slurm.slurm import _convert_mem, _make_sbatch_string
+
+from .. import data
+from ..config import Experiment, RunSpec, SlurmConfig, expand
+from ..errors import UserError, one_line
+from ..plan import STUDIES, is_done, prepared_models
+from ..stages.prepare import prepare, resolve_models
+from ..stages.report import report, results_dir
+from ..stages.run import run_one
+from ..ui import console, quiet_libraries
+
+REPORT_MINUTES = 60  # the report reads files only: a short job without GPUs
+
+
+def folder(cfg: SlurmConfig, exp_dir: Path) -> Path:
+    return Path(cfg.folder).absolute() if cfg.folder else Path(exp_dir).absolute() / "slurm"
+
+
+def prepare_stage(exp_dir: Path) -> str:
+    exp, study = results_dir(exp_dir)
+    return prepare(exp, exp_dir, study, resolve_models(exp))["status"]
+
+
+def run_stage(exp_dir: Path, run_id: str) -> str:
+    status = run_one(exp_dir, run_id)
+    if status == "failed":  # the task fails too, so that SLURM's accounting shows it
+        raise RuntimeError(f"run {run_id} failed; its traceback is in {exp_dir / run_id / 'status.json'}")
+    return status
+
+
+def report_stage(exp_dir: Path) -> None:
+    exp, study = results_dir(exp_dir)
+    report(exp_dir, exp, study, data.describe_judge(exp))
+
+
+STAGES = {"prepare": prepare_stage, "run": run_stage, "report": report_stage}
+
+
+class Stage(submitit.helpers.Checkpointable):
+    """One stage of an experiment as a job, reading the experiment from its directory alone. Checkpointable: on a
+    timeout or pre-emption submitit requeues the same call, which resumes (see the module)."""
+
+    def __init__(self, stage: str, exp_dir: Path, *args: str):
+        self.stage, self.exp_dir, self.args = stage, str(exp_dir), args
+
+    def __call__(self):
+        quiet_libraries()  # a job's log holds dporef's lines, not the libraries' progress bars
+        return STAGES[self.stage](Path(self.exp_dir), *self.args)
+
+
+def parameters(cfg: SlurmConfig, name: str, stage: str) -> dict:
+    """The sbatch parameters of one stage's jobs, in submitit's SlurmExecutor's terms."""
+    gpus = cfg.gpus_per_node if stage != "report" else 0
+    optional = {
+        "partition": cfg.partition,
+        "account": cfg.account,
+        "cpus_per_task": cfg.cpus_per_task,
+        "gpus_per_node": gpus or None,
+        "mem": _convert_mem(cfg.mem_gb) if cfg.mem_gb else None,
+    }
+    return {
+        "job_name": f"dporef-{name}-{stage}",
+        "time": cfg.time if stage != "report" else min(cfg.time, REPORT_MINUTES),
+        "nodes": cfg.nodes,
+        "array_parallelism": cfg.array_parallelism,
+        "stderr_to_stdout": True,  # one log per job
+        # requeue: SLURM puts a pre-empted job back in the queue; runs whose prepare failed are cancelled, not left
+        "additional_parameters": {"requeue": True}
+        | ({"kill-on-invalid-dep": "yes"} if stage == "run" else {})
+        | cfg.extra,
+        **{k: v for k, v in optional.items() if v is not None},
+    }
+
+
+def pending_runs(exp: Experiment, exp_dir: Path) -> list[RunSpec]:
+    """The runs not done with the models the last prepare resolved (all of them before any prepare). Decided here
+    without resolving a model (a login node does not hash checkpoints); the prepare job resolves them, and a run
+    it finds outdated is submitted by the next command."""
+    models = prepared_models(exp_dir)
+    return [r for r in expand(exp) if not (models and is_done(exp_dir, exp, r, models))]
+
+
+def _work(exp: Experiment, exp_dir: Path, study: str) -> tuple[list[RunSpec], bool]:
+    """(pending runs, whether a prepare job is needed)."""
+    pending = pending_runs(exp, exp_dir)
+    needs_similarity = STUDIES[study].similarity and not (Path(exp_dir) / "similarity.json").is_file()
+    return pending, bool(pending) or needs_similarity
+
+
+def dry_run(exp: Experiment, exp_dir: Path, study: str, source: str) -> str:
+    """The sbatch scripts the launcher would submit (job ids are known only once submitted)."""
+    cfg, exp_dir = exp.launch.slurm, Path(exp_dir).absolute()
+    pending, needed = _work(exp, exp_dir, study)
+    if not needed:
+        return "launcher slurm: every run is done; nothing would be submitted (the report is rebuilt here)"
+    where = folder(cfg, exp_dir)
+    submit = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(where))}"
+    scripts = [("prepare", None, None)]
+    if pending:
+        scripts.append(("run", "afterok:<prepare job>", len(pending) if len(pending) > 1 else None))  # 1: no array
+    scripts.append(("report", f"afterany:<{'runs array' if pending else 'prepare job'}>", None))
+    out = [f"launcher slurm: {len(pending)} runs pending; the sbatch scripts it would submit, logs in {where}:"]
+    for stage, dependency, count in scripts:
+        params = parameters(cfg, exp.name, stage) | ({"dependency": dependency} if dependency else {})
+        out += [f"--- {stage} ---", _make_sbatch_string(command=submit, folder=where, map_count=count, **params)]
+        if stage == "run":
+            out += [f"# task {i}: dporef run-one {exp_dir} {r.run_id}" for i, r in enumerate(pending)]
+    return "\n".join(out)
+
+
+def _executor(cfg: SlurmConfig, where: Path, params: dict, source: str):
+    """A fresh executor for one stage (parameters never leak from one stage's jobs to the next)."""
+    if cfg.cluster == "local":
+        executor = submitit.LocalExecutor(folder=where)
+        gpus = params.get("gpus_per_node", 0)
+        executor.update_parameters(timeout_min=params["time"], gpus_per_node=gpus, stderr_to_stdout=True)
+        return executor
+    try:
+        executor = submitit.SlurmExecutor(folder=where)
+    except RuntimeError:
+        raise UserError(
+            f"{source}: launch.launcher",
+            "slurm: no SLURM on this machine (`srun` not found); submit from a login node, or set "
+            "launch.slurm.cluster: local to try the jobs here",
+        ) from None
+    executor.update_parameters(**params)
+    return executor
+
+
+def _submit(exp: Experiment, exp_dir: Path, stage: str, calls: list[Stage], after, source: str) -> list:
+    """Submit one stage's jobs after the jobs `after` = (kind, jobs): on SLURM as a dependency; with the local
+    executor, which has none, by waiting for them first (and, after `afterok`, submitting nothing when one failed)."""
+    cfg = exp.launch.slurm
+    params = parameters(cfg, exp.name, stage)
+    kind, jobs = after or (None, [])
+    if jobs and cfg.cluster == "slurm":
+        params["dependency"] = f"{kind}:{':'.join(sorted({j.job_id.split('_')[0] for j in jobs}))}"
+    elif jobs:
+        failed = [job for job in jobs if job.exception() is not None]  # waits for each
+        if kind == "afterok" and failed:
+            return []
+    executor = _executor(cfg, folder(cfg, exp_dir), params, source)
+    try:
+        return executor.submit_array(calls)
+    except (FailedJobError, OSError) as e:  # sbatch's own refusal: a partition, account or option it rejects
+        raise UserError(f"{source}: launch.slurm", f"sbatch refused the {stage} job: {one_line(str(e), 300)}") from None
+
+
+def submit(exp: Experiment, exp_dir: Path, study: str, source: str) -> int:
+    """Submit what is not done; nothing when every run is done (the report is then rebuilt here). On SLURM it
+    returns once submitted; with `cluster: local` once every job ended. Returns the number of runs that failed."""
+    exp_dir = Path(exp_dir).absolute()
+    pending, needed = _work(exp, exp_dir, study)
+    if not needed:
+        console.print(f"every run of {exp.name} is done: nothing submitted; rebuilding the report here")
+        report_stage(exp_dir)
+        return 0
+    console.print(
+        f"submitting {exp.name}: prepare, {len(pending)} runs, report; logs in {folder(exp.launch.slurm, exp_dir)}"
+    )
+    prep = _submit(exp, exp_dir, "prepare", [Stage("prepare", exp_dir)], None, source)
+    console.print(f"  prepare: job {prep[0].job_id}")
+    runs = [Stage("run", exp_dir, r.run_id) for r in pending]
+    tasks = _submit(exp, exp_dir, "run", runs, ("afterok", prep), source) if runs else []
+    for job, run in zip(tasks, pending):
+        console.print(f"  run {run.run_id}: job {job.job_id}, log {job.paths.stdout}", soft_wrap=True)
+    last = _submit(exp, exp_dir, "report", [Stage("report", exp_dir)], ("afterany", tasks or prep), source)
+    console.print(f"  report: job {last[0].job_id}")
+    if exp.launch.slurm.cluster == "slurm":
+        console.print(f"once they ended, `dporef report {exp_dir}` or this command again gathers the results")
+        return 0
+    jobs = [("prepare", prep[0]), *((f"run {r.run_id}", j) for r, j in zip(pending, tasks)), ("report", last[0])]
+    failed = [name for name, job in jobs if job.exception() is not None]
+    for name, job in jobs:
+        if name in failed:
+            console.print(f"[red]failed[/]: {name}: see {job.paths.stdout}", soft_wrap=True)
+    return len(pending) - len(tasks) + sum(name.startswith("run ") for name in failed)

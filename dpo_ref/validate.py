@@ -1,0 +1,48 @@
+"""An experiment's inputs, checked before anything is written under `--out`: every model spec resolves (a hub id in
+the local cache, a directory with a config.json, a model of the world), preference data read from files have the
+needed columns and a usable pair in each split, and the evaluation prompts are there.
+
+Without it a missing reference was found by the prepare stage, after the experiment's files were written, and a
+bad data file as a traceback. Building the embedded world is allowed here: it goes to the cache, never to `--out`.
+"""
+
+from __future__ import annotations
+
+from . import data
+from .config import Experiment
+from .data.tokenize import load_prompts
+from .errors import UserError
+from .models import resolve
+from .world import build_world
+
+
+def model_specs(exp: Experiment) -> list[tuple[str, str]]:
+    """(key, spec) of every model the experiment names, the policy first."""
+    specs = [("policy", exp.policy)] + [(f"references.{i}.model", r.model) for i, r in enumerate(exp.references)]
+    return specs + ([("judge.model", exp.judge.model)] if exp.judge.model else [])
+
+
+def check_inputs(exp: Experiment, source: str) -> None:
+    """Raise the `UserError` of the first input that is missing or unusable, its `where` prefixed with `source` (the
+    experiment file). Cheap checks first: data files, prompts, models outside the world; then the world's."""
+    try:
+        _check(exp)
+    except UserError as e:
+        raise UserError(f"{source}: {e.where}", e.message) from None
+
+
+def _check(exp: Experiment) -> None:
+    # only file sources are read here: world pairs come with the world, instruction pairs are sampled in prepare
+    if isinstance(data.source(exp), data.FileSource):
+        data.load_data(exp, world=None, policy=None, tokenizer=None)
+    if exp.eval.prompts and not load_prompts(exp.eval.prompts):
+        raise UserError("eval.prompts", f"{exp.eval.prompts}: no prompts")
+    specs = model_specs(exp)
+    for key, spec in specs:
+        if not spec.startswith("world:"):
+            resolve(spec, where=key)
+    if data.needs_world(exp):
+        world = build_world(exp.world)
+        for key, spec in specs:
+            if spec.startswith("world:"):
+                resolve(spec, world, where=key)
