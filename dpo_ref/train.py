@@ -12,11 +12,13 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from peft import LoraConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
 from .config import RunSpec, TrainConfig
+from .config.schema import LoraSettings
 from .models import use_bf16
 from .objectives import OBJECTIVES, PolicyLogps, ReferenceLogps
 from .store import read_json
@@ -184,12 +186,36 @@ def resume_point(output_dir: Path) -> Path | None:
 
 @dataclass
 class Trained:
-    """What training returns: TRL's log history, the checkpoint step kept with `eval_steps` (None: the final
-    policy) and the checkpoint step it resumed from (None: it started at step 0)."""
+    """What training returns: the trained model (a peft model holding the adapter under `train.lora`), TRL's log
+    history, the checkpoint step kept with `eval_steps` (None: the final policy) and the checkpoint step it resumed
+    from (None: it started at step 0)."""
 
+    model: PreTrainedModel
     history: list[dict]
     checkpoint_step: int | None
     resumed_from: int | None
+
+
+def lora_config(lora: LoraSettings | None) -> LoraConfig | None:
+    """peft's LoRA settings, handed to the DPOTrainer, which wraps the policy itself: a model wrapped beforehand would
+    make TRL copy the adapter as a "ref" adapter, and with dporef's cached reference columns no reference pass (copied
+    or adapter-disabled) ever runs."""
+    if lora is None:
+        return None
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _restore_adapter_dropout(model: torch.nn.Module, p: float) -> None:
+    """TRL's `disable_dropout` zeroes every nn.Dropout, the adapters' too: give them back `train.lora.dropout`."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout) and ".lora_dropout." in f"{name}.":
+            module.p = p
 
 
 def _whole_run_train_loss(history: list[dict], resumed_from: int) -> None:
@@ -217,7 +243,8 @@ def train_policy(
 ) -> Trained:
     """Train `model` on `train` (tokenized pairs with reference columns), from the last checkpoint of an interrupted
     attempt in `output_dir` when there is one; with `cfg.eval_steps`, the weights kept (lowest validation loss) are
-    then in `model`. Raises Diverged at the first non-finite loss or gradient norm."""
+    then in the returned model (`model` itself, or under `cfg.lora` a peft model around it). Raises Diverged at the
+    first non-finite loss or gradient norm."""
     params = sum(p.numel() for p in model.parameters())
     resume = resume_point(output_dir)
     resumed_from = int(resume.name.rsplit("-", 1)[1]) if resume else None
@@ -232,9 +259,12 @@ def train_policy(
         objective=run.objective,
         gamma=run.gamma,
         guard=guard,
+        peft_config=lora_config(cfg.lora),
         callbacks=callbacks + ([PeriodicCheckpoints(cfg.checkpoint_steps)] if cfg.checkpoint_steps else []),
     )
     trainer.remove_callback(PrinterCallback)  # metrics go to metrics.json, progress to the rich bar
+    if cfg.lora is not None and cfg.lora.dropout:
+        _restore_adapter_dropout(trainer.model, cfg.lora.dropout)
     if resume:
         console.print(f"resuming {run.run_id} from its checkpoint at step {resumed_from}")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -244,4 +274,4 @@ def train_policy(
     if resumed_from:
         _whole_run_train_loss(history, resumed_from)
     best = trainer.state.best_model_checkpoint
-    return Trained(history, int(best.rsplit("-", 1)[1]) if best else None, resumed_from)
+    return Trained(trainer.model, history, int(best.rsplit("-", 1)[1]) if best else None, resumed_from)

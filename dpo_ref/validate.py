@@ -8,6 +8,10 @@ bad data file as a traceback. Building the embedded world is allowed here: it go
 
 from __future__ import annotations
 
+import importlib.util
+
+import torch
+
 from . import data
 from .config import Experiment
 from .data.tokenize import load_prompts
@@ -31,7 +35,21 @@ def check_inputs(exp: Experiment, source: str) -> None:
         raise UserError(f"{source}: {e.where}", e.message) from None
 
 
+def _check_quantize(exp: Experiment) -> None:
+    """4-bit weights are bitsandbytes' CUDA kernels and cannot train themselves: refused before anything is written
+    rather than failing the run after prepare."""
+    if exp.train.quantize is None:
+        return
+    if exp.train.lora is None:
+        raise UserError("train.quantize", "4bit needs train.lora (4-bit base weights cannot train, only adapters)")
+    if not torch.cuda.is_available():
+        raise UserError("train.quantize", "4bit needs a CUDA GPU (bitsandbytes); none is available, set it to null")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("train.quantize", "4bit needs bitsandbytes; install it with `pip install dporef[gpu]`")
+
+
 def _check(exp: Experiment) -> None:
+    _check_quantize(exp)
     # only file sources are read here: world pairs come with the world, instruction pairs are sampled in prepare
     if isinstance(data.source(exp), data.FileSource):
         data.load_data(exp, world=None, policy=None, tokenizer=None)

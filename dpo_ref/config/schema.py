@@ -64,6 +64,19 @@ class ObjectiveGrid(Strict):
         return v
 
 
+class LoraSettings(Strict):
+    """LoRA adapters (peft) on the policy: only they train, the base weights stay the SFT model's."""
+
+    r: int = Field(8, ge=1, le=4096, description="Rank of each LoRA update (the adapter's inner dimension).")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator: an update is scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input while training.")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None,
+        description="Names of the linear layers given adapters, e.g. [q_proj, v_proj], or `all-linear`. Default "
+        "(null): peft's choice for the architecture (q_proj and v_proj for Llama and Mistral).",
+    )
+
+
 class TrainConfig(Strict):
     learning_rate: float = Field(
         1e-4, gt=0, description="Peak learning rate of AdamW (default suits the embedded world; paper: 5e-7 for 7B)."
@@ -102,6 +115,17 @@ class TrainConfig(Strict):
         "run's `trainer/`, so that a run killed or interrupted (Ctrl-C, SIGTERM) resumes from its last checkpoint "
         "when run again, with the same result as an uninterrupted run; each checkpoint step is also a logging step. "
         "Default (null): no periodic checkpoints, an interrupted run starts over.",
+    )
+    lora: LoraSettings | None = Field(
+        None,
+        description="Train LoRA adapters instead of every weight (`{r, alpha, dropout, target_modules}`); the run's "
+        "`policy/` then holds the adapter, loaded on its base wherever the policy is used. Default (null): full "
+        "fine-tuning.",
+    )
+    quantize: Literal["4bit"] | None = Field(
+        None,
+        description="`4bit`: QLoRA, the policy's base weights loaded in 4-bit NF4 with bitsandbytes (CUDA GPU only, "
+        "`pip install dporef[gpu]`; needs `lora`). Default (null): the weights in `precision`.",
     )
 
     @field_validator("max_steps")

@@ -9,7 +9,7 @@ import yaml
 
 from ..config import Experiment, RunSpec, expand
 from ..errors import UserError
-from ..models import load_model, load_tokenizer, resolve
+from ..models import is_adapter, load_model, load_tokenizer, resolve
 from ..plan import STUDIES, run_status
 from ..reporting.tables import (
     BEST_COLUMNS,
@@ -55,7 +55,8 @@ def report(exp_dir: Path, exp: Experiment, study: str, judge: str, extra: dict |
 def analyze_run(run_dir: Path, min_count: int = 100, top: int = 15) -> dict:
     """Write `<run_dir>/analysis/{tokens.csv, tokens.md, histogram.png}` for a finished run; return a summary."""
     run_dir = Path(run_dir)
-    if not ((run_dir / "run.yaml").is_file() and (run_dir / "policy" / "config.json").is_file()):
+    policy_dir = run_dir / "policy"
+    if not ((run_dir / "run.yaml").is_file() and ((policy_dir / "config.json").is_file() or is_adapter(policy_dir))):
         raise UserError(str(run_dir), "not a finished training run (needs run.yaml and policy/)")
     prepared = Prepared.open(run_dir.parent)
     run = RunSpec.model_validate(yaml.safe_load((run_dir / "run.yaml").read_text())["run"])

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import datasets
 import yaml
+from peft import PeftModel
 
 from ..config import Experiment, RunSpec
 from ..errors import UserError
@@ -133,8 +134,9 @@ def _start(run_dir: Path, exp: Experiment, run: RunSpec) -> float:
     return started
 
 
-def _train(prepared: Prepared, run: RunSpec, model, tokenizer, validation, run_dir: Path) -> dict:
-    """Train the policy in place and save it; the training part of metrics.json."""
+def _train(prepared: Prepared, run: RunSpec, model, tokenizer, validation, run_dir: Path) -> tuple[object, dict]:
+    """Train the policy and save it (under `train.lora` the adapter only, its adapter_config.json naming the base);
+    the trained model, to evaluate, and the training part of metrics.json."""
     from ..train import train_policy
 
     t0 = time.time()
@@ -146,10 +148,12 @@ def _train(prepared: Prepared, run: RunSpec, model, tokenizer, validation, run_d
         raise
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
     with atomic_dir(run_dir / "policy") as tmp:
-        model.save_pretrained(tmp)
+        trained.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     history = trained.history
-    return {
+    # evaluated as the plain transformers model dporef's scorers patch: peft's base model, its adapter layers active
+    policy = trained.model.get_base_model() if isinstance(trained.model, PeftModel) else trained.model
+    return policy, {
         "history": history,
         "checkpoint_step": trained.checkpoint_step,  # None: the final policy
         "resumed_from_step": trained.resumed_from,  # None: trained from step 0 in one go
@@ -167,12 +171,14 @@ def execute(prepared: Prepared, run: RunSpec) -> str:
     policy = prepared.model("policy")
     tokenizer = load_tokenizer(policy)
     regime = regime_for(policy, exp.train.precision)  # the regime its reference columns were scored in
-    model = load_model(policy, bf16=regime.bf16_weights)
-    metrics: dict = {"run_id": run.run_id, "steps": 0, "train_seconds": 0.0, "train_loss": None, "history": []}
     objective = OBJECTIVES.get(run.objective)  # None for the untrained SFT row
+    quantize = exp.train.quantize if objective is not None else None
+    model = load_model(policy, bf16=regime.bf16_weights, quantize=quantize)
+    metrics: dict = {"run_id": run.run_id, "steps": 0, "train_seconds": 0.0, "train_loss": None, "history": []}
     validation = prepared.split("validation", run)
     if objective is not None:
-        metrics.update(_train(prepared, run, model, tokenizer, validation, run_dir))
+        model, trained = _train(prepared, run, model, tokenizer, validation, run_dir)
+        metrics.update(trained)
 
     t0 = time.time()
     reward = ImplicitReward(objective, run.beta, run.gamma)
