@@ -14,7 +14,6 @@ Idempotent: when plan.json holds the same content key (models' fingerprints, dat
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,9 +66,7 @@ class Models:
 def resolve_models(exp: Experiment) -> Models:
     world = None
     if data.needs_world(exp):
-        t0 = time.time()
         world = build_world(exp.world)
-        console.print(f"world ready in {time.time() - t0:.1f}s: {world.root}")
     refs = {r.name: resolve(r.model, world, where=f"references.{r.name}") for r in exp.references}
     judge = resolve(exp.judge.model, world, where="judge.model") if exp.judge.model else None
     return Models(world, resolve(exp.policy, world, where="policy"), refs, judge)

@@ -126,8 +126,11 @@ def build_world(cfg: WorldConfig, cache_dir: Path | None = None) -> World:
     root = Path(cache_dir or cache_root()) / "world" / key
     with locked(root, on_wait=console.print):
         if not intact_dir(root, "world"):
+            console.print(f"building the embedded world (once per config) into {root}")
+            t0 = time.time()
             with atomic_dir(root) as tmp, _quiet(), _preserved_global_rng(), _single_threaded():
                 _build(cfg, tmp)
+            console.print(f"world built in {time.time() - t0:.0f}s")
     return World.load(root)
 
 
