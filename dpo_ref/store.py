@@ -63,7 +63,7 @@ def _digest(path: Path, progress) -> str:
     stat = {"size": before.st_size, "mtime_ns": before.st_mtime_ns, "inode": before.st_ino}
     key = {"path": str(real), **stat, "algorithm": "sha256"}
     entry = cache_root() / "filehash" / f"{content_hash(key['path'], 32)}.json"
-    memo = _read_memo(entry)
+    memo = _read_dict(entry)
     if memo is not None and {k: memo.get(k) for k in key} == key and isinstance(memo.get("digest"), str):
         return memo["digest"]
     started = time.time_ns()
@@ -75,8 +75,9 @@ def _digest(path: Path, progress) -> str:
     return digest
 
 
-def _read_memo(entry: Path) -> dict | None:
-    """A memo entry, or None when it is missing, unreadable or not an entry (the file is then hashed again)."""
+def _read_dict(entry: Path) -> dict | None:
+    """A JSON mapping dporef wrote (a hash memo, a manifest), or None when it is missing, unreadable or not a mapping:
+    the caller then hashes again or reports the directory damaged."""
     try:
         memo = read_json(entry)
     except (OSError, ValueError):
@@ -158,7 +159,7 @@ def damage(root: Path) -> str | None:
     """Why a sealed directory no longer holds what it was sealed with (no manifest, a file missing, added, resized
     or with other bytes), or None when it is intact. Unchanged large files are not read again (`_digest` memo)."""
     root = Path(root)
-    manifest = _read_memo(root / MANIFEST)
+    manifest = _read_dict(root / MANIFEST)
     if manifest is None or not isinstance(manifest.get("files"), dict):
         return "no readable manifest"
     sealed, present = manifest["files"], _listing(root)
