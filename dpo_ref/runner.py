@@ -16,12 +16,12 @@ import yaml
 from . import data, launch
 from .config import Experiment, RunSpec, expand, load_experiment
 from .plan import STUDIES, check_study, plan_text, run_state
-from .stages.prepare import Models, prepare, resolve_models
+from .stages.prepare import prepare
 from .stages.report import report
 from .stages.run import Prepared, execute_locked
 from .store import atomic_write_json, atomic_write_text
 from .ui import console, stdout
-from .validate import check_inputs
+from .validate import Models, check_inputs
 
 
 def read_experiment(path: Path, overrides: list[str]) -> Experiment:
@@ -41,14 +41,13 @@ def run_experiment(
         stdout.print("\n".join(filter(None, [plan_text(exp, runs, exp_dir), launched])), markup=False, soft_wrap=True)
         return 0
     t_start = time.time()
-    check_inputs(exp, source)  # models, data, prompts: refused before anything is written
+    models = check_inputs(exp, source)  # data, prompts, models: refused before anything is written
     exp_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(exp_dir / "experiment.yaml", yaml.safe_dump(exp.model_dump(), sort_keys=False))
     atomic_write_json(exp_dir / "command.json", {"study": study, "experiment_file": source})
     if launch.submits(exp) and not prepare_only:  # prepare, runs and report run as jobs (slurm); this only submits
         return launch.submit(exp, exp_dir, study, source)
-    models = resolve_models(exp)  # before deciding what is done: a run is done with these models' fingerprints
-    pending = pending_runs(exp_dir, exp, runs, models)
+    pending = pending_runs(exp_dir, exp, runs, models)  # a run is done with these models' fingerprints
     needs_similarity = STUDIES[study].similarity and not (exp_dir / "similarity.json").is_file()
     prepared = {"status": "skipped", "computed": 0, "from_cache": 0}
     if pending or prepare_only or needs_similarity:

@@ -9,6 +9,7 @@ bad data file as a traceback. Building the embedded world is allowed here: it go
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 
 import torch
 
@@ -16,8 +17,26 @@ from . import data
 from .config import Experiment
 from .data.tokenize import load_prompts
 from .errors import UserError
-from .models import resolve
+from .models import ModelRef, resolve
 from .world import build_world
+
+
+@dataclass
+class Models:
+    """The experiment's models, resolved to locations and content fingerprints."""
+
+    world: object
+    policy: ModelRef
+    references: dict[str, ModelRef]
+    judge: ModelRef | None
+
+    def as_dict(self) -> dict:
+        ref = lambda m: {"spec": m.spec, "location": m.location, "fingerprint": m.fingerprint}  # noqa: E731
+        return {
+            "policy": ref(self.policy),
+            "references": {n: ref(m) for n, m in self.references.items()},
+            "judge": ref(self.judge) if self.judge else None,
+        }
 
 
 def model_specs(exp: Experiment) -> list[tuple[str, str]]:
@@ -26,11 +45,24 @@ def model_specs(exp: Experiment) -> list[tuple[str, str]]:
     return specs + ([("judge.model", exp.judge.model)] if exp.judge.model else [])
 
 
-def check_inputs(exp: Experiment, source: str) -> None:
-    """Raise the `UserError` of the first input that is missing or unusable, its `where` prefixed with `source` (the
-    experiment file). Cheap checks first: data files, prompts, models outside the world; then the world's."""
+def resolve_models(exp: Experiment) -> Models:
+    """Every model the experiment names, resolved (a `UserError` names the key of the first that does not). Specs
+    outside the world first, so a missing one is found before the world is built."""
+    specs = model_specs(exp)
+    refs = {key: resolve(spec, where=key) for key, spec in specs if not spec.startswith("world:")}
+    world = build_world(exp.world) if data.needs_world(exp) else None
+    refs |= {key: resolve(spec, world, where=key) for key, spec in specs if spec.startswith("world:")}
+    references = {r.name: refs[f"references.{i}.model"] for i, r in enumerate(exp.references)}
+    return Models(world, refs["policy"], references, refs.get("judge.model"))
+
+
+def check_inputs(exp: Experiment, source: str) -> Models:
+    """The experiment's resolved models, once every input is checked; else the `UserError` of the first input that
+    is missing or unusable, its `where` prefixed with `source` (the experiment file). Cheap checks first: data files,
+    prompts, models outside the world; then the world's."""
     try:
         _check(exp)
+        return resolve_models(exp)
     except UserError as e:
         raise UserError(f"{source}: {e.where}", e.message) from None
 
@@ -55,12 +87,3 @@ def _check(exp: Experiment) -> None:
         data.load_data(exp, world=None, policy=None, tokenizer=None)
     if exp.eval.prompts and not load_prompts(exp.eval.prompts):
         raise UserError("eval.prompts", f"{exp.eval.prompts}: no prompts")
-    specs = model_specs(exp)
-    for key, spec in specs:
-        if not spec.startswith("world:"):
-            resolve(spec, where=key)
-    if data.needs_world(exp):
-        world = build_world(exp.world)
-        for key, spec in specs:
-            if spec.startswith("world:"):
-                resolve(spec, world, where=key)

@@ -21,10 +21,11 @@ from .. import data
 from ..config import Experiment, RunSpec, SlurmConfig, expand
 from ..errors import UserError, one_line
 from ..plan import STUDIES, is_done, prepared_models
-from ..stages.prepare import prepare, resolve_models
+from ..stages.prepare import prepare
 from ..stages.report import report, results_dir
 from ..stages.run import run_one
 from ..ui import console, quiet_libraries
+from ..validate import resolve_models
 
 REPORT_MINUTES = 60  # the report reads files only: a short job without GPUs
 

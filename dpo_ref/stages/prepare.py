@@ -14,7 +14,7 @@ Idempotent: when plan.json holds the same content key (models' fingerprints, dat
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +28,13 @@ from ..evaluation.judges import Judge, RewardModelJudge, RuleJudge
 from ..evaluation.metrics import kl_estimates
 from ..generation import Generations, generate
 from ..logprobs import sequence_logps
-from ..models import ModelRef, load_model, load_tokenizer, resolve
+from ..models import ModelRef, load_model, load_tokenizer
 from ..plan import STUDIES, scoring_needs
 from ..precision import regime_for
 from ..reference import ReferenceEngine, SampleScorer, similarity
 from ..store import atomic_dir, atomic_write_json, atomic_write_text, content_hash, file_hash, locked, read_json
 from ..ui import console
-from ..world import build_world
+from ..validate import Models, resolve_models
 
 PREPARE_VERSION = "2"  # bump when what prepare writes changes, so old directories are rebuilt (2: kept text)
 
@@ -43,33 +43,6 @@ def columns(name: str, unconditional: bool) -> tuple[str, str]:
     """The (chosen, rejected) column names of one reference scoring pass in prepared/pairs."""
     prefix = "p_lm" if unconditional else f"ref:{name}"
     return f"{prefix}:chosen", f"{prefix}:rejected"
-
-
-@dataclass
-class Models:
-    """The experiment's models, resolved to locations and content fingerprints."""
-
-    world: object
-    policy: ModelRef
-    references: dict[str, ModelRef]
-    judge: ModelRef | None
-
-    def as_dict(self) -> dict:
-        ref = lambda m: {"spec": m.spec, "location": m.location, "fingerprint": m.fingerprint}  # noqa: E731
-        return {
-            "policy": ref(self.policy),
-            "references": {n: ref(m) for n, m in self.references.items()},
-            "judge": ref(self.judge) if self.judge else None,
-        }
-
-
-def resolve_models(exp: Experiment) -> Models:
-    world = None
-    if data.needs_world(exp):
-        world = build_world(exp.world)
-    refs = {r.name: resolve(r.model, world, where=f"references.{r.name}") for r in exp.references}
-    judge = resolve(exp.judge.model, world, where="judge.model") if exp.judge.model else None
-    return Models(world, resolve(exp.policy, world, where="policy"), refs, judge)
 
 
 def make_judge(exp: Experiment, judge_model: ModelRef | None) -> Judge:
