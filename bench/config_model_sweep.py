@@ -8,6 +8,8 @@ YAML; then runs `dporef sweep-beta` on it and prints the wall time and the table
 
     python bench/config_model_sweep.py --size gpu --out /tmp/cfg-sweep     # ~350M parameters, on one GPU
     python bench/config_model_sweep.py --size tiny --out /tmp/cfg-sweep    # ~0.3M parameters, on a CPU
+    python bench/config_model_sweep.py --size lora --out /tmp/cfg-lora     # ~1B parameters, LoRA adapters only
+    python bench/config_model_sweep.py --size gpu --set launch.workers=2   # the runs two at a time on one GPU
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from dpo_ref.models import write_config_model
 SIZES = {  # Llama shapes: (hidden, layers, heads, MLP width), pairs, held-out prompts, training batch
     "tiny": dict(hidden=64, layers=2, heads=4, mlp=128, pairs=256, prompts=32, batch=16),
     "gpu": dict(hidden=1024, layers=24, heads=16, mlp=2816, pairs=4096, prompts=256, batch=32),
+    "lora": dict(hidden=2048, layers=20, heads=16, mlp=5632, pairs=2048, prompts=128, batch=16),  # ~1.0B
 }
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}  # the `lora` size trains adapters only
 WORDS = "the a cat dog sun rain home water light music small simple happy friend morning color is are and very good"
 WORDS = WORDS.split() + [w for ws in (instructions.START_WORDS, instructions.INCLUDE_WORDS) for w in ws]
 
@@ -74,6 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=SIZES, default="tiny")
     parser.add_argument("--out", type=Path, default=Path("/tmp/dporef-config-sweep"))
+    parser.add_argument("--set", action="append", default=[], help="passed on to `dporef sweep-beta --set`")
     args = parser.parse_args()
     size, out = SIZES[args.size], args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -90,13 +95,15 @@ def main() -> None:
         "judge": {"kind": "instructions"},
         "references": [{"name": "sft", "model": f"init:{out / 'model'}"}],
         "objectives": [{"name": "dpo", "betas": [0.1, 0.01]}],
-        "train": {"learning_rate": 1e-4, "epochs": 1, "batch_size": size["batch"], "max_length": 256},
+        "train": {"learning_rate": 1e-4, "epochs": 1, "batch_size": size["batch"], "max_length": 256}
+        | ({"lora": LORA} if args.size == "lora" else {}),
         "eval": {"prompts": str(out / "eval_prompts.jsonl"), "max_new_tokens": 64, "batch_size": 128},
     }
     (out / "experiment.yaml").write_text(yaml.safe_dump(experiment, sort_keys=False))
     print(f"{len(pairs)} pairs ({ties} prompts skipped: all candidates tied); model config in {out / 'model'}")
     start = time.time()
     cmd = [sys.executable, "-m", "dpo_ref", "sweep-beta", str(out / "experiment.yaml"), "--out", str(out / "runs")]
+    cmd += [a for s in args.set for a in ("--set", s)]
     subprocess.run(cmd, check=True)
     print(f"config-model sweep ({args.size}): {time.time() - start:.1f}s wall")
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # GPU check (not a test): a short real DPO sweep on CUDA with a ~350M Llama built from a config (no weights needed),
-# trained on instruction pairs made on the spot (bench/config_model_sweep.py); then the world's default sweep.
+# trained on instruction pairs made on the spot (bench/config_model_sweep.py), once with its runs one after another
+# and once two at a time on the one GPU (launch.workers=2; the wall-time ratio is printed); a LoRA DPO sweep of a ~1B
+# config-built Llama; then the world's default sweep.
 # Runs on a GPU machine with no network: packages its image lacks travel as wheels in .whl/ (see README, "On GPUs").
 # Usage: bash bench/gpu.sh [--no-world]      results and logs land in $OUT (default /tmp/dporef-gpu)
 set -euo pipefail
@@ -19,6 +21,19 @@ print("device", torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_suppor
 PY
 python3 bench/config_model_sweep.py --size gpu --out "$OUT/config-model" 2>&1 | tee "$OUT/config_model.log" | grep -v "━"
 cp "$OUT/config-model/runs/config_model_gpu/results.md" "$OUT/config_model_results.md"
+python3 bench/config_model_sweep.py --size gpu --out "$OUT/config-model-2" --set launch.workers=2 2>&1 \
+  | tee "$OUT/config_model_2.log" | grep -v "━"
+python3 - "$OUT" <<'PY'
+import glob, json, sys
+def span(runs):  # from the first run's start to the last run's end: the runs alone, prepare excluded
+    st = [json.load(open(f)) for f in glob.glob(f"{runs}/*/status.json")]
+    return max(s["finished"] for s in st) - min(s["started"] for s in st), len(st)
+(one, n), (two, _) = (span(f"{sys.argv[1]}/{d}/runs/config_model_gpu") for d in ("config-model", "config-model-2"))
+print(f"config-model runs ({n}): one at a time {one:.1f}s, two at a time on one GPU {two:.1f}s, ratio {two / one:.2f}")
+PY
+python3 bench/config_model_sweep.py --size lora --out "$OUT/config-model-lora" 2>&1 | tee "$OUT/config_model_lora.log" \
+  | grep -v "━"
+cp "$OUT/config-model-lora/runs/config_model_lora/results.md" "$OUT/config_model_lora_results.md"
 if [ "${1:-}" != "--no-world" ]; then
   start=$(date +%s.%N)
   python3 -m dpo_ref sweep-beta --out "$OUT/runs" > "$OUT/world_sweep.log" 2>&1

@@ -81,8 +81,9 @@ LauncherOpt = Annotated[
     str | None,
     typer.Option(
         "--launcher",
-        help="Where the runs execute: local (this machine; launch.gpus / launch.workers) or slurm (every stage a "
-        "SLURM job through submitit; launch.slurm). Default: the experiment's launch.launcher.",
+        help="Where the runs execute: local (this machine; launch.gpus / launch.workers), accelerate (this machine, "
+        "each run across its GPUs through `accelerate launch`; launch.accelerate) or slurm (every stage a SLURM job "
+        "through submitit; launch.slurm). Default: the experiment's launch.launcher.",
     ),
 ]
 ExpDirArg = Annotated[Path, typer.Argument(help="An experiment's results directory, e.g. runs/rq1_sweep_beta.")]

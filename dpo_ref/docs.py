@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from .config import (
+    AccelerateConfig,
     DataConfig,
     EvalConfig,
     Experiment,
@@ -38,6 +39,7 @@ SECTIONS = [
     ("`instructions`", InstructionsConfig),
     ("`world`", WorldConfig),
     ("`launch`", LaunchConfig),
+    ("`launch.accelerate`", AccelerateConfig),
     ("`launch.slurm`", SlurmConfig),
 ]
 

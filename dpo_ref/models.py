@@ -195,9 +195,10 @@ def load_tokenizer(ref: ModelRef) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_model(ref: ModelRef, bf16: bool = False, quantize: str | None = None) -> PreTrainedModel:
+def load_model(ref: ModelRef, bf16: bool = False, quantize: str | None = None, spread: bool = False) -> PreTrainedModel:
     """The model in `ref.location`; `quantize="4bit"` (QLoRA training, CUDA only) loads its weights in 4-bit NF4 with
-    bitsandbytes, placed on the GPU as they load."""
+    bitsandbytes, placed on this process's GPU as they load. `spread` (a reference to score): one too big for this
+    GPU is spread over every visible GPU with accelerate's big-model inference (`device_map="auto"`)."""
     dtype = torch.bfloat16 if bf16 else torch.float32
     if quantize == "4bit":
         from transformers import BitsAndBytesConfig
@@ -205,9 +206,34 @@ def load_model(ref: ModelRef, bf16: bool = False, quantize: str | None = None) -
         bnb = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
         )
-        return AutoModelForCausalLM.from_pretrained(ref.location, dtype=dtype, quantization_config=bnb, device_map=0)
+        here = {"": torch.cuda.current_device()}  # under `accelerate launch`, each process's own GPU
+        return AutoModelForCausalLM.from_pretrained(ref.location, dtype=dtype, quantization_config=bnb, device_map=here)
+    gpus = torch.cuda.device_count()
+    if spread and gpus > 1:
+        torch.cuda.empty_cache()  # memory this process freed counts as free
+    if spread and gpus > 1 and needs_spreading(ref.location, dtype, torch.cuda.mem_get_info()[0]):
+        console.print(f"{ref.spec} does not fit on one GPU: spreading it over {gpus} (device_map=auto)")
+        return AutoModelForCausalLM.from_pretrained(ref.location, dtype=dtype, device_map="auto")
     model = AutoModelForCausalLM.from_pretrained(ref.location, dtype=dtype)
     return model.to(device())
+
+
+FREE_FOR_WEIGHTS = 0.8  # share of a GPU's free memory the weights may take; the rest is for the activations
+
+
+def weight_bytes(location: str, dtype: torch.dtype) -> int:
+    """The model's weights in `dtype`, in bytes, from its config alone (an empty model: nothing is loaded)."""
+    from accelerate import init_empty_weights
+    from accelerate.utils import compute_module_sizes
+
+    with init_empty_weights():
+        empty = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(location), dtype=dtype)
+    return compute_module_sizes(empty)[""]
+
+
+def needs_spreading(location: str, dtype: torch.dtype, free_bytes: int) -> bool:
+    """Whether the weights overflow one GPU with `free_bytes` free (leaving room for the scoring's activations)."""
+    return weight_bytes(location, dtype) > FREE_FOR_WEIGHTS * free_bytes
 
 
 CHATML = (

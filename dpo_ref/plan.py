@@ -192,6 +192,14 @@ def is_done(exp_dir: Path, exp: Experiment, run: RunSpec, models: dict) -> bool:
     return run_state(exp_dir, exp, run, models).done
 
 
+def not_done(exp: Experiment, exp_dir: Path) -> list[RunSpec]:
+    """The runs not done with the models the last prepare resolved (all of them before any prepare). Decided without
+    resolving a model, as a launcher does before it starts anything (a login node does not hash checkpoints); a run
+    the next prepare finds outdated is run by the next command."""
+    models = prepared_models(exp_dir)
+    return [r for r in expand(exp) if not (models and is_done(exp_dir, exp, r, models))]
+
+
 def estimated_steps(exp: Experiment, n_pairs: int) -> int:
     if exp.train.max_steps > 0:
         return exp.train.max_steps

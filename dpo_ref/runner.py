@@ -34,6 +34,7 @@ def run_experiment(
 ) -> int:
     """Prepare `exp`, run every pending run and rebuild its report; returns the number of runs that failed."""
     check_study(exp, study, source)
+    launch.check(exp, source, installed=not dry_run)  # a launch setup it cannot run is refused before anything
     exp_dir = Path(out) / exp.name
     runs = expand(exp)
     if dry_run:

@@ -7,6 +7,7 @@ overrides below hand it dporef's cached `ref_chosen_logps` / `ref_rejected_logps
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +17,14 @@ from peft import LoraConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import DPOConfig, DPOTrainer
+from trl.trainer import dpo_trainer
 
+from . import ranks
 from .config import RunSpec, TrainConfig
 from .config.schema import LoraSettings
 from .models import use_bf16
 from .objectives import OBJECTIVES, PolicyLogps, ReferenceLogps
-from .store import read_json
+from .store import atomic_dir, read_json
 from .training_guards import Diverged, DivergenceGuard
 from .ui import console, progress
 
@@ -33,7 +36,8 @@ class CachedReferenceDPOTrainer(DPOTrainer):
         self.objective = OBJECTIVES[objective]
         self.gamma = gamma
         self.guard = guard  # told every training loss, so a non-finite one stops training at its step
-        super().__init__(*args, **kw)
+        with _no_reference_model():
+            super().__init__(*args, **kw)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         # TRL 1.16 private: it would re-tokenize; dporef's prepare stage already rendered the pairs with the template.
@@ -77,6 +81,20 @@ class CachedReferenceDPOTrainer(DPOTrainer):
         metrics["length/chosen"].append(gather(policy.chosen_len).mean().item())
         metrics["length/rejected"].append(gather(policy.rejected_len).mean().item())
         return (loss, out) if return_outputs else loss
+
+
+@contextmanager
+def _no_reference_model():
+    """TRL 1.16 under FSDP builds a reference model from the policy's path even with `precompute_ref_log_probs`
+    (DPOTrainer.__init__, "Reference model": to precompute with, freed after). dporef hands it the reference columns,
+    so that model would only cost a policy's memory and load time: while the trainer is built, the reference model
+    it creates is None. (The policy is passed built, so TRL creates no other model from a path.)"""
+    build = dpo_trainer.create_model_from_path
+    dpo_trainer.create_model_from_path = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        dpo_trainer.create_model_from_path = build
 
 
 class RichProgress(TrainerCallback):
@@ -144,7 +162,7 @@ def dpo_config(cfg: TrainConfig, run: RunSpec, output_dir: Path, params: float) 
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        gradient_accumulation_steps=cfg.accumulation_per_process(ranks.size()),
         lr_scheduler_type=cfg.scheduler,
         warmup_steps=cfg.warmup_ratio,  # transformers 5 reads a float < 1 as a ratio of total steps
         max_length=cfg.max_length,
@@ -162,6 +180,7 @@ def dpo_config(cfg: TrainConfig, run: RunSpec, output_dir: Path, params: float) 
         data_seed=run.seed,
         use_cpu=not gpu,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every trainable weight gets a gradient: no extra autograd traversal
     )
 
 
@@ -186,11 +205,12 @@ def resume_point(output_dir: Path) -> Path | None:
 
 @dataclass
 class Trained:
-    """What training returns: the trained model (a peft model holding the adapter under `train.lora`), TRL's log
+    """What training returns: the trained model (a peft model holding the adapter under `train.lora`; None when
+    several processes trained it, whose weights were sharded: it is read back from the saved policy), TRL's log
     history, the checkpoint step kept with `eval_steps` (None: the final policy) and the checkpoint step it resumed
     from (None: it started at step 0)."""
 
-    model: PreTrainedModel
+    model: PreTrainedModel | None
     history: list[dict]
     checkpoint_step: int | None
     resumed_from: int | None
@@ -232,6 +252,16 @@ def _whole_run_train_loss(history: list[dict], resumed_from: int) -> None:
     end["train_loss"] = (before + end["train_loss"] * (end["step"] - resumed_from)) / end["step"]
 
 
+def save_policy(trainer: DPOTrainer, policy_dir: Path) -> None:
+    """Save the trained policy (under LoRA the adapter, its adapter_config.json naming the base) with its tokenizer.
+    Every process calls it: under ZeRO-3 or FSDP the full weights are gathered from all of them; the main process
+    writes them (atomically), the others nothing."""
+    with atomic_dir(policy_dir) if ranks.is_main() else nullcontext(policy_dir) as out:
+        trainer.save_model(str(out))
+        if ranks.is_main():
+            (Path(out) / "training_args.bin").unlink(missing_ok=True)  # the Trainer's pickled arguments: not a model
+
+
 def train_policy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -240,13 +270,14 @@ def train_policy(
     cfg: TrainConfig,
     run: RunSpec,
     output_dir: Path,
+    policy_dir: Path,
 ) -> Trained:
     """Train `model` on `train` (tokenized pairs with reference columns), from the last checkpoint of an interrupted
-    attempt in `output_dir` when there is one; with `cfg.eval_steps`, the weights kept (lowest validation loss) are
-    then in the returned model (`model` itself, or under `cfg.lora` a peft model around it). Raises Diverged at the
-    first non-finite loss or gradient norm."""
+    attempt in `output_dir` when there is one, and save it in `policy_dir`; with `cfg.eval_steps`, the weights kept
+    (lowest validation loss) are the ones saved and returned (`model` itself, or under `cfg.lora` a peft model around
+    it). Raises Diverged at the first non-finite loss or gradient norm."""
     params = sum(p.numel() for p in model.parameters())
-    resume = resume_point(output_dir)
+    resume = ranks.agree(resume_point(output_dir) if ranks.is_main() else None)  # the main process cleans up
     resumed_from = int(resume.name.rsplit("-", 1)[1]) if resume else None
     guard = DivergenceGuard()
     callbacks = [RichProgress(f"training {run.run_id}"), guard]
@@ -273,5 +304,10 @@ def train_policy(
         raise Diverged(*guard.found, history)
     if resumed_from:
         _whole_run_train_loss(history, resumed_from)
+    save_policy(trainer, policy_dir)
     best = trainer.state.best_model_checkpoint
-    return Trained(trainer.model, history, int(best.rsplit("-", 1)[1]) if best else None, resumed_from)
+    model = trainer.model
+    if ranks.size() > 1:  # sharded or wrapped across the processes: free it all; the policy is read back from disk
+        trainer.accelerator.free_memory()
+        model = None
+    return Trained(model, history, int(best.rsplit("-", 1)[1]) if best else None, resumed_from)

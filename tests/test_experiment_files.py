@@ -10,7 +10,8 @@ from dpo_ref.cli import app
 from dpo_ref.config import load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
-FILES = sorted(p for p in (ROOT / "experiments").rglob("*.yaml") if not p.name.startswith("_"))  # _base: shared keys
+EXPERIMENTS = (ROOT / "experiments").rglob("*.yaml")  # not _base.yaml (shared keys) nor accelerate/ (accelerate's own)
+FILES = sorted(p for p in EXPERIMENTS if not p.name.startswith("_") and p.parent.name != "accelerate")
 STUDY = {"rq1": "sweep-beta", "rq2": "compare-objectives", "rq3": "swap-reference"}
 
 

@@ -1,6 +1,6 @@
 """The experiment's configuration: pydantic models of the YAML (`schema`, `world`) and how files are read (`load`)."""
 
-from .launch import LaunchConfig, SlurmConfig
+from .launch import AccelerateConfig, LaunchConfig, SlurmConfig
 from .load import load_experiment, merge
 from .run import RunSpec, expand
 from .schema import (
@@ -17,6 +17,7 @@ from .schema import (
 from .world import WorldConfig
 
 __all__ = [
+    "AccelerateConfig",
     "DataConfig",
     "EvalConfig",
     "Experiment",

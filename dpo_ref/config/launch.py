@@ -8,14 +8,33 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-LAUNCHERS = ("local", "slurm")
-PLANNED = ("accelerate",)  # named in the design, not built yet: refused with a line saying so
+LAUNCHERS = ("local", "accelerate", "slurm")
 RESERVED_SBATCH = ("array", "dependency", "output", "error", "job-name")  # set by the slurm launcher itself
 SBATCH_VALUE = str | int | float | bool
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class AccelerateConfig(_Strict):
+    config: str = Field(
+        "ddp",
+        description="accelerate's config for each run: one dporef ships in experiments/accelerate/ by name (`ddp`: "
+        "DDP across the node's GPUs; `zero3`: DeepSpeed ZeRO-3 in bf16, as the paper; `fsdp`: FSDP2; `cpu`: 2 "
+        "processes on CPU with gloo) or the path of your own (`accelerate config` writes one).",
+    )
+    num_processes: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Processes (GPUs) that train each run together; default: the config's `num_processes`. "
+        "`train.grad_accum` must be a multiple of it (the global batch stays batch_size x grad_accum).",
+    )
+    args: list[str] = Field(
+        default_factory=list,
+        description="Further `accelerate launch` options, e.g. `[--main_process_port, '29501']`.",
+    )
 
 
 class SlurmConfig(_Strict):
@@ -27,7 +46,19 @@ class SlurmConfig(_Strict):
     )
     partition: str | None = Field(None, description="SLURM partition (`--partition`); default: the cluster's.")
     account: str | None = Field(None, description="Account the jobs are charged to (`--account`).")
-    gpus_per_node: int = Field(1, ge=0, le=64, description="GPUs of each prepare and run job (the report takes none).")
+    gpus_per_node: int = Field(1, ge=0, le=64, description="GPUs of each run job (the report takes none).")
+    prepare_gpus_per_node: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="GPUs of the prepare job, which scores every reference: more than a run needs for a reference "
+        "too big for one GPU (scored across all of them, see `references`); default: `gpus_per_node`.",
+    )
+    accelerate: bool = Field(
+        False,
+        description="Each run job trains its run under `accelerate launch` with `launch.accelerate` (its "
+        "`num_processes` defaulting to `gpus_per_node`): one run across all the GPUs of its node.",
+    )
     nodes: int = Field(1, ge=1, description="Nodes per job; `run-one` uses one (more need a multi-node engine).")
     cpus_per_task: int | None = Field(8, ge=1, description="CPU cores per job (`--cpus-per-task`).")
     mem_gb: float | None = Field(None, gt=0, description="Memory per job in GB (`--mem`); default: the cluster's.")
@@ -72,8 +103,10 @@ class LaunchConfig(_Strict):
     launcher: str = Field(
         "local",
         description="Where each run's `dporef run-one` executes: `local` (this machine: in this process, or in "
-        "processes pinned to `gpus` or `workers` at once) or `slurm` (the prepare stage, the runs and the report as "
-        "SLURM jobs through submitit, see `launch.slurm`). The study commands' `--launcher` overrides it.",
+        "processes pinned to `gpus` or `workers` at once), `accelerate` (this machine, one run after another, each "
+        "through `accelerate launch` across its GPUs, see `launch.accelerate`) or `slurm` (the prepare stage, the "
+        "runs and the report as SLURM jobs through submitit, see `launch.slurm`). The study commands' `--launcher` "
+        "overrides it.",
     )
     gpus: list[int] | Literal["auto"] | None = Field(
         None,
@@ -88,13 +121,14 @@ class LaunchConfig(_Strict):
         description="`local` without `gpus`: this many `run-one` processes at once (1: the runs execute in this "
         "process, one after another).",
     )
+    accelerate: AccelerateConfig = Field(
+        default_factory=AccelerateConfig, description="How `accelerate launch` starts each run (see below)."
+    )
     slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="Settings of the slurm launcher (see below).")
 
     @field_validator("launcher")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v in PLANNED:
-            raise ValueError(f"launcher {v!r} is not yet available; available: {', '.join(LAUNCHERS)}")
         if v not in LAUNCHERS:
             raise ValueError(f"unknown launcher {v!r}; available: {', '.join(LAUNCHERS)}")
         return v

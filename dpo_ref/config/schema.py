@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..errors import UserError
 from ..objectives import OBJECTIVES
 from .launch import LaunchConfig
 from .world import WorldConfig
@@ -85,9 +86,13 @@ class TrainConfig(Strict):
     max_steps: int = Field(
         -1, ge=-1, le=MAX_STEPS, description="Stop after this many optimizer steps; -1 uses `epochs`."
     )
-    batch_size: int = Field(16, ge=1, description="Pairs per device per step (paper: 4 x 8 GPUs).")
+    batch_size: int = Field(16, ge=1, description="Pairs per micro-batch of one process (paper: 4 per GPU).")
     grad_accum: int = Field(
-        1, ge=1, description="Gradient accumulation steps (global batch = batch_size x grad_accum x GPUs)."
+        1,
+        ge=1,
+        description="Micro-batches per optimizer step over all processes: the global batch is batch_size x "
+        "grad_accum whatever the launcher (paper: 4 x 8 = 32). Under `accelerate launch` with N processes each "
+        "accumulates grad_accum / N, so N must divide it.",
     )
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear warm-up (paper: 0.1).")
     scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field("linear", description="LR schedule.")
@@ -127,6 +132,18 @@ class TrainConfig(Strict):
         description="`4bit`: QLoRA, the policy's base weights loaded in 4-bit NF4 with bitsandbytes (CUDA GPU only, "
         "`pip install dporef[gpu]`; needs `lora`). Default (null): the weights in `precision`.",
     )
+
+    def accumulation_per_process(self, processes: int) -> int:
+        """Micro-batches each of `processes` accumulates per optimizer step, keeping the global batch: a launcher
+        never changes what a run computes."""
+        if self.grad_accum % processes:
+            raise UserError(
+                "train.grad_accum",
+                f"{self.grad_accum} is not a multiple of the {processes} processes training together (the global "
+                f"batch is batch_size x grad_accum, each process accumulating grad_accum / processes); set it to a "
+                f"multiple of {processes}",
+            )
+        return self.grad_accum // processes
 
     @field_validator("max_steps")
     @classmethod

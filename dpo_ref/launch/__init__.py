@@ -2,8 +2,9 @@
 
 A study command is prepare -> run each pending run -> report, with everything between the stages on disk. `local`
 without `gpus` or `workers` runs the runs in the command's own process (the runner's loop); `local` with them, in
-child processes on this machine (`local`); `slurm` makes every stage a cluster job (`slurm`). The registry maps
-`launch.launcher` to what each launcher does; `accelerate` (DDP / DeepSpeed / FSDP) is to join it.
+child processes on this machine (`local`); `accelerate` one after another, each across the node's GPUs
+(`accelerate`); `slurm` makes every stage a cluster job (`slurm`). The registry maps `launch.launcher` to what each
+launcher does.
 """
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Experiment, RunSpec
-from . import local, slurm
+from ..plan import not_done
+from . import accelerate, local, slurm
 
 
 @dataclass(frozen=True)
 class Launcher:
-    """`dry_run(exp, exp_dir, study, source)`: what it would start. Then either `run(exp, exp_dir, pending,
-    source)`: execute the pending runs once prepare ran here (returns the failed runs), or `submit(exp, exp_dir,
-    study, source)`: make prepare, the runs and the report jobs of their own."""
+    """`check(exp, source, installed)`: refuse a setup it cannot run, before anything starts (`installed`: also
+    the engines it needs are installed here). `dry_run(exp, exp_dir, study,
+    source)`: what it would start. Then either `run(exp, exp_dir, pending, source)`: execute the pending runs once
+    prepare ran here (returns the failed runs), or `submit(exp, exp_dir, study, source)`: make prepare, the runs and
+    the report jobs of their own."""
 
+    check: Callable[[Experiment, str, bool], object]
     dry_run: Callable[[Experiment, Path, str, str], str | None]
     run: Callable[[Experiment, Path, list[RunSpec], str], int] | None = None
     submit: Callable[[Experiment, Path, str, str], int] | None = None
@@ -30,7 +35,7 @@ class Launcher:
 def _local_dry_run(exp: Experiment, exp_dir: Path, study: str, source: str) -> str | None:
     if exp.launch.in_process:
         return None  # the plan says it all: runs one after another, here
-    return local.dry_run(exp.launch, exp_dir, slurm.pending_runs(exp, exp_dir), source)
+    return local.dry_run(exp.launch, exp_dir, not_done(exp, exp_dir), source)
 
 
 def _local_run(exp: Experiment, exp_dir: Path, pending: list[RunSpec], source: str) -> int:
@@ -38,13 +43,20 @@ def _local_run(exp: Experiment, exp_dir: Path, pending: list[RunSpec], source: s
 
 
 LAUNCHERS = {
-    "local": Launcher(_local_dry_run, run=_local_run),
-    "slurm": Launcher(slurm.dry_run, submit=slurm.submit),
+    "local": Launcher(lambda exp, source, installed: None, _local_dry_run, run=_local_run),
+    "accelerate": Launcher(accelerate.check, accelerate.dry_run, run=accelerate.run),
+    "slurm": Launcher(slurm.check, slurm.dry_run, submit=slurm.submit),
 }
 
 
 def launcher(exp: Experiment) -> Launcher:
     return LAUNCHERS[exp.launch.launcher]
+
+
+def check(exp: Experiment, source: str, installed: bool = True) -> None:
+    """Refuse, in one line, a launch setup that cannot run this experiment (before anything is written); with
+    `installed`, also one whose engine (DeepSpeed) is missing here."""
+    launcher(exp).check(exp, source, installed)
 
 
 def dry_run(exp: Experiment, exp_dir: Path, study: str, source: str) -> str | None:

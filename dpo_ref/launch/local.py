@@ -31,9 +31,9 @@ def log_path(exp_dir: Path, run_id: str) -> Path:
     return Path(exp_dir) / "logs" / f"{run_id}.log"
 
 
-def command(exp_dir: Path, run_id: str) -> list[str]:
+def command(exp_dir: Path, run: RunSpec) -> list[str]:
     # --wait: a run another command is running is waited for, then left alone when that one finished it
-    return [sys.executable, "-m", "dpo_ref", "run-one", str(exp_dir), run_id, "--wait"]
+    return [sys.executable, "-m", "dpo_ref", "run-one", str(exp_dir), run.run_id, "--wait"]
 
 
 def gpu_slots(cfg: LaunchConfig, where: str) -> list[str] | None:
@@ -66,15 +66,15 @@ def dry_run(cfg: LaunchConfig, exp_dir: Path, runs: list[RunSpec], where: str) -
     lines = [f"launcher local: a `run-one` process per pending run, {slots}; output in {log_path(exp_dir, '<run>')}:"]
     for i, run in enumerate(runs):
         pin = f"CUDA_VISIBLE_DEVICES={gpus[i] if i < len(gpus) else '<free>'} " if gpus else ""
-        lines.append(f"  {pin}{shlex.join(command(exp_dir, run.run_id))}")
+        lines.append(f"  {pin}{shlex.join(command(exp_dir, run))}")
     return "\n".join(lines)
 
 
 class Processes:
     """The pending runs of one experiment as child processes, one per free slot."""
 
-    def __init__(self, exp_dir: Path, slots: list[str], pinned: bool):
-        self.exp_dir, self.pinned = Path(exp_dir), pinned
+    def __init__(self, exp_dir: Path, slots: list[str], pinned: bool, command=command):
+        self.exp_dir, self.pinned, self.command = Path(exp_dir), pinned, command  # command(exp_dir, run): argv
         self.free: queue.Queue[str] = queue.Queue()
         for slot in slots:
             self.free.put(slot)
@@ -96,8 +96,8 @@ class Processes:
             env["CUDA_VISIBLE_DEVICES"] = slot
         log = log_path(self.exp_dir, run.run_id)
         log.parent.mkdir(parents=True, exist_ok=True)
-        on = f"GPU {slot}" if self.pinned else f"worker {slot}"
-        cmd, t0 = command(self.exp_dir, run.run_id), time.time()
+        on = f"GPU {slot}" if self.pinned else slot if not slot.isdigit() else f"worker {slot}"
+        cmd, t0 = self.command(self.exp_dir, run), time.time()
         with open(log, "a") as out:
             out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
             out.flush()
@@ -150,15 +150,21 @@ def run_processes(cfg: LaunchConfig, exp_dir: Path, pending: list[RunSpec], wher
     slots = gpus or [str(i) for i in range(cfg.workers)]
     kind = f"one per GPU of {','.join(gpus)}" if gpus else f"{cfg.workers} at once"
     console.print(f"running {len(pending)} runs in `run-one` processes, {kind}; output in {log_path(exp_dir, '*')}")
-    procs = Processes(exp_dir, slots, pinned=gpus is not None)
-    pool = ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="run-one")
+    return execute(Processes(exp_dir, slots, pinned=gpus is not None), pending)
+
+
+def execute(procs: Processes, pending: list[RunSpec]) -> int:
+    """Each pending run in a child process on the next free slot of `procs`; Ctrl-C or SIGTERM stops them all.
+    Returns how many failed (or were interrupted, or never started)."""
+    slots = procs.free.qsize()
+    pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="run-one")
     futures = {pool.submit(procs.execute, run): run for run in pending}
     statuses: dict[str, str] = {}
     try:
         for future in as_completed(futures):
             statuses[futures[future].run_id] = future.result()
             left = len(pending) - len(statuses)
-            console.print(f"{len(statuses)} of {len(pending)} runs finished, {min(left, len(slots))} running")
+            console.print(f"{len(statuses)} of {len(pending)} runs finished, {min(left, slots)} running")
     except KeyboardInterrupt:
         procs.stop()
         raise

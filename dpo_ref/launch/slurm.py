@@ -1,5 +1,6 @@
 """The slurm launcher, through submitit: the prepare stage as one job, the pending runs as a job array that starts
-once prepare succeeded (each task one `run-one`), the report as a job after every task ended (afterany).
+once prepare succeeded (each task one `run-one`, under `accelerate launch` across its node's GPUs with
+`launch.slurm.accelerate`), the report as a job after every task ended (afterany).
 
 Every stage resumes where it stopped, so a job that SLURM pre-empts or that reaches its time limit is requeued
 (`--requeue`, and submitit's checkpointing of the `Stage` callable) and simply starts again: prepare and reference
@@ -10,6 +11,7 @@ the study command again gathers what the jobs wrote and submits only the runs th
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,14 +20,16 @@ from submitit.core.utils import FailedJobError
 from submitit.slurm.slurm import _convert_mem, _make_sbatch_string
 
 from .. import data
-from ..config import Experiment, RunSpec, SlurmConfig, expand
+from ..config import Experiment, RunSpec, SlurmConfig
 from ..errors import UserError, one_line
-from ..plan import STUDIES, is_done, prepared_models
+from ..plan import STUDIES, find_run, not_done
 from ..stages.prepare import prepare
 from ..stages.report import report, results_dir
 from ..stages.run import run_one
+from ..store import read_json
 from ..ui import console, quiet_libraries
 from ..validate import resolve_models
+from . import accelerate
 
 REPORT_MINUTES = 60  # the report reads files only: a short job without GPUs
 
@@ -39,8 +43,30 @@ def prepare_stage(exp_dir: Path) -> str:
     return prepare(exp, exp_dir, study, resolve_models(exp))["status"]
 
 
+def accelerate_processes(exp: Experiment) -> int:
+    """Processes of each run under `launch.slurm.accelerate`: launch.accelerate.num_processes, else the job's GPUs."""
+    return exp.launch.accelerate.num_processes or max(exp.launch.slurm.gpus_per_node, 1)
+
+
+def check(exp: Experiment, source: str, installed: bool = True) -> None:
+    if exp.launch.slurm.accelerate:
+        accelerate.check(exp, source, installed, processes_=accelerate_processes(exp))
+
+
+def _accelerated(exp: Experiment, exp_dir: Path, run_id: str) -> str:
+    """One run through `accelerate launch` in this job (its output in the job's log); its final status."""
+    n, where = accelerate_processes(exp), str(exp_dir / "experiment.yaml")
+    run = find_run(exp, run_id, where)
+    code = subprocess.run(accelerate.command(exp.launch.accelerate, n, where, exp_dir, run)).returncode
+    try:
+        return str(read_json(exp_dir / run_id / "status.json")["status"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "failed" if code else "pending"
+
+
 def run_stage(exp_dir: Path, run_id: str) -> str:
-    status = run_one(exp_dir, run_id)
+    exp, _ = results_dir(exp_dir)
+    status = _accelerated(exp, exp_dir, run_id) if exp.launch.slurm.accelerate else run_one(exp_dir, run_id)
     if status == "failed":  # the task fails too, so that SLURM's accounting shows it
         raise RuntimeError(f"run {run_id} failed; its traceback is in {exp_dir / run_id / 'status.json'}")
     return status
@@ -68,7 +94,8 @@ class Stage(submitit.helpers.Checkpointable):
 
 def parameters(cfg: SlurmConfig, name: str, stage: str) -> dict:
     """The sbatch parameters of one stage's jobs, in submitit's SlurmExecutor's terms."""
-    gpus = cfg.gpus_per_node if stage != "report" else 0
+    gpus = {"prepare": cfg.prepare_gpus_per_node, "report": 0}.get(stage, cfg.gpus_per_node)
+    gpus = cfg.gpus_per_node if gpus is None else gpus
     optional = {
         "partition": cfg.partition,
         "account": cfg.account,
@@ -90,17 +117,9 @@ def parameters(cfg: SlurmConfig, name: str, stage: str) -> dict:
     }
 
 
-def pending_runs(exp: Experiment, exp_dir: Path) -> list[RunSpec]:
-    """The runs not done with the models the last prepare resolved (all of them before any prepare). Decided here
-    without resolving a model (a login node does not hash checkpoints); the prepare job resolves them, and a run
-    it finds outdated is submitted by the next command."""
-    models = prepared_models(exp_dir)
-    return [r for r in expand(exp) if not (models and is_done(exp_dir, exp, r, models))]
-
-
 def _work(exp: Experiment, exp_dir: Path, study: str) -> tuple[list[RunSpec], bool]:
     """(pending runs, whether a prepare job is needed)."""
-    pending = pending_runs(exp, exp_dir)
+    pending = not_done(exp, exp_dir)
     needs_similarity = STUDIES[study].similarity and not (Path(exp_dir) / "similarity.json").is_file()
     return pending, bool(pending) or needs_similarity
 
@@ -122,8 +141,14 @@ def dry_run(exp: Experiment, exp_dir: Path, study: str, source: str) -> str:
         params = parameters(cfg, exp.name, stage) | ({"dependency": dependency} if dependency else {})
         out += [f"--- {stage} ---", _make_sbatch_string(command=submit, folder=where, map_count=count, **params)]
         if stage == "run":
-            out += [f"# task {i}: dporef run-one {exp_dir} {r.run_id}" for i, r in enumerate(pending)]
+            out += [f"# task {i}: {_task(exp, exp_dir, r, source)}" for i, r in enumerate(pending)]
     return "\n".join(out)
+
+
+def _task(exp: Experiment, exp_dir: Path, run: RunSpec, source: str) -> str:
+    if exp.launch.slurm.accelerate:
+        return shlex.join(accelerate.command(exp.launch.accelerate, accelerate_processes(exp), source, exp_dir, run))
+    return f"dporef run-one {exp_dir} {run.run_id}"
 
 
 def _executor(cfg: SlurmConfig, where: Path, params: dict, source: str):

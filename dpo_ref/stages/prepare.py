@@ -171,11 +171,12 @@ def _similarity(exp: Experiment, models: Models, pairs, engine: ReferenceEngine,
         kl_sampling = sampling(exp.eval, temperature=1.0, top_p=1.0)
         gens = generate(model, tokenizer, prompts, kl_sampling, exp.eval.baseline_seed + 1, desc="sampling SFT for KL")
         policy_logps = sequence_logps(model, gens.sequences(), exp.eval.batch_size, desc="scoring SFT samples")
+    del model  # no policy in memory while the references are scored (a large one may need every GPU)
     policy = scores(models.policy)
     out = {}
     for r in exp.references:
         ref = models.references[r.name]
-        ref_logps = SampleScorer(ref, tokenizer, exp.eval.batch_size, exp.train.precision).logps(gens, model)
+        ref_logps = SampleScorer(ref, tokenizer, exp.eval.batch_size, exp.train.precision).logps(gens, None)
         out[r.name] = {"model": r.model, **similarity(policy, scores(ref)), **kl_estimates(policy_logps, ref_logps)}
     return out
 

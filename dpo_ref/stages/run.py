@@ -15,6 +15,7 @@ processes (`dporef run-one EXP_DIR RUN_ID`), on separate GPUs or cluster nodes.
 
 from __future__ import annotations
 
+import gc
 import shutil
 import time
 import traceback
@@ -22,22 +23,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import torch
 import yaml
 from peft import PeftModel
 
+from .. import ranks
 from ..config import Experiment, RunSpec
 from ..errors import UserError
 from ..evaluation.alpaca_eval import MODEL_OUTPUTS, export_model_outputs, generator_name
 from ..evaluation.evaluate import Benchmark, ImplicitReward, evaluate_policy
-from ..models import ModelRef, load_model, load_tokenizer
+from ..models import ModelRef, is_adapter, load_model, load_tokenizer
 from ..objectives import OBJECTIVES
 from ..plan import find_run, prepared_models, run_hash, run_state
 from ..precision import regime_for
 from ..reference import SampleScorer
-from ..store import Held, atomic_dir, atomic_write_json, atomic_write_text, damage, lock_file, locked, read_json
+from ..store import Held, atomic_write_json, atomic_write_text, damage, lock_file, locked, read_json
 from ..training_guards import run_flags
 from ..ui import console
 from .prepare import baseline_intact, columns, make_judge, read_baseline, write_generations
+
+TRAIN, SKIP = "train", "skip"  # what the main process of a multi-process run tells the others (ranks.tell)
 
 
 @dataclass
@@ -135,32 +140,73 @@ def _start(run_dir: Path, exp: Experiment, run: RunSpec) -> float:
 
 
 def _train(prepared: Prepared, run: RunSpec, model, tokenizer, validation, run_dir: Path) -> tuple[object, dict]:
-    """Train the policy and save it (under `train.lora` the adapter only, its adapter_config.json naming the base);
-    the trained model, to evaluate, and the training part of metrics.json."""
+    """Train the policy and save it in policy/ (under `train.lora` the adapter only, its adapter_config.json naming
+    the base); the trained model, to evaluate, and the training part of metrics.json. Every process of a multi-process
+    run calls it (`follow`); the main process cleans up."""
     from ..train import train_policy
 
     t0 = time.time()
     train = prepared.split("train", run)
+    trainer_dir, policy_dir = run_dir / "trainer", run_dir / "policy"
     try:  # checkpoints stay in trainer/ when training is interrupted or fails: the next attempt resumes from them
-        trained = train_policy(model, tokenizer, train, validation, prepared.exp.train, run, run_dir / "trainer")
+        trained = train_policy(model, tokenizer, train, validation, prepared.exp.train, run, trainer_dir, policy_dir)
     except FloatingPointError:  # diverged: a finished run, nothing to resume
-        shutil.rmtree(run_dir / "trainer", ignore_errors=True)
+        if ranks.is_main():
+            shutil.rmtree(trainer_dir, ignore_errors=True)
         raise
-    shutil.rmtree(run_dir / "trainer", ignore_errors=True)
-    with atomic_dir(run_dir / "policy") as tmp:
-        trained.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    if not ranks.is_main():
+        return None, {}
+    shutil.rmtree(trainer_dir, ignore_errors=True)
     history = trained.history
-    # evaluated as the plain transformers model dporef's scorers patch: peft's base model, its adapter layers active
+    # evaluated as the plain transformers model dporef's scorers patch: peft's base model, its adapters active (None:
+    # trained by several processes, read back from policy/ by the caller once the training copy is gone)
     policy = trained.model.get_base_model() if isinstance(trained.model, PeftModel) else trained.model
     return policy, {
         "history": history,
         "checkpoint_step": trained.checkpoint_step,  # None: the final policy
         "resumed_from_step": trained.resumed_from,  # None: trained from step 0 in one go
         "train_seconds": time.time() - t0,
+        "train_processes": ranks.size(),  # processes that trained it together (accelerate launch); 1 otherwise
         "steps": max((h.get("step", 0) for h in history), default=0),
         "train_loss": next((h["train_loss"] for h in history if "train_loss" in h), None),
     }
+
+
+def _inputs(prepared: Prepared, run: RunSpec):
+    """The policy to train (or evaluate, for the SFT row), its tokenizer, the validation split and the precision
+    regime its reference columns were scored in."""
+    policy = prepared.model("policy")
+    regime = regime_for(policy, prepared.exp.train.precision)
+    quantize = prepared.exp.train.quantize if run.objective in OBJECTIVES else None
+    model = load_model(policy, bf16=regime.bf16_weights, quantize=quantize)
+    return model, load_tokenizer(policy), prepared.split("validation", run), regime
+
+
+def _read_back(prepared: Prepared, policy_dir: Path, regime) -> torch.nn.Module:
+    """The policy several processes trained, whole on this process's device from what they saved: a full model, or
+    under `train.lora` the SFT policy with the adapter's layers in it (as one process evaluates it)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if is_adapter(policy_dir):
+        base = load_model(prepared.model("policy"), bf16=regime.bf16_weights)
+        return PeftModel.from_pretrained(base, str(policy_dir)).get_base_model()
+    return load_model(ModelRef(str(policy_dir), str(policy_dir), ""), bf16=regime.bf16_weights)
+
+
+def follow(prepared: Prepared, run: RunSpec) -> str:
+    """A process of a multi-process run other than the main one: once the main process holds the run and started
+    its directory, train with it (and take part in saving); it writes nothing, evaluates nothing. Returns what the
+    main process said, or `diverged` (the guard's decision is the same in every process)."""
+    word = ranks.hear()
+    if word != TRAIN:
+        return word
+    model, tokenizer, validation, _ = _inputs(prepared, run)
+    try:
+        _train(prepared, run, model, tokenizer, validation, prepared.exp_dir / run.run_id)
+    except FloatingPointError:
+        return "diverged"
+    return "trained"
 
 
 def execute(prepared: Prepared, run: RunSpec) -> str:
@@ -168,17 +214,15 @@ def execute(prepared: Prepared, run: RunSpec) -> str:
     the final status."""
     exp, run_dir = prepared.exp, prepared.exp_dir / run.run_id
     started = _start(run_dir, exp, run)
-    policy = prepared.model("policy")
-    tokenizer = load_tokenizer(policy)
-    regime = regime_for(policy, exp.train.precision)  # the regime its reference columns were scored in
     objective = OBJECTIVES.get(run.objective)  # None for the untrained SFT row
-    quantize = exp.train.quantize if objective is not None else None
-    model = load_model(policy, bf16=regime.bf16_weights, quantize=quantize)
+    ranks.tell(TRAIN if objective is not None else SKIP)  # the other processes of a multi-process run train with it
+    model, tokenizer, validation, regime = _inputs(prepared, run)
     metrics: dict = {"run_id": run.run_id, "steps": 0, "train_seconds": 0.0, "train_loss": None, "history": []}
-    validation = prepared.split("validation", run)
     if objective is not None:
         model, trained = _train(prepared, run, model, tokenizer, validation, run_dir)
         metrics.update(trained)
+        if model is None:
+            model = _read_back(prepared, run_dir / "policy", regime)
 
     t0 = time.time()
     reward = ImplicitReward(objective, run.beta, run.gamma)
@@ -246,9 +290,16 @@ def execute_locked(prepared: Prepared, run: RunSpec, wait: bool = False) -> str:
 def run_one(exp_dir: Path, run_id: str, wait: bool = False) -> str:
     """`dporef run-one`: one run of a prepared experiment, from its directory alone; returns its final status. A
     done run is left as it is; one another process holds is refused (a user error), or with `wait` waited for."""
+    ranks.join()  # under `accelerate launch`: before any model is loaded
     prepared = Prepared.open(exp_dir)
     run = find_run(prepared.exp, run_id, f"{exp_dir}: run {run_id}")
-    status = execute_locked(prepared, run, wait)
+    prepared.exp.train.accumulation_per_process(ranks.size())  # refused in every process before anything starts
+    if not ranks.is_main():
+        return follow(prepared, run)
+    try:
+        status = execute_locked(prepared, run, wait)
+    finally:  # done, held, or failed before training: the other processes have nothing to do
+        ranks.tell(SKIP)
     if status == "held":
         lock = lock_file(prepared.exp_dir / run_id)
         raise UserError(f"{exp_dir}: run {run_id}", f"another process is running it (lock {lock}); pass --wait to wait")
