@@ -7,7 +7,7 @@ OUT     ?= runs
 ARGS    ?=
 EXP     ?=
 
-.PHONY: setup demo test test-fast lint smollm2 sweep-beta compare-objectives swap-reference clean
+.PHONY: setup demo test test-fast lint bench smollm2 sweep-beta compare-objectives swap-reference clean
 
 # torch is installed first and pinned (the CPU build on this machine's disk); the rest comes from pyproject.toml.
 $(STAMP): pyproject.toml
@@ -36,6 +36,9 @@ lint: $(STAMP)            ## ruff, and the import layers of DESIGN.md (import-li
 	$(BIN)/ruff check dpo_ref tests bench
 	$(BIN)/ruff format --check dpo_ref tests bench
 	$(BIN)/lint-imports
+
+bench: $(STAMP)           ## a 3-beta sweep through dporef vs stock TRL (ref_model; precompute): time and memory ratios
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/sweep_cost.py $(ARGS)
 
 sweep-beta: $(STAMP)          ## RQ1; make sweep-beta EXP=experiments/rq1_sweep_beta/default.yaml ARGS="--set seeds=[0,1]"
 	$(BIN)/dporef sweep-beta $(EXP) --out $(OUT) $(ARGS)

@@ -39,6 +39,16 @@ class CachedReferenceDPOTrainer(DPOTrainer):
         with _no_reference_model():
             super().__init__(*args, **kw)
 
+    def _get_train_sampler(self, train_dataset=None):
+        # Trainer's hook for the training order: the same pairs per optimizer step as its random order, sorted by
+        # length within the step so that its micro-batches need less padding (see LengthSortedSteps).
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        step = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        if step == self.args.per_device_train_batch_size:  # one micro-batch per step: nothing to sort
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return LengthSortedSteps(pair_lengths(dataset), step, seed)
+
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         # TRL 1.16 private: it would re-tokenize; dporef's prepare stage already rendered the pairs with the template.
         return dataset
@@ -81,6 +91,38 @@ class CachedReferenceDPOTrainer(DPOTrainer):
         metrics["length/chosen"].append(gather(policy.chosen_len).mean().item())
         metrics["length/rejected"].append(gather(policy.rejected_len).mean().item())
         return (loss, out) if return_outputs else loss
+
+
+def pair_lengths(dataset: Dataset) -> list[int]:
+    """Tokens a pair pads its micro-batch to: the prompt and the longer of its two responses (the collator puts both
+    responses of a pair in one batch)."""
+    return [
+        len(p) + max(len(c), len(r))
+        for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])
+    ]
+
+
+class LengthSortedSteps(torch.utils.data.Sampler):
+    """The order of accelerate's SeedableRandomSampler (torch.randperm seeded with data_seed + epoch), each
+    optimizer step's `step` pairs then sorted longest first, so that its micro-batches (and processes) hold pairs of
+    similar length. Each step sums the gradients of the same pairs as in the random order, so what a run computes
+    is the same up to float rounding; only the padding shrinks."""
+
+    def __init__(self, lengths: list[int], step: int, seed: int):
+        self.lengths, self.step, self.seed, self.epoch = lengths, step, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # the Trainer calls it at the start of every epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=generator).tolist()
+        for start in range(0, len(order), self.step):
+            yield from sorted(order[start : start + self.step], key=lambda i: -self.lengths[i])
 
 
 @contextmanager

@@ -80,8 +80,22 @@ def _check_quantize(exp: Experiment) -> None:
         raise UserError("train.quantize", "4bit needs bitsandbytes; install it with `pip install dporef[gpu]`")
 
 
+def _check_engine(exp: Experiment) -> None:
+    """vLLM samples from a model directory on a GPU: refused before anything is written where it cannot."""
+    if exp.eval.engine != "vllm":
+        return
+    from .generation_vllm import available
+
+    why = available()
+    if why:
+        raise UserError("eval.engine", f"vllm {why}; use `transformers`")
+    if exp.train.lora is not None:
+        raise UserError("eval.engine", "vllm samples full-weight policies; with train.lora use `transformers`")
+
+
 def _check(exp: Experiment) -> None:
     _check_quantize(exp)
+    _check_engine(exp)
     # only file sources are read here: world pairs come with the world, instruction pairs are sampled in prepare
     if isinstance(data.source(exp), data.FileSource):
         data.load_data(exp, world=None, policy=None, tokenizer=None)

@@ -111,3 +111,25 @@ def test_corrupt_cache_entry_is_rescored(world, tmp_path):
     rescored = later.pair_scores(ref, pairs, tok, 64, 16)
     assert (later.computed, later.cached) == (1, 0)
     np.testing.assert_allclose(rescored["train"]["chosen"], good["train"]["chosen"])
+
+
+def test_cpu_batches_hold_a_token_budget_longest_first():
+    from dpo_ref.logprobs import batches
+
+    # longest first: 5000 and 2000 tokens exceed 2048 with a second row, so they go alone; 300, 50, 10 fit four
+    assert batches([10, 300, 50, 2000, 5000], batch_size=4, max_tokens=2048) == [[4], [3], [1, 2, 0]]
+    assert batches([10, 300, 50, 2000, 5000], batch_size=2, max_tokens=None) == [[4, 3], [1, 2], [0]]
+
+
+def test_scores_of_long_sequences_under_the_budget_equal_one_at_a_time(world):
+    """600-token sequences: at most 3 per batch on a CPU whatever batch_size asks; each score is the sequence's own."""
+    from dpo_ref.logprobs import CPU_BATCH_TOKENS, sequence_logps
+
+    model = load_model(resolve("world:sft", world))
+    rng = np.random.default_rng(0)
+    vocab = model.config.vocab_size
+    seqs = [(rng.integers(3, vocab, 20).tolist(), rng.integers(3, vocab, 560 + 10 * k).tolist()) for k in range(7)]
+    assert CPU_BATCH_TOKENS // 650 < 7  # the budget splits them
+    together = sequence_logps(model, seqs, batch_size=64)
+    alone = [sequence_logps(model, [s], batch_size=1)[0] for s in seqs]
+    assert together == pytest.approx(alone, abs=1e-3)

@@ -166,6 +166,12 @@ class EvalConfig(Strict):
         "with an `instruction` or `prompt` column, e.g. AlpacaEval's 805 prompts.",
     )
     seed: int = Field(1234, ge=0, le=MAX_SEED, description="Seed of the policies' samples.")
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="What samples the policies and the SFT baseline: `transformers` (batched generate with the KV "
+        "cache, any device) or `vllm` (GPU only, `pip install vllm`; full-weight policies, not LoRA adapters). Same "
+        "records either way; scoring always runs in transformers.",
+    )
     baseline_seed: int = Field(
         4321, ge=0, le=MAX_SEED, description="Seed of the SFT baseline's samples every policy is judged against."
     )

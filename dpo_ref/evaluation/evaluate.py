@@ -5,6 +5,7 @@ Table 2)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -118,15 +119,16 @@ def _ranking(model, validation, bench: Benchmark, reward: ImplicitReward) -> dic
 
 
 def evaluate_policy(
-    model, tokenizer, bench: Benchmark, validation, reward: ImplicitReward, reference: SampleScorer
+    model, tokenizer, bench: Benchmark, validation, reward: ImplicitReward, reference: SampleScorer, sample=None
 ) -> tuple[EvalResult, Generations, list[float]]:
     """Score one policy on the held-out test prompts (and validation prompts, for model selection); `validation` is
-    the tokenized validation pairs with the run's reference columns, `reference` scores samples for the KL."""
+    the tokenized validation pairs with the run's reference columns, `reference` scores samples for the KL.
+    `sample(prompts, sampling, seed, desc=...)` draws the policy's samples (default: transformers' generate on
+    `model`; `eval.engine: vllm` passes a VllmSampler of the same policy)."""
     cfg = bench.cfg
-    gens = generate(model, tokenizer, bench.test.prompts, sampling(cfg), cfg.seed, desc="sampling policy")
-    val_gens = generate(
-        model, tokenizer, bench.val.prompts, sampling(cfg), cfg.seed + 2, desc="sampling policy (validation)"
-    )
+    sample = sample or partial(generate, model, tokenizer)
+    gens = sample(bench.test.prompts, sampling(cfg), cfg.seed, desc="sampling policy")
+    val_gens = sample(bench.val.prompts, sampling(cfg), cfg.seed + 2, desc="sampling policy (validation)")
     # one judging call for both sets: a reward-model judge is loaded once per policy
     both = bench.judge.rewards(
         gens.prompts + val_gens.prompts, gens.responses + val_gens.responses, gens.ended + val_gens.ended
@@ -140,7 +142,7 @@ def evaluate_policy(
     kl_gens = gens
     if (cfg.temperature, cfg.top_p) != (1.0, 1.0):
         kl_sampling = sampling(cfg, temperature=1.0, top_p=1.0)
-        kl_gens = generate(model, tokenizer, bench.test.prompts, kl_sampling, cfg.seed + 1, desc="sampling for KL")
+        kl_gens = sample(bench.test.prompts, kl_sampling, cfg.seed + 1, desc="sampling for KL")
     policy_logps = sequence_logps(model, kl_gens.sequences(), cfg.batch_size, desc="scoring samples under policy")
     kl = kl_estimates(policy_logps, reference.logps(kl_gens, model))
 

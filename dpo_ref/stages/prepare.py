@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -75,18 +76,30 @@ def write_generations(path: Path, gens: Generations, rewards: list[float]) -> No
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def engine_sampler(exp: Experiment, location: str, tokenizer, bf16: bool):
+    """The vLLM sampler of the model in `location` under `eval.engine: vllm`, else None (transformers' generate)."""
+    if exp.eval.engine != "vllm":
+        return None
+    from ..generation_vllm import VllmSampler
+
+    return VllmSampler(location, tokenizer, bf16)
+
+
 def baseline(exp: Experiment, exp_dir: Path, name: str, prompts: list, policy: ModelRef, judge: Judge) -> None:
     """The SFT model's samples (baseline seed) on `prompts`, judged once per experiment, judge and config."""
     regime = regime_for(policy, exp.train.precision)
     key = content_hash([policy.fingerprint, regime.key, exp.eval.model_dump(), judge.key, prompts])
     path, meta_path = exp_dir / "baseline" / f"{name}.jsonl", exp_dir / "baseline" / f"{name}.meta.json"
     if not baseline_intact(exp_dir, name, key):
-        model = load_model(policy, bf16=regime.bf16_weights)
-        seed = exp.eval.baseline_seed
+        seed, tokenizer = exp.eval.baseline_seed, load_tokenizer(policy)
+        sample = engine_sampler(exp, policy.location, tokenizer, regime.bf16_weights)
+        model = load_model(policy, bf16=regime.bf16_weights) if sample is None else None
         with regime.autocast():
-            gens = generate(
-                model, load_tokenizer(policy), prompts, sampling(exp.eval), seed, desc=f"sampling SFT ({name})"
+            gens = (sample or partial(generate, model, tokenizer))(
+                prompts, sampling(exp.eval), seed, desc=f"sampling SFT ({name})"
             )
+        if sample is not None:
+            sample.close()
         del model
         rewards = judge.rewards(gens.prompts, gens.responses, gens.ended).tolist()
         write_generations(path, gens, rewards)

@@ -40,7 +40,7 @@ from ..reference import SampleScorer
 from ..store import Held, atomic_write_json, atomic_write_text, damage, lock_file, locked, read_json
 from ..training_guards import run_flags
 from ..ui import console
-from .prepare import baseline_intact, columns, make_judge, read_baseline, write_generations
+from .prepare import baseline_intact, columns, engine_sampler, make_judge, read_baseline, write_generations
 
 TRAIN, SKIP = "train", "skip"  # what the main process of a multi-process run tells the others (ranks.tell)
 
@@ -227,8 +227,15 @@ def execute(prepared: Prepared, run: RunSpec) -> str:
     t0 = time.time()
     reward = ImplicitReward(objective, run.beta, run.gamma)
     bench = prepared.benchmark()
-    with regime.autocast():
-        result, gens, rewards = evaluate_policy(model, tokenizer, bench, validation, reward, prepared.kl_reference(run))
+    location = str(run_dir / "policy") if objective is not None else prepared.model("policy").location
+    sample = engine_sampler(exp, location, tokenizer, regime.bf16_weights)
+    try:
+        with regime.autocast():
+            kl_reference = prepared.kl_reference(run)
+            result, gens, rewards = evaluate_policy(model, tokenizer, bench, validation, reward, kl_reference, sample)
+    finally:
+        if sample is not None:
+            sample.close()
     write_generations(run_dir / "generations.jsonl", gens, rewards)
     export_model_outputs(run_dir / MODEL_OUTPUTS, gens, generator_name(exp.name, run.run_id), exp.data.source)
     flags = run_flags(metrics["history"], result.kl, result.length)  # name -> why
