@@ -9,6 +9,7 @@ import datasets
 import pytest
 import torch
 from conftest import gold
+from scipy.stats import beta as beta_dist
 
 from dpo_ref.reporting.tables import COLUMNS
 
@@ -38,7 +39,7 @@ def results(out):
 def test_sweep_writes_every_file(first):
     out, result = first
     exp = out / "rq1_sweep_beta"
-    for name in ("results.csv", "results.md", "results.json", "results.png", "experiment.yaml"):
+    for name in ("results.csv", "results.md", "results.json", "results.png", "frontier.png", "experiment.yaml"):
         assert (exp / name).is_file(), name
     header = (exp / "results.csv").read_text().splitlines()[0].split(",")
     assert header == COLUMNS
@@ -128,6 +129,18 @@ def test_metrics_recomputed_from_the_run_files(first):
         win_rate, win_rate_se = mean_and_se(wins)
         assert row["win_rate"] == pytest.approx(win_rate, abs=1e-12)
         assert row["win_rate_se"] == pytest.approx(win_rate_se, abs=1e-12)
+        # its 95% interval: Clopper-Pearson from the beta distribution's quantiles without ties; with ties (half
+        # wins) a bootstrap, which must cover the estimate and be about as wide as the normal interval
+        if all(w in (0.0, 1.0) for w in wins):
+            k, n = int(sum(wins)), len(wins)
+            lo, hi = (
+                (beta_dist.ppf(0.025, k, n - k + 1) if k else 0.0),
+                (beta_dist.ppf(0.975, k + 1, n - k) if k < n else 1.0),
+            )
+            assert (row["win_rate_lo"], row["win_rate_hi"]) == pytest.approx((lo, hi), abs=1e-9)
+        else:
+            assert row["win_rate_lo"] < win_rate < row["win_rate_hi"]
+            assert row["win_rate_hi"] - row["win_rate_lo"] == pytest.approx(2 * 1.96 * win_rate_se, rel=0.3)
         assert row["reward"] == pytest.approx(sum(rewards) / len(rewards), abs=1e-12)
         assert row["eos_rate"] == sum(g["ended"] for g in gens) / len(gens)
         samples = [ids(tok, g["prompt"], g["response"], g["ended"]) for g in gens]

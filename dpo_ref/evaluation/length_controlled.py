@@ -43,6 +43,27 @@ def lc_win_rate(preference, policy_lengths, baseline_lengths) -> float:
     return float(_sigmoid(w[1]))
 
 
+def lc_interval(preference, policy_lengths, baseline_lengths, confidence: float = 0.95) -> tuple[float, float]:
+    """Interval of the LC win rate sigmoid(theta): theta +- z * its robust (sandwich) standard error at the fitted
+    coefficients, the quasi-likelihood variance of a logistic model of fractional outcomes (Papke & Wooldridge 1996),
+    so soft and tied preferences are allowed for; the same fit as `lc_win_rate`. A length feature that is constant
+    (every difference equal) drops out, leaving the interval of the mean preference on the logit scale."""
+    from scipy.stats import norm
+
+    q = np.asarray(preference, dtype=np.float64)
+    x = np.column_stack([tanh_std_delta(baseline_lengths, policy_lengths), np.ones_like(q)])
+    judged = ~np.isnan(q)
+    x, q = x[judged], q[judged]
+    w = glm_fit(x, q, np.ones(len(q)))
+    keep = [j for j in range(x.shape[1]) if np.ptp(x[:, j]) > 0 or j == 1]  # the intercept column always
+    xs, p = x[:, keep], _sigmoid(x @ w)
+    bread = np.linalg.pinv((xs * (p * (1 - p))[:, None]).T @ xs)
+    meat = (xs * ((q - p) ** 2)[:, None]).T @ xs
+    se = float(np.sqrt(max((bread @ meat @ bread)[keep.index(1), keep.index(1)], 0.0)))
+    z = norm.ppf(0.5 + confidence / 2)
+    return float(_sigmoid(w[1] - z * se)), float(_sigmoid(w[1] + z * se))
+
+
 def glm_fit(x: np.ndarray, q: np.ndarray, s: np.ndarray) -> np.ndarray:
     """Coefficients of the L1 soft-label logistic regression at the C cross-validation picks: AlpacaEval's
     `fit_LogisticRegressionCV`, through the same scikit-learn estimator. Soft labels q become two rows per item
@@ -60,6 +81,7 @@ def glm_fit(x: np.ndarray, q: np.ndarray, s: np.ndarray) -> np.ndarray:
     with config_context(enable_metadata_routing=True), warnings.catch_warnings():
         # scikit-learn 1.8-1.9 warn that AlpacaEval's arguments (penalty=...) change in 1.10; AlpacaEval passes them
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message="Inconsistent values: penalty=l1", category=UserWarning)
         if n < N_SPLITS:  # too few items to cross-validate (AlpacaEval stops there): the least regularised C
             model = LogisticRegression(C=CS[-1], **args).set_fit_request(sample_weight=True)
             return model.fit(x2, y2, sample_weight=q2 * s2).coef_[0]

@@ -13,9 +13,16 @@ def setting_label(row: dict) -> str:
     return row["objective"] + (f" <- {row['reference']}" if row["reference"] else "")
 
 
+def error_bars(rows: list[dict], key: str) -> list[list[float]] | list[float]:
+    """Asymmetric bars from each row's 95% interval (`key`_lo / _hi), else its s.d. over seeds (else none)."""
+    if all(r.get(f"{key}_lo") is not None for r in rows):
+        return [[r[key] - r[f"{key}_lo"] for r in rows], [r[f"{key}_hi"] - r[key] for r in rows]]
+    return [r.get(f"{key}_sd") or 0.0 for r in rows]
+
+
 def plot_beta(agg: list[dict], path: Path, title: str) -> None:
     """Win rate, length and KL against beta (log axis), one line per (objective, reference), from settings aggregated
-    over seeds (mean, with s.d. bars when there are several); the SFT model as a dashed line."""
+    over seeds (mean, with 95% interval bars); the SFT model as a dashed line, its interval shaded."""
     plt = pyplot()
     sft = next((r for r in agg if r["objective"] == "sft"), None)
     lines: dict[str, list[dict]] = {}
@@ -27,19 +34,50 @@ def plot_beta(agg: list[dict], path: Path, title: str) -> None:
     for ax, (key, label) in zip(axes, panels):
         for name, grp in lines.items():
             grp = sorted(grp, key=lambda r: r["beta"])
-            errors = [r[f"{key}_sd"] or 0.0 for r in grp]
+            errors = error_bars(grp, key)
             ax.errorbar([r["beta"] for r in grp], [r[key] for r in grp], yerr=errors, marker="o", capsize=3, label=name)
             bad = [r for r in grp if r["status"] == "degenerate"]
             marked = "degenerate" if bad and key == "win_rate" else None
             ax.scatter([r["beta"] for r in bad], [r[key] for r in bad], marker="x", s=90, color="red", label=marked)
         if sft is not None and key != "kl":
             ax.axhline(sft[key], color="gray", linestyle="--", label="SFT")
+            if sft.get(f"{key}_lo") is not None:
+                ax.axhspan(sft[f"{key}_lo"], sft[f"{key}_hi"], color="gray", alpha=0.12)
         ax.set_xscale("log")
         ax.set_xlabel("beta")
         ax.set_title(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
+    save_png(fig, path)
+
+
+def plot_frontier(agg: list[dict], path: Path, title: str) -> None:
+    """The reward-KL frontier: win rate and judge reward against KL(policy || reference) for every setting, one
+    colour per (objective, reference), each point labelled with its beta, 95% interval bars on both axes."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    lines: dict[str, list[dict]] = {}
+    for r in agg:
+        if r["beta"] is not None:
+            lines.setdefault(setting_label(r), []).append(r)
+    sft = next((r for r in agg if r["objective"] == "sft"), None)
+    for ax, (key, label) in zip(axes, [("win_rate", "win rate vs SFT"), ("reward", "judge reward")]):
+        for name, grp in lines.items():
+            grp = sorted(grp, key=lambda r: r["kl"])
+            ax.errorbar(
+                [r["kl"] for r in grp], [r[key] for r in grp], xerr=error_bars(grp, "kl"), yerr=error_bars(grp, key),
+                marker="o", capsize=3, label=name,
+            )  # fmt: skip
+            for r in grp:
+                ax.annotate(f"{r['beta']:g}", (r["kl"], r[key]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if sft is not None:
+            ax.scatter([0.0], [sft[key]], marker="*", s=120, color="black", label="SFT", zorder=3)
+        ax.set_xlabel("KL(policy || reference), nats")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{title}: reward-KL frontier (labels: beta)")
     save_png(fig, path)
 
 

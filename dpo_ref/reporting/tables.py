@@ -13,7 +13,8 @@ from rich.table import Table
 
 from ..evaluation.alpaca_eval import ANNOTATED
 from ..store import atomic_write_json, atomic_write_text
-from .plots import plot_beta, setting_label
+from .intervals import INTERVAL_COLUMNS, METRICS, describe
+from .plots import plot_beta, plot_frontier, setting_label
 
 COLUMNS = [
     "run_id",
@@ -44,6 +45,7 @@ COLUMNS = [
     "steps",
     "train_seconds",
     "eval_seconds",
+    *INTERVAL_COLUMNS,  # 95% intervals (reporting/intervals.py), shown in brackets beside their metric
 ]
 SHOWN = [
     "run_id",
@@ -146,9 +148,12 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def _cell(r: dict, c: str) -> str:
-    """A run table's cell; the status of a flagged run names its flags, e.g. `done (grad-collapse)`."""
+    """A run table's cell; the status of a flagged run names its flags, e.g. `done (grad-collapse)`; a metric with
+    an interval shows it in brackets, e.g. `0.550 [0.521, 0.579]`."""
     if c == "status" and r.get("flags"):
         return f"{r['status']} ({r['flags']})"
+    if c in METRICS and r.get(f"{c}_lo") is not None:
+        return f"{_fmt(r[c], c)} [{_fmt(r[c + '_lo'], c)}, {_fmt(r[c + '_hi'], c)}]"
     return _fmt(r[c], "beta" if c == "best_beta" else c)
 
 
@@ -197,8 +202,33 @@ def aggregate(rows: list[dict]) -> list[dict]:
             mean = sum(values) / len(values)
             sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
             row[key], row[f"{key}_sd"] = mean, sd
+        row |= _seeds_interval(grp)
         out.append(row)
     return out
+
+
+def _seeds_interval(grp: list[dict]) -> dict:
+    """95% interval of each metric's mean over a setting's seeds: one seed, its run's interval; several, mean +- z se
+    with se the larger of the runs' own noise (their intervals' half-widths, combined) and the spread of their values
+    across seeds (s.d. / sqrt(seeds)), so it carries both sources."""
+    out = {}
+    for m in METRICS:
+        lows, highs = [r.get(f"{m}_lo") for r in grp], [r.get(f"{m}_hi") for r in grp]
+        if any(v is None for v in lows + highs):
+            continue
+        if len(grp) == 1:
+            out[f"{m}_lo"], out[f"{m}_hi"] = lows[0], highs[0]
+            continue
+        k, values = len(grp), [r[m] for r in grp]
+        within = math.sqrt(sum(((h - lo) / (2 * Z95)) ** 2 for lo, h in zip(lows, highs))) / k
+        mean = sum(values) / k
+        between = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1) / k)
+        se = max(within, between)
+        out[f"{m}_lo"], out[f"{m}_hi"] = mean - Z95 * se, mean + Z95 * se
+    return out
+
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
 def seed_table(rows: list[dict]) -> str:
@@ -337,25 +367,32 @@ def write_report(
     extra: dict | None = None,
     similarity: dict | None = None,
     judge: str = "the gold reward",
+    comparison: dict | None = None,
 ) -> list[Path]:
     """results.csv / results.md / results.json / results.png under `exp_dir`; returns the paths written.
-    `tables` adds study-specific views to results.md: "grid" (metric by beta) and "best" (best beta per method)."""
+    `tables` adds study-specific views to results.md: "grid" (metric by beta) and "best" (best beta per method);
+    `comparison` (reporting.intervals.indistinguishable) the settings not distinguishable from the best one."""
     caption = results_caption(exp_dir, rows, title, judge)
     paths = [
         exp_dir / "results.csv",
         exp_dir / "results.md",
         exp_dir / "results.json",
         exp_dir / "results.png",
+        exp_dir / "frontier.png",
     ]
     atomic_write_text(paths[0], to_csv(rows))
     views = {"grid": lambda: beta_grid_table(rows), "best": lambda: best_table(rows, similarity)}
     markdown = to_markdown(rows, shown_columns(rows), caption) + seed_table(rows) + "".join(views[t]() for t in tables)
+    markdown += describe(comparison)
     atomic_write_text(paths[1], markdown)
     summary = {"title": title, "rows": rows, "by_setting": aggregate(rows), **(extra or {})}
+    if comparison is not None:
+        summary["indistinguishable_from_best"] = comparison
     if "best" in tables:
         summary["best"] = {"rule": BEST_RULE, "rows": best_per_method(rows, similarity)}
     if similarity is not None:
         summary["similarity"] = {"note": SIMILARITY_NOTE, "references": similarity}
     atomic_write_json(paths[2], summary)
     plot_beta(aggregate(rows), paths[3], title)
+    plot_frontier(aggregate(rows), paths[4], title)
     return paths

@@ -11,6 +11,7 @@ from ..config import Experiment, RunSpec, expand
 from ..errors import UserError
 from ..models import is_adapter, load_model, load_tokenizer, resolve
 from ..plan import STUDIES, run_status
+from ..reporting.intervals import add_run_intervals, describe, indistinguishable
 from ..reporting.tables import (
     BEST_COLUMNS,
     BEST_RULE,
@@ -42,11 +43,14 @@ def report(exp_dir: Path, exp: Experiment, study: str, judge: str, extra: dict |
     states = {r.run_id: run_status(exp_dir / r.run_id, r) for r in runs}
     damaged = {run_id: s.reason for run_id, s in states.items() if s.status == "damaged"}
     rows = collect(exp_dir, [r.run_id for r in runs], damaged)
+    comparison = indistinguishable(rows, add_run_intervals(exp_dir, rows, exp.judge.kind))
     sim_path = exp_dir / "similarity.json"
     sim = read_json(sim_path) if sim_path.is_file() else None
     title = STUDIES[study].title
-    write_report(exp_dir, rows, f"{exp.name} ({title})", STUDIES[study].tables, extra, sim, judge)
-    stdout.print(rich_table(rows, shown_columns(rows), f"{exp.name}: {title}"))
+    write_report(exp_dir, rows, f"{exp.name} ({title})", STUDIES[study].tables, extra, sim, judge, comparison)
+    stdout.print(rich_table(rows, shown_columns(rows), f"{exp.name}: {title} (95% intervals in brackets)"))
+    if comparison is not None:
+        stdout.print(describe(comparison).strip(), soft_wrap=True)
     if "best" in STUDIES[study].tables:
         columns = BEST_COLUMNS + (SIMILARITY_COLUMNS if sim else [])
         stdout.print(rich_table(best_per_method(rows, sim), columns, f"best beta per method ({BEST_RULE})"))
