@@ -201,9 +201,19 @@ def _rebuild(exp_dir: Path) -> None:
 
 
 @app.command("report")
-def report(exp_dir: ExpDirArg):
-    """Rebuild results.csv / .md / .json and the plot from the run directories on disk."""
+def report(
+    exp_dir: ExpDirArg,
+    html: Annotated[
+        bool, typer.Option("--html", help="Print the path of report.html (written by every report) at the end.")
+    ] = False,
+):
+    """Rebuild results.csv / .md / .json, the plots and report.html (one self-contained page) from the run
+    directories on disk."""
     _guarded(lambda: _rebuild(exp_dir))
+    if html:
+        from .ui import stdout
+
+        stdout.print(f"report: {(Path(exp_dir) / 'report.html').absolute()}", markup=False, soft_wrap=True)
 
 
 @app.command("import-annotations")

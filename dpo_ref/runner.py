@@ -8,6 +8,7 @@ running is skipped, then waited for before the report, so two commands on one di
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -45,14 +46,16 @@ def run_experiment(
     models = check_inputs(exp, source)  # data, prompts, models: refused before anything is written
     exp_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(exp_dir / "experiment.yaml", yaml.safe_dump(exp.model_dump(), sort_keys=False))
-    atomic_write_json(exp_dir / "command.json", {"study": study, "experiment_file": source})
+    atomic_write_json(exp_dir / "command.json", {"study": study, "experiment_file": source, "argv": sys.argv})
     if launch.submits(exp) and not prepare_only:  # prepare, runs and report run as jobs (slurm); this only submits
         return launch.submit(exp, exp_dir, study, source)
     pending = pending_runs(exp_dir, exp, runs, models)  # a run is done with these models' fingerprints
     needs_similarity = STUDIES[study].similarity and not (exp_dir / "similarity.json").is_file()
     prepared = {"status": "skipped", "computed": 0, "from_cache": 0}
+    t_prepare = time.time()
     if pending or prepare_only or needs_similarity:
         prepared = prepare(exp, exp_dir, study, models)
+    t_runs = time.time()
     if prepare_only:
         lines = [f"prepared {exp_dir}; run each pending run anywhere that sees it, then `dporef report {exp_dir}`:"]
         stdout.print("\n".join(lines + [f"  dporef run-one {exp_dir} {r.run_id}" for r in pending]), markup=False)
@@ -60,7 +63,10 @@ def run_experiment(
     launched = launch.run_pending(exp, exp_dir, pending, source) if pending else 0  # None: here, one by one
     failed = execute_all(exp_dir, pending) if launched is None else launched
     scoring = {"computed": prepared["computed"], "from_cache": prepared["from_cache"]}
+    stages = {"validate": t_prepare - t_start, "prepare": t_runs - t_prepare, "runs": time.time() - t_runs}
+    stage_seconds = stages | {"total (report excluded)": time.time() - t_start}
     extra = {"reference_scoring": scoring, "prepared": prepared["status"], "wall_seconds": time.time() - t_start}
+    extra["stage_seconds"] = stage_seconds
     report(exp_dir, exp, study, data.describe_judge(exp), extra=extra)
     console.print(
         f"reference scoring passes: {scoring['computed']} computed, {scoring['from_cache']} from cache; "

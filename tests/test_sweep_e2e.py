@@ -1,9 +1,15 @@
 """`dporef sweep-beta` end to end on a tiny world: files, every metric recomputed from the run files, resume, one
 reference pass, loss ln 2 at step 1."""
 
+import base64
 import json
 import math
+import os
+import re
 import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
 
 import datasets
 import pytest
@@ -233,3 +239,55 @@ def test_checkpoint_choice_keeps_the_lowest_validation_loss(sweep, tmp_path):
     assert sorted(evals) == [2, 4, 6]
     assert metrics["checkpoint_step"] == min(evals, key=evals.get)
     assert (run / "policy" / "config.json").is_file() and not (run / "trainer").exists()
+
+
+# --- report.html: self-contained, and what a browser shows ---------------------------------------------------------
+
+
+class Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tables, self.images, self.external = 0, [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tables += tag == "table"
+        if tag == "img":
+            self.images.append(attrs["src"])
+        for key in ("src", "href"):
+            if attrs.get(key) and not attrs[key].startswith("data:"):
+                self.external.append(attrs[key])
+
+
+def test_report_html_is_one_self_contained_page(first):
+    out, _ = first
+    exp = out / "rq1_sweep_beta"
+    text = (exp / "report.html").read_text()
+    page = Page()
+    page.feed(text)
+    assert page.external == [] and page.tables >= 4  # runs, grid, per-run times, versions
+    assert len(page.images) == 2
+    for src in page.images:
+        assert base64.b64decode(src.removeprefix("data:image/png;base64,"))[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "dpo-sft-b0.1-s0" in text and "Not distinguishable from it" in text
+    assert (exp / "experiment.yaml").read_text().splitlines()[0] in text  # the YAML it ran with
+    for name in ("torch", "transformers", "trl", "dporef", "CPU cores"):
+        assert name in text
+    assert "prepare" in text and "runs" in text  # the stages' wall times
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium (make test installs it where apt can)")
+def test_report_html_in_a_headless_browser(first, tmp_path):
+    out, _ = first
+    url = (out / "rq1_sweep_beta" / "report.html").as_uri()
+    flags = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    body = re.search(r"<body[^>]*>", dom).group(0)
+    assert 'data-images="2"' in body and "data-errors" not in body, body  # both plots decoded, no script error
+    assert dom.count("<table") >= 4
+    shots = Path(os.environ.get("DPOREF_ARTIFACTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    shot = shots / "report.png"
+    subprocess.run([*flags, "--window-size=1400,2400", f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    print(f"\nscreenshot of report.html: {shot}")

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..evaluation.alpaca_eval import ANNOTATED
 from ..store import atomic_write_json, atomic_write_text
+from .html import write_html
 from .intervals import INTERVAL_COLUMNS, METRICS, describe
 from .plots import plot_beta, plot_frontier, setting_label
 
@@ -369,7 +370,7 @@ def write_report(
     judge: str = "the gold reward",
     comparison: dict | None = None,
 ) -> list[Path]:
-    """results.csv / results.md / results.json / results.png under `exp_dir`; returns the paths written.
+    """results.csv / .md / .json / .png, frontier.png and report.html under `exp_dir`; returns the paths written.
     `tables` adds study-specific views to results.md: "grid" (metric by beta) and "best" (best beta per method);
     `comparison` (reporting.intervals.indistinguishable) the settings not distinguishable from the best one."""
     caption = results_caption(exp_dir, rows, title, judge)
@@ -395,4 +396,5 @@ def write_report(
     atomic_write_json(paths[2], summary)
     plot_beta(aggregate(rows), paths[3], title)
     plot_frontier(aggregate(rows), paths[4], title)
+    paths.append(write_html(exp_dir, title, markdown, rows, extra or {}, paths[3:5]))
     return paths

@@ -43,6 +43,8 @@ def report(exp_dir: Path, exp: Experiment, study: str, judge: str, extra: dict |
     states = {r.run_id: run_status(exp_dir / r.run_id, r) for r in runs}
     damaged = {run_id: s.reason for run_id, s in states.items() if s.status == "damaged"}
     rows = collect(exp_dir, [r.run_id for r in runs], damaged)
+    if extra is None:  # rebuilt alone: keep the timings of the command that last ran the stages
+        extra = _last_timings(exp_dir)
     comparison = indistinguishable(rows, add_run_intervals(exp_dir, rows, exp.judge.kind))
     sim_path = exp_dir / "similarity.json"
     sim = read_json(sim_path) if sim_path.is_file() else None
@@ -54,6 +56,15 @@ def report(exp_dir: Path, exp: Experiment, study: str, judge: str, extra: dict |
     if "best" in STUDIES[study].tables:
         columns = BEST_COLUMNS + (SIMILARITY_COLUMNS if sim else [])
         stdout.print(rich_table(best_per_method(rows, sim), columns, f"best beta per method ({BEST_RULE})"))
+
+
+def _last_timings(exp_dir: Path) -> dict:
+    try:
+        last = read_json(exp_dir / "results.json")
+    except (OSError, ValueError):
+        return {}
+    keys = ("reference_scoring", "prepared", "wall_seconds", "stage_seconds")
+    return {k: last[k] for k in keys if isinstance(last, dict) and k in last}
 
 
 def analyze_run(run_dir: Path, min_count: int = 100, top: int = 15) -> dict:
