@@ -24,9 +24,12 @@ def base():
     return {"name": "t", "objectives": [{"name": "dpo", "betas": [0.1, 0.01]}]}
 
 
-def test_default_expands_to_sft_row_plus_paper_grid():
-    runs = expand(load_experiment(DEFAULT))
-    assert [r.run_id for r in runs] == ["sft"] + [f"dpo-sft-b{b}-s0" for b in ("0.1", "0.05", "0.02", "0.01", "0.005")]
+def test_the_paper_grid_file_expands_to_the_sft_row_plus_table_1s_betas_and_the_default_reaches_above_it():
+    paper = expand(load_experiment(DEFAULT.with_name("paper_grid.yaml")))
+    # the paper's RQ1 grid (Liu, Liu, Cohan, arXiv 2407.13709, Table 1)
+    assert [r.run_id for r in paper] == ["sft"] + [f"dpo-sft-b{b}-s0" for b in ("0.1", "0.05", "0.02", "0.01", "0.005")]
+    betas = [r.beta for r in expand(load_experiment(DEFAULT)) if r.beta is not None]
+    assert max(betas) > 0.1 and 0.1 in betas  # brackets this world's best beta (above 0.1) and meets the paper's
 
 
 def test_reference_free_objectives_are_not_crossed_with_references(tmp_path):
@@ -118,7 +121,7 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path):
     result = CliRunner().invoke(app, ["sweep-beta", "--dry-run", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "references to score" in result.stdout and "sft: world:sft [p_ref(y|x)]" in result.stdout
-    assert "dpo-sft-b0.005-s0" in result.stdout and "optimizer steps each" in result.stdout
+    assert "dpo-sft-b0.01-s0" in result.stdout and "optimizer steps each" in result.stdout
     assert not out.exists()
 
 
