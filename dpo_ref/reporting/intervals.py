@@ -95,11 +95,12 @@ def indistinguishable(rows: list[dict], samples: dict[str, dict]) -> dict | None
         lo, hi = paired_difference_interval(prefs[best], p)
         differences[name(key)] = [lo, hi]
         if not distinguishable((lo, hi)):
-            same.append(name(key))
+            same.append(key)
     return {
         "best": name(best),
         "best_key": list(best),
-        "indistinguishable": same,
+        "indistinguishable": [name(k) for k in same],
+        "indistinguishable_keys": [list(k) for k in same],  # (objective, reference, beta), as in the tables
         "differences": differences,  # best minus each other setting: 95% paired interval of the win-rate difference
     }
 

@@ -20,9 +20,10 @@ def error_bars(rows: list[dict], key: str) -> list[list[float]] | list[float]:
     return [r.get(f"{key}_sd") or 0.0 for r in rows]
 
 
-def plot_beta(agg: list[dict], path: Path, title: str) -> None:
+def plot_beta(agg: list[dict], path: Path, title: str, comparison: dict | None = None) -> None:
     """Win rate, length and KL against beta (log axis), one line per (objective, reference), from settings aggregated
-    over seeds (mean, with 95% interval bars); the SFT model as a dashed line, its interval shaded."""
+    over seeds (mean, with 95% interval bars); the SFT model as a dashed line, its interval shaded; on the win-rate
+    panel the best setting starred and those not distinguishable from it ringed (`comparison`)."""
     plt = pyplot()
     sft = next((r for r in agg if r["objective"] == "sft"), None)
     lines: dict[str, list[dict]] = {}
@@ -43,13 +44,26 @@ def plot_beta(agg: list[dict], path: Path, title: str) -> None:
             ax.axhline(sft[key], color="gray", linestyle="--", label="SFT")
             if sft.get(f"{key}_lo") is not None:
                 ax.axhspan(sft[f"{key}_lo"], sft[f"{key}_hi"], color="gray", alpha=0.12)
+        if comparison is not None and key == "win_rate":
+            _mark_best(ax, agg, comparison)
         ax.set_xscale("log")
         ax.set_xlabel("beta")
         ax.set_title(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.24), ncol=2)  # below: clear of the points
     fig.suptitle(title)
     save_png(fig, path)
+
+
+def _mark_best(ax, agg: list[dict], comparison: dict) -> None:
+    def points(keys):
+        rows = [r for r in agg if [r["objective"], r["reference"], r["beta"]] in keys]
+        return [r["beta"] for r in rows], [r["win_rate"] for r in rows]
+
+    ax.scatter(*points([comparison["best_key"]]), marker="*", s=220, color="gold", edgecolor="k", zorder=4,
+               label="best (test prompts)")  # fmt: skip
+    ax.scatter(*points(comparison["indistinguishable_keys"]), s=160, facecolors="none", edgecolors="k", zorder=4,
+               label="not distinguishable from best (95%)")  # fmt: skip
 
 
 def plot_frontier(agg: list[dict], path: Path, title: str) -> None:

@@ -394,7 +394,7 @@ def write_report(
     if similarity is not None:
         summary["similarity"] = {"note": SIMILARITY_NOTE, "references": similarity}
     atomic_write_json(paths[2], summary)
-    plot_beta(aggregate(rows), paths[3], title)
+    plot_beta(aggregate(rows), paths[3], title, comparison)
     plot_frontier(aggregate(rows), paths[4], title)
     paths.append(write_html(exp_dir, title, markdown, rows, extra or {}, paths[3:5]))
     return paths
