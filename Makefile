@@ -27,7 +27,7 @@ demo: $(STAMP)            ## RQ1 beta sweep on the embedded world (no download; 
 	$(BIN)/dporef sweep-beta --out $(OUT) $(ARGS)
 
 test: $(STAMP)            ## the whole suite (hermetic, offline, < 10 minutes on 2 cores)
-	@command -v chromium >/dev/null || timeout 300 apt-get install -y -q chromium >/dev/null 2>&1 \
+	@command -v chromium >/dev/null || timeout 120 apt-get install -y -q chromium >/dev/null 2>&1 \
 	  || echo "chromium not installed: the browser test of report.html will be skipped"
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)
 
