@@ -47,9 +47,13 @@ class Generations:
 
 
 def stop_ids(model, tokenizer) -> set[int]:
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
-    return ids | {tokenizer.eos_token_id}
+    return stop_set(model.generation_config.eos_token_id, tokenizer)
+
+
+def stop_set(eos_token_id, tokenizer) -> set[int]:
+    """The tokens that end a response: a generation config's EOS id(s) and the tokenizer's EOS."""
+    ids = eos_token_id if isinstance(eos_token_id, list) else [eos_token_id] if eos_token_id is not None else []
+    return set(ids) | {tokenizer.eos_token_id}
 
 
 def _decoding(sampling: Sampling) -> dict:

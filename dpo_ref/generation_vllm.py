@@ -12,7 +12,7 @@ import gc
 from collections.abc import Sequence
 
 from .chat import prompt_ids as render_prompt
-from .generation import Generations, Sampling
+from .generation import Generations, Sampling, stop_set
 
 GPU_SHARE = 0.45  # of the GPU's memory vLLM may take (weights and KV cache): the policy being scored stays loaded
 
@@ -41,8 +41,7 @@ def stop_tokens(location: str, tokenizer) -> set[int]:
         from transformers import AutoConfig
 
         ids = AutoConfig.from_pretrained(location).eos_token_id
-    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
-    return ids | {tokenizer.eos_token_id}
+    return stop_set(ids, tokenizer)
 
 
 class VllmSampler:

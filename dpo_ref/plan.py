@@ -18,7 +18,7 @@ from . import data
 from .config import Experiment, RunSpec, expand
 from .errors import UserError
 from .objectives import OBJECTIVES
-from .store import content_hash, damage, read_json
+from .store import content_hash, damage, jsonl_rows, read_json
 
 
 @dataclass(frozen=True)
@@ -121,10 +121,6 @@ class RunState:
         return self.status in FINISHED
 
 
-def _rows(text: str) -> list:
-    return [json.loads(line) for line in text.splitlines()]
-
-
 def _metrics(m) -> bool:
     """metrics.json holds an `eval` mapping with every measure of an evaluation (what the report tabulates)."""
     from .evaluation.evaluate import EvalResult  # here, not at the top: it loads TRL, and the CLI imports plan
@@ -137,7 +133,7 @@ def _metrics(m) -> bool:
 WRITTEN = {
     "run.yaml": (yaml.safe_load, lambda m: isinstance(m, dict) and isinstance(m.get("run"), dict)),
     "metrics.json": (json.loads, _metrics),
-    "generations.jsonl": (_rows, lambda rows: bool(rows) and all(isinstance(r, dict) for r in rows)),
+    "generations.jsonl": (jsonl_rows, lambda rows: bool(rows) and all(isinstance(r, dict) for r in rows)),
     "model_outputs.json": (json.loads, lambda rows: isinstance(rows, list) and bool(rows)),
 }
 

@@ -143,6 +143,15 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def jsonl_rows(text: str) -> list:
+    """The values of a JSON-lines text, one per line (a blank or broken line is a ValueError)."""
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def read_jsonl(path: Path) -> list:
+    return jsonl_rows(Path(path).read_text())
+
+
 def _listing(root: Path) -> dict[str, int]:
     files = (p for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST)
     return {p.relative_to(root).as_posix(): p.stat().st_size for p in files}

@@ -8,9 +8,12 @@ seeds, reporting/tables.py combines the runs' intervals with the spread between 
 
 from __future__ import annotations
 
+from statistics import NormalDist
+
 import numpy as np
 
 CONFIDENCE = 0.95
+Z = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)  # the standard normal quantile of a two-sided CONFIDENCE interval
 RESAMPLES = 2000
 SEED = 0  # bootstrap intervals are reproducible
 
@@ -50,10 +53,7 @@ def paired_difference_interval(a, b) -> tuple[float, float]:
 
 def normal_interval(mean: float, se: float) -> tuple[float, float]:
     """mean +- z * se, for a mean whose standard error is all that was kept (the KL estimates)."""
-    from scipy.stats import norm
-
-    z = norm.ppf(0.5 + CONFIDENCE / 2)
-    return mean - z * se, mean + z * se
+    return mean - Z * se, mean + Z * se
 
 
 def distinguishable(interval: tuple[float, float]) -> bool:

@@ -33,35 +33,36 @@ def tanh_std_delta(baseline_lengths, policy_lengths) -> np.ndarray:
     return np.tanh(d / sd) if sd > 0 else np.zeros_like(d)
 
 
-def lc_win_rate(preference, policy_lengths, baseline_lengths) -> float:
-    """AlpacaEval's `length_controlled_minimal` in [0, 1]; NaN preferences (unjudged rows) count in sd(d) only.
-    Lengths in any unit: AlpacaEval's are characters, the in-loop evaluation passes tokens."""
+def _design(preference, policy_lengths, baseline_lengths) -> tuple[np.ndarray, np.ndarray]:
+    """(features [length term, intercept], preferences) of the judged rows; sd(d) is taken over every row."""
     q = np.asarray(preference, dtype=np.float64)
     x = np.column_stack([tanh_std_delta(baseline_lengths, policy_lengths), np.ones_like(q)])
     judged = ~np.isnan(q)
-    w = glm_fit(x[judged], q[judged], np.ones(int(judged.sum())))
-    return float(_sigmoid(w[1]))
+    return x[judged], q[judged]
 
 
-def lc_interval(preference, policy_lengths, baseline_lengths, confidence: float = 0.95) -> tuple[float, float]:
+def lc_win_rate(preference, policy_lengths, baseline_lengths) -> float:
+    """AlpacaEval's `length_controlled_minimal` in [0, 1]; NaN preferences (unjudged rows) count in sd(d) only.
+    Lengths in any unit: AlpacaEval's are characters, the in-loop evaluation passes tokens."""
+    x, q = _design(preference, policy_lengths, baseline_lengths)
+    return float(_sigmoid(glm_fit(x, q, np.ones(len(q)))[1]))
+
+
+def lc_interval(preference, policy_lengths, baseline_lengths) -> tuple[float, float]:
     """Interval of the LC win rate sigmoid(theta): theta +- z * its robust (sandwich) standard error at the fitted
     coefficients, the quasi-likelihood variance of a logistic model of fractional outcomes (Papke & Wooldridge 1996),
     so soft and tied preferences are allowed for; the same fit as `lc_win_rate`. A length feature that is constant
     (every difference equal) drops out, leaving the interval of the mean preference on the logit scale."""
-    from scipy.stats import norm
+    from .intervals import Z
 
-    q = np.asarray(preference, dtype=np.float64)
-    x = np.column_stack([tanh_std_delta(baseline_lengths, policy_lengths), np.ones_like(q)])
-    judged = ~np.isnan(q)
-    x, q = x[judged], q[judged]
+    x, q = _design(preference, policy_lengths, baseline_lengths)
     w = glm_fit(x, q, np.ones(len(q)))
     keep = [j for j in range(x.shape[1]) if np.ptp(x[:, j]) > 0 or j == 1]  # the intercept column always
     xs, p = x[:, keep], _sigmoid(x @ w)
     bread = np.linalg.pinv((xs * (p * (1 - p))[:, None]).T @ xs)
     meat = (xs * ((q - p) ** 2)[:, None]).T @ xs
     se = float(np.sqrt(max((bread @ meat @ bread)[keep.index(1), keep.index(1)], 0.0)))
-    z = norm.ppf(0.5 + confidence / 2)
-    return float(_sigmoid(w[1] - z * se)), float(_sigmoid(w[1] + z * se))
+    return float(_sigmoid(w[1] - Z * se)), float(_sigmoid(w[1] + Z * se))
 
 
 def glm_fit(x: np.ndarray, q: np.ndarray, s: np.ndarray) -> np.ndarray:

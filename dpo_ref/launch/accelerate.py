@@ -79,12 +79,10 @@ def check(exp: Experiment, where: str, installed: bool = True, processes_: int |
     if installed and settings.get("distributed_type") == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
         raise UserError(f"{path}", "uses DeepSpeed, which is not installed here: pip install '.[gpu]' (GPU machines)")
     n = processes_ or processes(cfg, settings)
-    if exp.train.grad_accum % n:
-        raise UserError(
-            f"{where}: train.grad_accum",
-            f"{exp.train.grad_accum} is not a multiple of the {n} processes `accelerate launch` starts per run (each "
-            f"accumulates grad_accum / {n}, keeping the global batch batch_size x grad_accum)",
-        )
+    try:
+        exp.train.accumulation_per_process(n)
+    except UserError as e:
+        raise UserError(f"{where}: {e.where}", e.message) from None
     return n
 
 

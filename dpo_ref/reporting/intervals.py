@@ -9,7 +9,6 @@ baseline samples: a paired interval of the difference in per-prompt preference.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from ..evaluation.intervals import (
 )
 from ..evaluation.judges import RewardModelJudge, RuleJudge
 from ..evaluation.length_controlled import lc_interval
+from ..store import read_jsonl
 from .plots import setting_label
 
 METRICS = ("win_rate", "lc_win_rate", "reward", "length", "kl")
@@ -30,15 +30,11 @@ INTERVAL_COLUMNS = [f"{m}_{end}" for m in METRICS for end in ("lo", "hi")]
 FINISHED = ("done", "degenerate")
 
 
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def per_prompt(exp_dir: Path, run_id: str, judge_kind: str) -> dict | None:
     """A run's per-prompt preference over the baseline, reward and length (and the baseline's lengths), or None when
     its samples and the baseline's are not on the same prompts."""
     try:
-        gens, base = _rows(exp_dir / run_id / "generations.jsonl"), _rows(exp_dir / "baseline" / "test.jsonl")
+        gens, base = read_jsonl(exp_dir / run_id / "generations.jsonl"), read_jsonl(exp_dir / "baseline" / "test.jsonl")
     except (OSError, ValueError):
         return None
     if [g["prompt"] for g in gens] != [b["prompt"] for b in base]:

@@ -12,6 +12,7 @@ import yaml
 from rich.table import Table
 
 from ..evaluation.alpaca_eval import ANNOTATED
+from ..evaluation.intervals import Z, normal_interval
 from ..store import atomic_write_json, atomic_write_text
 from .html import write_html
 from .intervals import INTERVAL_COLUMNS, METRICS, describe
@@ -221,15 +222,11 @@ def _seeds_interval(grp: list[dict]) -> dict:
             out[f"{m}_lo"], out[f"{m}_hi"] = lows[0], highs[0]
             continue
         k, values = len(grp), [r[m] for r in grp]
-        within = math.sqrt(sum(((h - lo) / (2 * Z95)) ** 2 for lo, h in zip(lows, highs))) / k
+        within = math.sqrt(sum(((h - lo) / (2 * Z)) ** 2 for lo, h in zip(lows, highs))) / k
         mean = sum(values) / k
         between = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1) / k)
-        se = max(within, between)
-        out[f"{m}_lo"], out[f"{m}_hi"] = mean - Z95 * se, mean + Z95 * se
+        out[f"{m}_lo"], out[f"{m}_hi"] = normal_interval(mean, max(within, between))
     return out
-
-
-Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
 
 def seed_table(rows: list[dict]) -> str:

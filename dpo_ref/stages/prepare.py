@@ -33,7 +33,16 @@ from ..models import ModelRef, load_model, load_tokenizer
 from ..plan import STUDIES, scoring_needs
 from ..precision import regime_for
 from ..reference import ReferenceEngine, SampleScorer, similarity
-from ..store import atomic_dir, atomic_write_json, atomic_write_text, content_hash, file_hash, locked, read_json
+from ..store import (
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    content_hash,
+    file_hash,
+    locked,
+    read_json,
+    read_jsonl,
+)
 from ..ui import console
 from ..validate import Models, resolve_models
 
@@ -126,7 +135,7 @@ def baseline_intact(exp_dir: Path, name: str, key: str | None = None) -> bool:
 
 def read_baseline(exp_dir: Path, name: str) -> PromptSet:
     """The prompts of one baseline file and the SFT baseline's judged rewards and lengths on them."""
-    rows = [json.loads(line) for line in (exp_dir / "baseline" / f"{name}.jsonl").read_text().splitlines()]
+    rows = read_jsonl(exp_dir / "baseline" / f"{name}.jsonl")
     return PromptSet([r["prompt"] for r in rows], [r["reward"] for r in rows], [r["length"] for r in rows])
 
 
