@@ -51,7 +51,8 @@ def _default(field) -> str:
     if isinstance(value, BaseModel):
         return "see below"
     if isinstance(value, list) and value and isinstance(value[0], BaseModel):
-        return "; ".join(", ".join(f"{k}: {v}" for k, v in item.model_dump().items()) for item in value)
+        items = [item.model_dump(exclude_defaults=True) for item in value]  # what one writes in the YAML
+        return "; ".join(", ".join(f"{k}: {v}" for k, v in item.items()) for item in items)
     return f"`{value}`"
 
 

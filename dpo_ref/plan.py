@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from . import data
-from .config import Experiment, RunSpec, expand
+from .config import Experiment, ReferenceConfig, RunSpec, expand
 from .errors import UserError
 from .objectives import OBJECTIVES
 from .store import content_hash, damage, jsonl_rows, read_json
@@ -73,8 +73,21 @@ def check_study(exp: Experiment, study: str, source: str) -> None:
 FINISHED = ("done", "degenerate", "diverged")  # statuses a rerun skips; their numbers are reported as they are
 
 
+def reference_config(exp: Experiment, name: str | None) -> ReferenceConfig | None:
+    return next((r for r in exp.references if r.name == name), None)
+
+
 def reference_spec(exp: Experiment, name: str | None) -> str | None:
-    return next((r.model for r in exp.references if r.name == name), None)
+    ref = reference_config(exp, name)
+    return ref.model if ref else None
+
+
+def _reference_identity(exp: Experiment, name: str | None) -> str | dict | None:
+    """What of a reference determines a run: its model spec, and for a moving one also how it moves."""
+    ref = reference_config(exp, name)
+    if ref is None or ref.kind == "fixed":
+        return ref.model if ref else None
+    return ref.model_dump(exclude={"name"})
 
 
 def run_hash(exp: Experiment, run: RunSpec, models: dict) -> str:
@@ -91,7 +104,7 @@ def run_hash(exp: Experiment, run: RunSpec, models: dict) -> str:
         exp.policy,
         *data.source(exp).hash_parts(exp),
         exp.judge.model_dump(),
-        reference_spec(exp, run.reference),
+        _reference_identity(exp, run.reference),
         train,
         exp.eval.model_dump(),
         run.model_dump(),
@@ -229,6 +242,12 @@ def plan_text(exp: Experiment, runs: list[RunSpec], exp_dir: Path) -> str:
     ]
     needs = scoring_needs(exp, runs)
     lines += [f"  {n}: {spec} [{'p_LM(y), no prompt' if u else 'p_ref(y|x)'}]" for n, spec, u in needs] or ["  (none)"]
+    moving = [r for r in exp.references if r.kind == "moving" and any(run.reference == r.name for run in runs)]
+    lines += [
+        f"  {r.name} is moving (TR-DPO: ref <- {r.alpha:g} * policy + {1 - r.alpha:g} * ref every {r.sync_steps} "
+        "steps): a second copy of the policy in memory while training; the scores above are its starting point's"
+        for r in moving
+    ]
     lines.append(f"runs ({len(runs)}, ~{steps if steps is not None else '?'} optimizer steps each):")
     models = prepared_models(exp_dir)
     for run in runs:

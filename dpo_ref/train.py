@@ -1,7 +1,9 @@
 """Training: a TRL `DPOTrainer` that reads cached reference columns and computes any registered objective.
 
-No reference model is ever loaded here: `precompute_ref_log_probs=True` makes TRL drop its reference, and the
-overrides below hand it dporef's cached `ref_chosen_logps` / `ref_rejected_logps` instead of recomputing them.
+No reference model is loaded here: `precompute_ref_log_probs=True` makes TRL drop its reference, and the overrides
+below hand it dporef's cached `ref_chosen_logps` / `ref_rejected_logps` instead of recomputing them. The one
+exception is a moving reference (TR-DPO, `MovingReference`), which changes as the policy trains: it is in memory and
+scored live.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from datasets import Dataset
 from peft import LoraConfig
@@ -74,7 +77,11 @@ class CachedReferenceDPOTrainer(DPOTrainer):
         lengths = shift_mask.sum(dim=1).float()
         policy = PolicyLogps(*logps.chunk(2), *lengths.chunk(2))
         chosen, rejected = policy.chosen, policy.rejected
-        ref = ReferenceLogps(inputs["ref_chosen_logps"].to(chosen.dtype), inputs["ref_rejected_logps"].to(chosen.dtype))
+        if self.ref_model is not None:  # a moving reference (TR-DPO): scored as it is now, by TRL's own pass
+            ref_logps = self.compute_ref_log_probs(self.ref_model, inputs)
+        else:
+            ref_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        ref = ReferenceLogps(*(x.to(chosen.dtype) for x in ref_logps))
         losses, chosen_reward, rejected_reward = self.objective.fn(policy, ref, self.beta, self.gamma)
         loss = losses.mean()
         gather = self.accelerator.gather_for_metrics
@@ -172,6 +179,43 @@ class PeriodicCheckpoints(TrainerCallback):
         control.should_log = control.should_log or control.should_save
 
 
+@dataclass(frozen=True)
+class MovingReference:
+    """A TR-DPO reference (`kind: moving`): a copy of the policy's starting weights that TRL's SyncRefModelCallback
+    moves towards the policy, ref <- alpha * policy + (1 - alpha) * ref, every `sync_steps` optimizer steps."""
+
+    model: PreTrainedModel
+    alpha: float
+    sync_steps: int
+
+    def trl_settings(self) -> dict:
+        """DPOConfig's TR-DPO settings; the reference is scored live, so nothing is precomputed."""
+        return {
+            "sync_ref_model": True,
+            "ref_model_mixup_alpha": self.alpha,
+            "ref_model_sync_steps": self.sync_steps,
+            "precompute_ref_log_probs": False,
+        }
+
+
+REFERENCE_STATE = "reference.safetensors"  # a moving reference's weights, in each checkpoint of its run
+
+
+class MovingReferenceCheckpoints(TrainerCallback):
+    """A moving reference is training state: its weights go into every checkpoint (after the Trainer wrote it), so a
+    resumed run goes on from the reference it had, not from the policy's starting point."""
+
+    def __init__(self, reference: torch.nn.Module):
+        self.reference = reference
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / REFERENCE_STATE
+            partial = path.with_suffix(".partial")
+            safetensors.torch.save_model(self.reference, str(partial))  # handles tied (shared) weights
+            partial.replace(path)
+
+
 def _saving(cfg: TrainConfig) -> dict:
     """What the Trainer saves: with `eval_steps`, a checkpoint at every evaluation for checkpoint choice (the best
     and the latest kept), full ones when `checkpoint_steps` needs to resume from them; with `checkpoint_steps`
@@ -191,7 +235,9 @@ def _saving(cfg: TrainConfig) -> dict:
     return {"save_strategy": "no", "save_total_limit": 1 if cfg.checkpoint_steps else None}
 
 
-def dpo_config(cfg: TrainConfig, run: RunSpec, output_dir: Path, params: float) -> DPOConfig:
+def dpo_config(
+    cfg: TrainConfig, run: RunSpec, output_dir: Path, params: float, moving: MovingReference | None = None
+) -> DPOConfig:
     """TRL settings from dporef's; precision and checkpointing follow the hardware unless set explicitly."""
     gpu = torch.cuda.is_available()
     checkpointing = cfg.gradient_checkpointing == "on" or (
@@ -211,7 +257,7 @@ def dpo_config(cfg: TrainConfig, run: RunSpec, output_dir: Path, params: float) 
         bf16=use_bf16(cfg.precision),
         activation_checkpointing=checkpointing,  # transformers 5 name of gradient checkpointing
         gradient_checkpointing=None,  # TRL defaults the deprecated alias to True; leave the decision above
-        precompute_ref_log_probs=True,  # => TRL keeps no reference model in memory
+        **(moving.trl_settings() if moving else {"precompute_ref_log_probs": True}),  # => TRL holds no reference
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
         logging_nan_inf_filter=False,  # the history shows a non-finite loss as it was, not as an average
@@ -226,11 +272,11 @@ def dpo_config(cfg: TrainConfig, run: RunSpec, output_dir: Path, params: float) 
     )
 
 
-def resume_point(output_dir: Path) -> Path | None:
+def resume_point(output_dir: Path, moving: bool = False) -> Path | None:
     """The newest full checkpoint an interrupted attempt of this run left in `output_dir`, or None (and nothing
     left there). A checkpoint is complete once its trainer_state.json is readable (the Trainer writes it last); an
-    incomplete one (killed while saving) is removed, and one without optimizer state (`eval_steps` alone) cannot be
-    resumed from."""
+    incomplete one (killed while saving) is removed, and one without optimizer state (`eval_steps` alone), or for a
+    `moving` reference without the reference's weights, cannot be resumed from."""
     complete = []
     for ckpt in output_dir.glob("checkpoint-*") if output_dir.is_dir() else []:
         try:
@@ -238,7 +284,7 @@ def resume_point(output_dir: Path) -> Path | None:
             complete.append(ckpt)
         except (OSError, ValueError):
             shutil.rmtree(ckpt)
-    full = [c for c in complete if (c / "optimizer.pt").is_file()]
+    full = [c for c in complete if (c / "optimizer.pt").is_file() and (not moving or (c / REFERENCE_STATE).is_file())]
     if not full:
         shutil.rmtree(output_dir, ignore_errors=True)
         return None
@@ -313,19 +359,24 @@ def train_policy(
     run: RunSpec,
     output_dir: Path,
     policy_dir: Path,
+    moving: MovingReference | None = None,
 ) -> Trained:
     """Train `model` on `train` (tokenized pairs with reference columns), from the last checkpoint of an interrupted
     attempt in `output_dir` when there is one, and save it in `policy_dir`; with `cfg.eval_steps`, the weights kept
     (lowest validation loss) are the ones saved and returned (`model` itself, or under `cfg.lora` a peft model around
-    it). Raises Diverged at the first non-finite loss or gradient norm."""
+    it); `moving`: the run's TR-DPO reference, in memory while it trains. Raises Diverged at the first non-finite
+    loss or gradient norm."""
     params = sum(p.numel() for p in model.parameters())
-    resume = ranks.agree(resume_point(output_dir) if ranks.is_main() else None)  # the main process cleans up
+    resume = ranks.agree(resume_point(output_dir, moving is not None) if ranks.is_main() else None)  # main cleans up
     resumed_from = int(resume.name.rsplit("-", 1)[1]) if resume else None
+    if resume and moving:
+        safetensors.torch.load_model(moving.model, str(resume / REFERENCE_STATE))
     guard = DivergenceGuard()
     callbacks = [RichProgress(f"training {run.run_id}"), guard]
     trainer = CachedReferenceDPOTrainer(
         model=model,
-        args=dpo_config(cfg, run, output_dir, params),
+        args=dpo_config(cfg, run, output_dir, params, moving),
+        ref_model=moving.model if moving else None,
         train_dataset=train,
         eval_dataset=validation if cfg.eval_steps else None,
         processing_class=tokenizer,
@@ -336,6 +387,8 @@ def train_policy(
         callbacks=callbacks + ([PeriodicCheckpoints(cfg.checkpoint_steps)] if cfg.checkpoint_steps else []),
     )
     trainer.remove_callback(PrinterCallback)  # metrics go to metrics.json, progress to the rich bar
+    if moving and not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):  # sharded: a rerun starts over
+        trainer.add_callback(MovingReferenceCheckpoints(trainer.ref_model))
     if cfg.lora is not None and cfg.lora.dropout:
         _restore_adapter_dropout(trainer.model, cfg.lora.dropout)
     if resume:

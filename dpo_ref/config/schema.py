@@ -19,6 +19,7 @@ from .world import WorldConfig
 MAX_STEPS = 10**7  # more optimizer steps (or a step interval this long) than any run can take: a typo
 MAX_NAME = 64  # characters of a name: it becomes a directory and part of every run id
 MAX_SEED = 2**32 - 1  # numpy's seeds (transformers.set_seed seeds numpy too) are 0 .. 2**32 - 1
+MOVING_DEFAULTS = {"alpha": 0.6, "sync_steps": 512}  # TRL's ref_model_mixup_alpha and ref_model_sync_steps
 
 
 class Strict(BaseModel):
@@ -32,6 +33,41 @@ class ReferenceConfig(Strict):
         description="Model spec: `world:<name>` (a model of the embedded world), a local directory, "
         "or a Hugging Face hub id (read from the local cache when offline)."
     )
+    kind: Literal["fixed", "moving"] = Field(
+        "fixed",
+        description="`fixed`: scored once before training and shared by every run (no reference model in memory while "
+        "training). `moving`: TR-DPO (Gorbatovski et al. 2024, arXiv 2404.09656): the reference starts as `model` "
+        "and follows the policy, ref <- alpha * policy + (1 - alpha) * ref every `sync_steps` optimizer steps "
+        "(TRL's sync_ref_model); it cannot be precomputed, so it sits in memory while training. `model` must be the "
+        "experiment's policy (the update mixes their weights); KL and the implicit reward's ranking accuracy are "
+        "measured against that starting point.",
+    )
+    alpha: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="`moving` only: weight of the policy in each update (TR-DPO's soft update; 1 = hard update, the "
+        f"reference becomes the policy). Default: TRL's {MOVING_DEFAULTS['alpha']}.",
+    )
+    sync_steps: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_STEPS,
+        description="`moving` only: optimizer steps between two updates (TR-DPO's tau). Default: TRL's "
+        f"{MOVING_DEFAULTS['sync_steps']}.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moving_settings(cls, data):
+        if not isinstance(data, dict):
+            return data
+        if data.get("kind", "fixed") == "moving":
+            return MOVING_DEFAULTS | {k: v for k, v in data.items() if v is not None}
+        unused = sorted(k for k in MOVING_DEFAULTS if data.get(k) is not None)
+        if unused:
+            raise ValueError(f"{' and '.join(unused)} only apply to kind: moving (a fixed reference never changes)")
+        return data
 
     @field_validator("name")
     @classmethod
@@ -287,3 +323,20 @@ class Experiment(Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"reference names must be unique, got {names}")
         return refs
+
+    @model_validator(mode="after")
+    def _moving_references(self) -> Experiment:
+        for i, ref in enumerate(self.references):
+            if ref.kind != "moving":
+                continue
+            if ref.model != self.policy:
+                raise ValueError(
+                    f"references.{i}: a moving reference starts as the policy (its weights are mixed with the "
+                    f"policy's), so its model must be {self.policy!r}, not {ref.model!r}"
+                )
+            if self.train.lora is not None:
+                raise ValueError(
+                    f"references.{i}: a moving reference needs full fine-tuning (TRL cannot sync it "
+                    "with LoRA adapters); remove train.lora or use kind: fixed"
+                )
+        return self

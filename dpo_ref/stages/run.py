@@ -34,7 +34,7 @@ from ..evaluation.alpaca_eval import MODEL_OUTPUTS, export_model_outputs, genera
 from ..evaluation.evaluate import Benchmark, ImplicitReward, evaluate_policy
 from ..models import ModelRef, is_adapter, load_model, load_tokenizer
 from ..objectives import OBJECTIVES
-from ..plan import find_run, prepared_models, run_hash, run_state
+from ..plan import find_run, prepared_models, reference_config, run_hash, run_state
 from ..precision import regime_for
 from ..reference import SampleScorer
 from ..store import Held, atomic_write_json, atomic_write_text, damage, lock_file, locked, read_json
@@ -148,8 +148,9 @@ def _train(prepared: Prepared, run: RunSpec, model, tokenizer, validation, run_d
     t0 = time.time()
     train = prepared.split("train", run)
     trainer_dir, policy_dir = run_dir / "trainer", run_dir / "policy"
+    cfg, moving = prepared.exp.train, _moving_reference(prepared, run)
     try:  # checkpoints stay in trainer/ when training is interrupted or fails: the next attempt resumes from them
-        trained = train_policy(model, tokenizer, train, validation, prepared.exp.train, run, trainer_dir, policy_dir)
+        trained = train_policy(model, tokenizer, train, validation, cfg, run, trainer_dir, policy_dir, moving)
     except FloatingPointError:  # diverged: a finished run, nothing to resume
         if ranks.is_main():
             shutil.rmtree(trainer_dir, ignore_errors=True)
@@ -170,6 +171,19 @@ def _train(prepared: Prepared, run: RunSpec, model, tokenizer, validation, run_d
         "steps": max((h.get("step", 0) for h in history), default=0),
         "train_loss": next((h["train_loss"] for h in history if "train_loss" in h), None),
     }
+
+
+def _moving_reference(prepared: Prepared, run: RunSpec):
+    """The run's TR-DPO reference (`kind: moving`): its starting weights loaded beside the policy, or None (a fixed
+    reference, read from the prepared columns)."""
+    from ..train import MovingReference
+
+    ref = reference_config(prepared.exp, run.reference)
+    if ref is None or ref.kind != "moving":
+        return None
+    regime = regime_for(prepared.model("policy"), prepared.exp.train.precision)
+    weights = load_model(prepared.model("references", run.reference), bf16=regime.bf16_weights)
+    return MovingReference(weights, ref.alpha, ref.sync_steps)
 
 
 def _inputs(prepared: Prepared, run: RunSpec):
