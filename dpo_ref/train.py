@@ -13,7 +13,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import safetensors.torch
 import torch
 from datasets import Dataset
 from peft import LoraConfig
@@ -26,6 +25,7 @@ from . import ranks
 from .config import RunSpec, TrainConfig
 from .config.schema import LoraSettings
 from .models import use_bf16
+from .moving import REFERENCE_STATE, MovingReference, MovingReferenceCheckpoints
 from .objectives import OBJECTIVES, PolicyLogps, ReferenceLogps
 from .store import atomic_dir, read_json
 from .training_guards import Diverged, DivergenceGuard
@@ -177,43 +177,6 @@ class PeriodicCheckpoints(TrainerCallback):
         if state.global_step % self.every == 0 and state.global_step < state.max_steps:  # the end needs none
             control.should_save = True
         control.should_log = control.should_log or control.should_save
-
-
-@dataclass(frozen=True)
-class MovingReference:
-    """A TR-DPO reference (`kind: moving`): a copy of the policy's starting weights that TRL's SyncRefModelCallback
-    moves towards the policy, ref <- alpha * policy + (1 - alpha) * ref, every `sync_steps` optimizer steps."""
-
-    model: PreTrainedModel
-    alpha: float
-    sync_steps: int
-
-    def trl_settings(self) -> dict:
-        """DPOConfig's TR-DPO settings; the reference is scored live, so nothing is precomputed."""
-        return {
-            "sync_ref_model": True,
-            "ref_model_mixup_alpha": self.alpha,
-            "ref_model_sync_steps": self.sync_steps,
-            "precompute_ref_log_probs": False,
-        }
-
-
-REFERENCE_STATE = "reference.safetensors"  # a moving reference's weights, in each checkpoint of its run
-
-
-class MovingReferenceCheckpoints(TrainerCallback):
-    """A moving reference is training state: its weights go into every checkpoint (after the Trainer wrote it), so a
-    resumed run goes on from the reference it had, not from the policy's starting point."""
-
-    def __init__(self, reference: torch.nn.Module):
-        self.reference = reference
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / REFERENCE_STATE
-            partial = path.with_suffix(".partial")
-            safetensors.torch.save_model(self.reference, str(partial))  # handles tied (shared) weights
-            partial.replace(path)
 
 
 def _saving(cfg: TrainConfig) -> dict:
@@ -370,7 +333,7 @@ def train_policy(
     resume = ranks.agree(resume_point(output_dir, moving is not None) if ranks.is_main() else None)  # main cleans up
     resumed_from = int(resume.name.rsplit("-", 1)[1]) if resume else None
     if resume and moving:
-        safetensors.torch.load_model(moving.model, str(resume / REFERENCE_STATE))
+        moving.restore(resume)
     guard = DivergenceGuard()
     callbacks = [RichProgress(f"training {run.run_id}"), guard]
     trainer = CachedReferenceDPOTrainer(

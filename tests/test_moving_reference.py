@@ -18,9 +18,10 @@ from dpo_ref.config import RunSpec, TrainConfig, load_experiment
 from dpo_ref.data.tokenize import tokenize_pairs
 from dpo_ref.errors import UserError
 from dpo_ref.models import load_model, load_tokenizer, resolve
+from dpo_ref.moving import REFERENCE_STATE, MovingReference
 from dpo_ref.plan import plan_text
 from dpo_ref.reference import ReferenceEngine
-from dpo_ref.train import REFERENCE_STATE, CachedReferenceDPOTrainer, MovingReference, dpo_config, train_policy
+from dpo_ref.train import CachedReferenceDPOTrainer, dpo_config, train_policy
 
 pytestmark = pytest.mark.slow
 

@@ -176,7 +176,7 @@ def _train(prepared: Prepared, run: RunSpec, model, tokenizer, validation, run_d
 def _moving_reference(prepared: Prepared, run: RunSpec):
     """The run's TR-DPO reference (`kind: moving`): its starting weights loaded beside the policy, or None (a fixed
     reference, read from the prepared columns)."""
-    from ..train import MovingReference
+    from ..moving import MovingReference
 
     ref = reference_config(prepared.exp, run.reference)
     if ref is None or ref.kind != "moving":
