@@ -41,11 +41,14 @@ class ModelRef:
 def resolve(spec: str, world=None, where: str = "model") -> ModelRef:
     """Turn a spec into a `ModelRef`; a world spec needs the built `world`."""
     if spec.startswith("world:"):
-        name = spec.removeprefix("world:")
-        if world is None or name not in world.models:
-            allowed = ", ".join(f"world:{n}" for n in (world.models if world else []))
-            raise UserError(where, f"unknown world model {spec!r}; allowed: {allowed}")
-        path = world.models[name]
+        if world is None:
+            raise UserError(
+                where, f"{spec!r} names a model of the embedded world, which this experiment does not build"
+            )
+        try:
+            path = world.model_path(spec.removeprefix("world:"))  # a family member is built on first use
+        except ValueError as e:
+            raise UserError(where, str(e)) from None
         return ModelRef(spec, str(path), _content(path))
     if spec.startswith("init:"):
         source = Path(spec.removeprefix("init:")).expanduser()

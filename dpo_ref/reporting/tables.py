@@ -14,6 +14,7 @@ from rich.table import Table
 from ..evaluation.alpaca_eval import ANNOTATED
 from ..evaluation.intervals import Z, normal_interval
 from ..store import atomic_write_json, atomic_write_text
+from . import similarity as sim_fit
 from .html import write_html
 from .intervals import INTERVAL_COLUMNS, METRICS, describe
 from .plots import plot_beta, plot_frontier, setting_label
@@ -291,16 +292,6 @@ BEST_RULE = (
 )
 
 
-SIMILARITY_COLUMNS = ["kl_k3", "pair_log_ratio", "logp_corr", "ref_pref_acc"]
-SIMILARITY_NOTE = (
-    "Similarity of each reference to the SFT policy before training: kl_k3 = KL(SFT || ref) estimated on the SFT "
-    "policy's own samples at temperature 1 on the test prompts (k3 estimator; k1 as kl in results.json); on the "
-    "training pairs: pair_log_ratio = mean log p_sft(y|x) - log p_ref(y|x) over their responses (not a KL: the pairs "
-    "are not plain samples of the SFT policy), logp_corr = correlation of the two models' sequence log-probs, "
-    "ref_pref_acc = pairs where the reference alone prefers the chosen response."
-)
-
-
 def best_per_method(rows: list[dict], similarity: dict | None = None) -> list[dict]:
     """One row per (objective, reference) at its best beta by BEST_RULE, after the SFT row (the paper's Tables 3 and 5);
     with `similarity` ({reference: measures}), each row that trains against a reference carries its measures."""
@@ -313,22 +304,23 @@ def best_per_method(rows: list[dict], similarity: dict | None = None) -> list[di
             best[label] = r
     out = []
     for label, r in best.items():
-        row = {"method": label, "best_beta": r["beta"], "seeds": r["seeds"], **{k: r[k] for k in AGGREGATED}}
+        row = {"method": label, "objective": r["objective"], "reference": r["reference"], "best_beta": r["beta"]}
+        row |= {"seeds": r["seeds"], **{k: r.get(k) for k in AGGREGATED + ["win_rate_lo", "win_rate_hi"]}}
         if similarity is not None:
             sim = similarity.get(r["reference"] or "", {})
-            row.update({k: sim.get(k) for k in SIMILARITY_COLUMNS})
+            row.update({k: sim.get(k) for k in sim_fit.COLUMNS})
         out.append(row)
     return out
 
 
 def best_table(rows: list[dict], similarity: dict | None = None) -> str:
     best = best_per_method(rows, similarity)
-    columns = BEST_COLUMNS + (SIMILARITY_COLUMNS if similarity is not None else [])
+    columns = BEST_COLUMNS + (sim_fit.COLUMNS if similarity is not None else [])
     lines = [f"\nBest beta per method ({BEST_RULE}):\n", "| " + " | ".join(columns) + " |"]
     lines.append("|" + "---|" * len(columns))
     lines += ["| " + " | ".join(_fmt(r[c], "beta" if c == "best_beta" else c) for c in columns) + " |" for r in best]
     if similarity is not None:
-        lines.append(f"\n{SIMILARITY_NOTE}")
+        lines.append(f"\n{sim_fit.NOTE}")
     return "\n".join(lines) + "\n"
 
 
@@ -367,7 +359,8 @@ def write_report(
     judge: str = "the gold reward",
     comparison: dict | None = None,
 ) -> list[Path]:
-    """results.csv / .md / .json / .png, frontier.png and report.html under `exp_dir`; returns the paths written.
+    """results.csv / .md / .json / .png, frontier.png, similarity.png (a fit of the best win rate on similarity, with
+    4 references or more) and report.html under `exp_dir`; returns the paths written.
     `tables` adds study-specific views to results.md: "grid" (metric by beta) and "best" (best beta per method);
     `comparison` (reporting.intervals.indistinguishable) the settings not distinguishable from the best one."""
     caption = results_caption(exp_dir, rows, title, judge)
@@ -381,7 +374,8 @@ def write_report(
     atomic_write_text(paths[0], to_csv(rows))
     views = {"grid": lambda: beta_grid_table(rows), "best": lambda: best_table(rows, similarity)}
     markdown = to_markdown(rows, shown_columns(rows), caption) + seed_table(rows) + "".join(views[t]() for t in tables)
-    markdown += describe(comparison)
+    fitted = sim_fit.fit(best_per_method(rows, similarity), similarity) if similarity and "best" in tables else None
+    markdown += describe(comparison) + (sim_fit.markdown(fitted) if fitted else "")
     atomic_write_text(paths[1], markdown)
     summary = {"title": title, "rows": rows, "by_setting": aggregate(rows), **(extra or {})}
     if comparison is not None:
@@ -389,9 +383,11 @@ def write_report(
     if "best" in tables:
         summary["best"] = {"rule": BEST_RULE, "rows": best_per_method(rows, similarity)}
     if similarity is not None:
-        summary["similarity"] = {"note": SIMILARITY_NOTE, "references": similarity}
+        summary["similarity"] = {"note": sim_fit.NOTE, "references": similarity, "fit": fitted}
     atomic_write_json(paths[2], summary)
     plot_beta(aggregate(rows), paths[3], title, comparison)
     plot_frontier(aggregate(rows), paths[4], title)
-    paths.append(write_html(exp_dir, title, markdown, rows, extra or {}, paths[3:5]))
+    if fitted and sim_fit.plot(fitted, exp_dir / "similarity.png", title):
+        paths.append(exp_dir / "similarity.png")
+    paths.append(write_html(exp_dir, title, markdown, rows, extra or {}, paths[3:]))
     return paths

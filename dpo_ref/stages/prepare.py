@@ -46,7 +46,7 @@ from ..store import (
 from ..ui import console
 from ..validate import Models, resolve_models
 
-PREPARE_VERSION = "2"  # bump when what prepare writes changes, so old directories are rebuilt (2: kept text)
+PREPARE_VERSION = "3"  # bump when what prepare writes changes, so old directories are rebuilt (3: strength)
 
 
 def columns(name: str, unconditional: bool) -> tuple[str, str]:
@@ -179,9 +179,26 @@ def _tokenized_with_references(exp: Experiment, models: Models, pairs, engine: R
     return tokenized, counts
 
 
-def _similarity(exp: Experiment, models: Models, pairs, engine: ReferenceEngine, tokenizer, prompts: list) -> dict:
+def _strength(exp: Experiment, ref: ModelRef, prompts: list, judge: Judge, baseline: PromptSet) -> float:
+    """The reference's own win rate against the SFT baseline: its samples (its tokenizer and chat template, the
+    evaluation's sampling and seed) on the test prompts, judged as a policy's are."""
+    regime = regime_for(ref, exp.train.precision)
+    model, tokenizer = load_model(ref, bf16=regime.bf16_weights), load_tokenizer(ref)
+    with regime.autocast():
+        gens = generate(model, tokenizer, prompts, sampling(exp.eval), exp.eval.seed, desc=f"sampling {ref.spec}")
+    del model
+    rewards = judge.rewards(gens.prompts, gens.responses, gens.ended)
+    return float(np.mean(judge.preferences(rewards, baseline.baseline_rewards)))
+
+
+def _similarity(
+    exp: Experiment, exp_dir: Path, models: Models, pairs, engine: ReferenceEngine, tokenizer, judge
+) -> dict:
     """For each reference: how alike it is to the SFT policy before any training: on the training pairs, and as
-    KL(SFT || ref) estimated on the SFT policy's own samples at temperature 1 on the test prompts."""
+    KL(SFT || ref) estimated on the SFT policy's own samples at temperature 1 on the test prompts; and how strong it
+    is (`_strength`)."""
+    test = read_baseline(exp_dir, "test")
+    prompts = test.prompts
 
     def scores(ref: ModelRef) -> dict:
         args = (exp.train.max_length, exp.eval.batch_size, False, exp.train.precision)
@@ -199,7 +216,8 @@ def _similarity(exp: Experiment, models: Models, pairs, engine: ReferenceEngine,
     for r in exp.references:
         ref = models.references[r.name]
         ref_logps = SampleScorer(ref, tokenizer, exp.eval.batch_size, exp.train.precision).logps(gens, None)
-        out[r.name] = {"model": r.model, **similarity(policy, scores(ref)), **kl_estimates(policy_logps, ref_logps)}
+        out[r.name] = {"model": r.model, "kind": r.kind, **similarity(policy, scores(ref))}
+        out[r.name] |= kl_estimates(policy_logps, ref_logps) | {"strength": _strength(exp, ref, prompts, judge, test)}
     return out
 
 
@@ -235,7 +253,7 @@ def _prepare(exp: Experiment, exp_dir: Path, study: str, models: Models) -> dict
     for name, prompt_list in (("test", test_prompts), ("validation", val_prompts)):
         baseline(exp, exp_dir, name, prompt_list, models.policy, judge)
     if STUDIES[study].similarity:
-        sims = _similarity(exp, models, pairs, engine, tokenizer, test_prompts)
+        sims = _similarity(exp, exp_dir, models, pairs, engine, tokenizer, judge)
         atomic_write_json(exp_dir / "similarity.json", sims)
     plan = {
         "key": key,

@@ -12,10 +12,10 @@ from ..errors import UserError
 from ..models import is_adapter, load_model, load_tokenizer, resolve
 from ..plan import STUDIES, run_status
 from ..reporting.intervals import add_run_intervals, describe, indistinguishable
+from ..reporting.similarity import COLUMNS as SIMILARITY_COLUMNS
 from ..reporting.tables import (
     BEST_COLUMNS,
     BEST_RULE,
-    SIMILARITY_COLUMNS,
     best_per_method,
     collect,
     rich_table,

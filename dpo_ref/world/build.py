@@ -35,12 +35,8 @@ ties 0.5): how much stronger each reference is, measured rather than assumed.
 from __future__ import annotations
 
 import json
-import logging
 import random
 import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +48,8 @@ from ..config import WorldConfig
 from ..evaluation.metrics import preference
 from ..store import atomic_dir, atomic_write_json, cache_root, content_hash, locked, read_json
 from ..ui import console
+from . import family
+from .isolation import preserved_global_rng, quiet, single_threaded
 from .models import init_model, init_other_model, respond, sft
 from .pairs import pair_stats, sample_pairs
 from .tasks import TASKS, demonstration, gold_reward, max_length, prompts, response_budget, solve
@@ -86,6 +84,16 @@ class World:
         meta = read_json(Path(root) / "meta.json")
         models = {name: Path(root) / rel for name, rel in meta["models"].items()}
         return cls(root=Path(root), config=WorldConfig(**meta["config"]), models=models)
+
+    def model_path(self, name: str) -> Path:
+        """The directory of model `name`: one of MODEL_NAMES, or a member of the graded family of references
+        (`family`: same@N, other@N, distill@N), built into the cache on first use. ValueError for any other name."""
+        if name in self.models:
+            return self.models[name]
+        if not family.is_member(name):
+            allowed = [*self.models, *family.PATTERNS]
+            raise ValueError(f"unknown world model {name!r}; allowed: {', '.join(f'world:{n}' for n in allowed)}")
+        return family.member(self, name)
 
     def tokenizer(self, name: str = "sft") -> PreTrainedTokenizerFast:
         """The tokenizer of model `name`: for sft and strong-same the character-level one with the world's chat
@@ -128,7 +136,7 @@ def build_world(cfg: WorldConfig, cache_dir: Path | None = None) -> World:
         if not intact_dir(root, "world"):
             console.print(f"building the embedded world (once per config) into {root}")
             t0 = time.time()
-            with atomic_dir(root) as tmp, _quiet(), _preserved_global_rng(), _single_threaded():
+            with atomic_dir(root) as tmp, quiet(), preserved_global_rng(), single_threaded():
                 _build(cfg, tmp)
             console.print(f"world built in {time.time() - t0:.0f}s")
     return World.load(root)
@@ -302,61 +310,3 @@ def _build(cfg: WorldConfig, root: Path) -> None:
         "build_seconds": {**b.seconds, "total": time.perf_counter() - t0},
     }
     atomic_write_json(root / "meta.json", meta)
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence transformers/TRL/datasets logs, progress bars and warnings during a build, then restore them."""
-    import datasets
-    import transformers
-
-    tf_logging = transformers.utils.logging
-    tf_level, tf_bars = tf_logging.get_verbosity(), tf_logging.is_progress_bar_enabled()
-    trl_logger = logging.getLogger("trl")
-    trl_level, ds_bars = trl_logger.level, datasets.is_progress_bar_enabled()
-    tf_logging.set_verbosity_error()
-    tf_logging.disable_progress_bar()
-    trl_logger.setLevel(logging.ERROR)
-    datasets.disable_progress_bars()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        tf_logging.set_verbosity(tf_level)
-        trl_logger.setLevel(trl_level)
-        if tf_bars:
-            tf_logging.enable_progress_bar()
-        if ds_bars:
-            datasets.enable_progress_bars()
-
-
-@contextmanager
-def _preserved_global_rng() -> Iterator[None]:
-    """The build seeds Python, NumPy and torch globally (the Trainer does); the caller gets its state back."""
-    import numpy as np
-    import torch
-
-    py_state, np_state = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-
-
-@contextmanager
-def _single_threaded() -> Iterator[None]:
-    """Build on one CPU thread. The models are too small to gain much from more (2 threads: ~1.7x per step on
-    an idle 2-core machine), while a second torch process on the same cores makes multi-threaded steps 10-40x
-    slower (threads spin at barriers); one thread also keeps the floating-point order, hence the world, the same
-    on machines with more cores."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
