@@ -151,6 +151,39 @@ for _study in STUDIES:
     app.command(_study)(_study_command(_study))
 
 
+@app.command("tune-beta")
+def tune_beta(
+    experiment: ExperimentArg = None,
+    budget: Annotated[int, typer.Option("--budget", min=1, help="Trials (runs) at most, pruned ones included.")] = 6,
+    checks: Annotated[
+        int,
+        typer.Option(
+            "--checks",
+            min=0,
+            help="Validation evaluations during each trial, for the pruner to stop one that lags (0: no pruning).",
+        ),
+    ] = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampler.")] = 0,
+    out: OutOpt = Path("runs"),
+    set_: SetOpt = None,
+    launcher: LauncherOpt = None,
+) -> None:
+    """The best beta without a grid: Optuna searches log-beta over the range the experiment's betas span (three trials spread over it, then a Gaussian-process sampler; a median pruner on validation checks), selecting on validation prompts only. Each trial is an ordinary run of OUT/<name>_tune; run it again to resume or, with a larger --budget, to go on."""  # noqa: E501
+
+    def body() -> int:
+        from .runner import read_experiment
+        from .tune import TuneSettings
+        from .tune import tune_beta as search
+
+        path = experiment or default_experiment("sweep-beta")
+        overrides = [*(set_ or []), *([f"launch.launcher={launcher}"] if launcher else [])]
+        exp = read_experiment(path, overrides)
+        quiet_libraries()
+        return search(exp, out, str(path), TuneSettings(budget, checks, seed))
+
+    _guarded(body)
+
+
 @app.command("run-one")
 def run_one(
     exp_dir: ExpDirArg,

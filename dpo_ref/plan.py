@@ -70,7 +70,8 @@ def check_study(exp: Experiment, study: str, source: str) -> None:
         raise UserError(f"{source}: references", f"{study} takes exactly one reference, got {len(exp.references)}")
 
 
-FINISHED = ("done", "degenerate", "diverged")  # statuses a rerun skips; their numbers are reported as they are
+# statuses a rerun skips; their numbers are reported as they are (pruned: a tune-beta trial its pruner stopped)
+FINISHED = ("done", "degenerate", "diverged", "pruned")
 
 
 def reference_config(exp: Experiment, name: str | None) -> ReferenceConfig | None:

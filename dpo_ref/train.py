@@ -323,11 +323,13 @@ def train_policy(
     output_dir: Path,
     policy_dir: Path,
     moving: MovingReference | None = None,
+    callbacks: list[TrainerCallback] = (),
 ) -> Trained:
     """Train `model` on `train` (tokenized pairs with reference columns), from the last checkpoint of an interrupted
     attempt in `output_dir` when there is one, and save it in `policy_dir`; with `cfg.eval_steps`, the weights kept
     (lowest validation loss) are the ones saved and returned (`model` itself, or under `cfg.lora` a peft model around
-    it); `moving`: the run's TR-DPO reference, in memory while it trains. Raises Diverged at the first non-finite
+    it); `moving`: the run's TR-DPO reference, in memory while it trains; `callbacks`: more of the Trainer's (a
+    tune-beta trial's pruner). Raises Diverged at the first non-finite
     loss or gradient norm."""
     params = sum(p.numel() for p in model.parameters())
     resume = ranks.agree(resume_point(output_dir, moving is not None) if ranks.is_main() else None)  # main cleans up
@@ -335,7 +337,7 @@ def train_policy(
     if resume and moving:
         moving.restore(resume)
     guard = DivergenceGuard()
-    callbacks = [RichProgress(f"training {run.run_id}"), guard]
+    callbacks = [RichProgress(f"training {run.run_id}"), guard, *callbacks]
     trainer = CachedReferenceDPOTrainer(
         model=model,
         args=dpo_config(cfg, run, output_dir, params, moving),

@@ -2,7 +2,7 @@
 
     <exp_dir>/<run_id>/run.yaml            the run's spec and config hash
                        status.json         running -> done | degenerate (both with `flags`) | diverged | failed
-                                           | interrupted (Ctrl-C, SIGTERM)
+                                           | interrupted (Ctrl-C, SIGTERM) | pruned (a tune-beta trial stopped early)
                        metrics.json        training history and the evaluation
                        generations.jsonl   the policy's judged samples on the test prompts
                        model_outputs.json  the same in AlpacaEval's format
@@ -41,6 +41,7 @@ from ..store import Held, atomic_write_json, atomic_write_text, damage, lock_fil
 from ..training_guards import run_flags
 from ..ui import console
 from .prepare import baseline_intact, columns, engine_sampler, make_judge, read_baseline, write_generations
+from .pruning import trial_pruning
 
 TRAIN, SKIP = "train", "skip"  # what the main process of a multi-process run tells the others (ranks.tell)
 
@@ -149,8 +150,12 @@ def _train(prepared: Prepared, run: RunSpec, model, tokenizer, validation, run_d
     train = prepared.split("train", run)
     trainer_dir, policy_dir = run_dir / "trainer", run_dir / "policy"
     cfg, moving = prepared.exp.train, _moving_reference(prepared, run)
+    # a tune-beta trial's pruner judges the policy mid-training; one process alone evaluates, so not across several
+    pruning = trial_pruning(prepared, run, tokenizer) if ranks.size() == 1 else None
     try:  # checkpoints stay in trainer/ when training is interrupted or fails: the next attempt resumes from them
-        trained = train_policy(model, tokenizer, train, validation, cfg, run, trainer_dir, policy_dir, moving)
+        trained = train_policy(
+            model, tokenizer, train, validation, cfg, run, trainer_dir, policy_dir, moving, [pruning] if pruning else []
+        )
     except FloatingPointError:  # diverged: a finished run, nothing to resume
         if ranks.is_main():
             shutil.rmtree(trainer_dir, ignore_errors=True)
@@ -170,6 +175,8 @@ def _train(prepared: Prepared, run: RunSpec, model, tokenizer, validation, run_d
         "train_processes": ranks.size(),  # processes that trained it together (accelerate launch); 1 otherwise
         "steps": max((h.get("step", 0) for h in history), default=0),
         "train_loss": next((h["train_loss"] for h in history if "train_loss" in h), None),
+        "validation_checks": pruning.checks if pruning else [],  # tune-beta: the values its pruner saw
+        "pruned_at_step": pruning.pruned_at if pruning else None,
     }
 
 
@@ -256,6 +263,8 @@ def execute(prepared: Prepared, run: RunSpec) -> str:
     metrics.update(eval=result.as_dict(), eval_seconds=time.time() - t0, flags=list(flags), flag_reasons=flags)
     atomic_write_json(run_dir / "metrics.json", metrics)
     status = {"status": "degenerate", "reason": result.degenerate} if result.degenerate else {"status": "done"}
+    if metrics.get("pruned_at_step"):  # stopped early by tune-beta's pruner: evaluated, never a best beta
+        status = {"status": "pruned", "reason": f"stopped at step {metrics['pruned_at_step']} by the pruner"}
     finished = {"flags": list(flags), "started": started, "finished": time.time()}
     atomic_write_json(run_dir / "status.json", {**status, **finished})
     for why in flags.values():
