@@ -7,7 +7,7 @@ OUT     ?= runs
 ARGS    ?=
 EXP     ?=
 
-.PHONY: setup demo test test-fast lint bench smollm2 sweep-beta compare-objectives swap-reference clean
+.PHONY: setup demo test test-fast lint bench smollm2 sweep-beta compare-objectives swap-reference family tune-beta clean
 
 # torch is installed first and pinned (the CPU build on this machine's disk); the rest comes from pyproject.toml.
 $(STAMP): pyproject.toml
@@ -50,6 +50,12 @@ compare-objectives: $(STAMP)  ## RQ2; default experiments/rq2_compare_objectives
 
 swap-reference: $(STAMP)      ## RQ3; default experiments/rq3_swap_reference/default.yaml
 	$(BIN)/dporef swap-reference $(EXP) --out $(OUT) $(ARGS)
+
+family: $(STAMP)              ## RQ3 over a graded family of references: does similarity predict the gain?
+	$(BIN)/dporef swap-reference experiments/rq3_swap_reference/family.yaml --out $(OUT) $(ARGS)
+
+tune-beta: $(STAMP)           ## the best beta without a grid; make tune-beta ARGS="--budget 6" (default EXP: RQ1's)
+	$(BIN)/dporef tune-beta $(EXP) --out $(OUT) $(ARGS)
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -92,7 +92,7 @@ class World:
             return self.models[name]
         if not family.is_member(name):
             allowed = [*self.models, *family.PATTERNS]
-            raise ValueError(f"unknown world model {name!r}; allowed: {', '.join(f'world:{n}' for n in allowed)}")
+            raise ValueError(f"unknown world model 'world:{name}'; allowed: {', '.join(f'world:{n}' for n in allowed)}")
         return family.member(self, name)
 
     def tokenizer(self, name: str = "sft") -> PreTrainedTokenizerFast:
