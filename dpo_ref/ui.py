@@ -1,6 +1,7 @@
 """Terminal output: one rich console, and progress bars that every stage (scoring, training, generation) shares."""
 
 import os
+import warnings
 
 from rich.console import Console
 from rich.progress import (
@@ -26,6 +27,8 @@ def quiet_libraries() -> None:
     datasets.logging.set_verbosity_error()  # e.g. its "Failed to load JSON" next to dporef's own one-line error
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars
+    # TRL 1.16 calls transformers 5's deprecated gradient-checkpointing names when it scores a moving reference
+    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
 
 
 def progress() -> Progress:
