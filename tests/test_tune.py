@@ -12,6 +12,9 @@ from conftest import TINY_WORLD
 from typer.testing import CliRunner
 
 from dpo_ref.cli import app
+from dpo_ref.models import ModelRef, load_model, load_tokenizer
+from dpo_ref.stages.pruning import validation_win_rate
+from dpo_ref.stages.run import Prepared
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +49,12 @@ def test_trials_are_ordinary_runs_and_the_best_is_chosen_on_validation(tmp_path)
     finished = {run_id: v for run_id, (status, v) in outcomes.items() if status == "done"}
     assert summary["best"]["run_id"] == max(finished, key=finished.get)
     assert summary["runs"] == len(outcomes) and summary["train_seconds"] > 0
+
+    # the pruner's checks judge what selection judges: the final policy's check equals its val_win_rate
+    prepared, best = Prepared.open(exp_dir), summary["best"]["run_id"]
+    policy = load_model(ModelRef(str(exp_dir / best / "policy"), str(exp_dir / best / "policy"), ""))
+    check = validation_win_rate(policy, load_tokenizer(prepared.model("policy")), prepared.benchmark(), "check")
+    assert check == pytest.approx(finished[best], abs=1e-9)
 
     assert CliRunner().invoke(app, ["report", str(exp_dir)]).exit_code == 0  # an ordinary results directory
     rows = read(exp_dir / "results.json")["rows"]
