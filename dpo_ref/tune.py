@@ -67,8 +67,9 @@ def search_range(exp: Experiment, source: str) -> tuple[float, float]:
 
 
 def with_betas(exp: Experiment, betas: list[float]) -> Experiment:
-    """The tune's experiment: `<name>_tune`, its grid the betas tried so far (largest first, as grids are written)."""
-    grid = exp.objectives[0].model_copy(update={"betas": sorted(betas, reverse=True)})
+    """The tune's experiment: `<name>_tune`, its grid the betas tried so far, each once (a resumed trial's beta, or
+    one a later trial rounded to, is listed already), largest first as grids are written."""
+    grid = exp.objectives[0].model_copy(update={"betas": sorted(set(betas), reverse=True)})
     return exp.model_copy(update={"name": f"{exp.name.removesuffix('_tune')}_tune", "objectives": [grid]})
 
 

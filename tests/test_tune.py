@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from dpo_ref.cli import app
 from dpo_ref.models import ModelRef, load_model, load_tokenizer
-from dpo_ref.stages.pruning import validation_win_rate
+from dpo_ref.stages.pruning import storage, validation_win_rate
 from dpo_ref.stages.run import Prepared
 
 pytestmark = pytest.mark.slow
@@ -64,6 +64,20 @@ def test_trials_are_ordinary_runs_and_the_best_is_chosen_on_validation(tmp_path)
     assert again.exit_code == 0, again.output
     assert again.output.count("finished ") == 1 and "finished dpo-" in again.output  # the SFT row was done too
     assert len(read(exp_dir / "tune.json")["trials"]) == 5
+
+    # a tune killed while trial 5 ran: the trial is left running in the journal, linked to its run, which never ended
+    study = optuna.load_study(study_name="tune-beta", storage=storage(exp_dir))
+    stopped = study.ask({"beta": optuna.distributions.FloatDistribution(0.01, 3, log=True)})
+    beta = float(f"{stopped.params['beta']:.3g}")
+    links = read(exp_dir / "tune" / "trials.json")
+    link = {"trial": 5, "trial_id": stopped._trial_id, "study": "tune-beta", "beta": beta, "repeats": []}
+    links[f"dpo-sft-b{beta:g}-s0"] = link | {"check_steps": [3]}
+    (exp_dir / "tune" / "trials.json").write_text(json.dumps(links))
+    resumed = tune(tmp_path, "--budget", "6", "--checks", "1")  # the budget is spent once the stopped trial ends
+    assert resumed.exit_code == 0, resumed.output + repr(resumed.exception)
+    assert resumed.output.count("finished ") == 1 and f"finished dpo-sft-b{beta:g}-s0" in resumed.output
+    last = read(exp_dir / "tune.json")["trials"][5]
+    assert last["beta"] == beta and last["state"] in ("complete", "pruned")
 
 
 def test_a_trial_that_lags_at_its_check_is_pruned_and_never_best(tmp_path):
