@@ -12,8 +12,9 @@ from conftest import TINY_WORLD
 from typer.testing import CliRunner
 
 from dpo_ref.cli import app
+from dpo_ref.evaluation.evaluate import validation_win_rate
 from dpo_ref.models import ModelRef, load_model, load_tokenizer
-from dpo_ref.stages.pruning import storage, validation_win_rate
+from dpo_ref.stages.pruning import storage
 from dpo_ref.stages.run import Prepared
 
 pytestmark = pytest.mark.slow

@@ -50,6 +50,27 @@ class Benchmark:
     cfg: EvalConfig
 
 
+SEED_OFFSETS = {"test": 0, "kl": 1, "validation": 2}  # a policy's samples: eval.seed plus these, one draw each
+
+
+def win_rate(judge: Judge, gens: Generations, against: PromptSet) -> float:
+    """Mean preference of the judge for `gens` over the SFT baseline's samples of the same prompts."""
+    rewards = judge.rewards(gens.prompts, gens.responses, gens.ended)
+    return float(np.mean(judge.preferences(rewards, against.baseline_rewards)))
+
+
+def validation_win_rate(model, tokenizer, bench: Benchmark, desc: str) -> float:
+    """The policy's win rate on the validation prompts, sampled as `evaluate_policy` samples them (a tune-beta
+    trial's checks judge what best-beta selection judges); the model is left in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        seed = bench.cfg.seed + SEED_OFFSETS["validation"]
+        gens = generate(model, tokenizer, bench.val.prompts, sampling(bench.cfg), seed, desc=desc)
+    model.train(was_training)
+    return win_rate(bench.judge, gens, bench.val)
+
+
 class SampleScorer(Protocol):
     """Scores a policy's samples under the run's reference (for the KL estimate)."""
 
@@ -127,8 +148,9 @@ def evaluate_policy(
     `model`; `eval.engine: vllm` passes a VllmSampler of the same policy)."""
     cfg = bench.cfg
     sample = sample or partial(generate, model, tokenizer)
-    gens = sample(bench.test.prompts, sampling(cfg), cfg.seed, desc="sampling policy")
-    val_gens = sample(bench.val.prompts, sampling(cfg), cfg.seed + 2, desc="sampling policy (validation)")
+    gens = sample(bench.test.prompts, sampling(cfg), cfg.seed + SEED_OFFSETS["test"], desc="sampling policy")
+    val_seed = cfg.seed + SEED_OFFSETS["validation"]
+    val_gens = sample(bench.val.prompts, sampling(cfg), val_seed, desc="sampling policy (validation)")
     # one judging call for both sets: a reward-model judge is loaded once per policy
     both = bench.judge.rewards(
         gens.prompts + val_gens.prompts, gens.responses + val_gens.responses, gens.ended + val_gens.ended
@@ -142,7 +164,7 @@ def evaluate_policy(
     kl_gens = gens
     if (cfg.temperature, cfg.top_p) != (1.0, 1.0):
         kl_sampling = sampling(cfg, temperature=1.0, top_p=1.0)
-        kl_gens = sample(bench.test.prompts, kl_sampling, cfg.seed + 1, desc="sampling for KL")
+        kl_gens = sample(bench.test.prompts, kl_sampling, cfg.seed + SEED_OFFSETS["kl"], desc="sampling for KL")
     policy_logps = sequence_logps(model, kl_gens.sequences(), cfg.batch_size, desc="scoring samples under policy")
     kl = kl_estimates(policy_logps, reference.logps(kl_gens, model))
 

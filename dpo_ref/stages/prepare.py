@@ -24,7 +24,7 @@ from .. import data
 from ..cache import intact_dir
 from ..config import Experiment, expand
 from ..data.tokenize import load_prompts, tokenize_pairs, unique_prompts
-from ..evaluation.evaluate import PromptSet, sampling
+from ..evaluation.evaluate import PromptSet, sampling, win_rate
 from ..evaluation.judges import Judge, RewardModelJudge, RuleJudge
 from ..evaluation.metrics import kl_estimates
 from ..generation import Generations, generate
@@ -187,8 +187,7 @@ def _strength(exp: Experiment, ref: ModelRef, prompts: list, judge: Judge, basel
     with regime.autocast():
         gens = generate(model, tokenizer, prompts, sampling(exp.eval), exp.eval.seed, desc=f"sampling {ref.spec}")
     del model
-    rewards = judge.rewards(gens.prompts, gens.responses, gens.ended)
-    return float(np.mean(judge.preferences(rewards, baseline.baseline_rewards)))
+    return win_rate(judge, gens, baseline)
 
 
 def _similarity(

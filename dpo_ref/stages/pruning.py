@@ -9,14 +9,11 @@ and reaches the study through its journal file, so a trial runs as any run does:
 
 from __future__ import annotations
 
-import numpy as np
 import optuna
-import torch
 from transformers import TrainerCallback
 
 from ..config import RunSpec
-from ..evaluation.evaluate import Benchmark, sampling
-from ..generation import generate
+from ..evaluation.evaluate import validation_win_rate
 from ..store import read_json
 from ..ui import console
 
@@ -35,18 +32,6 @@ def storage(exp_dir) -> optuna.storages.JournalStorage:
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(exp_dir / JOURNAL)))
-
-
-def validation_win_rate(model, tokenizer, bench: Benchmark, desc: str) -> float:
-    """The policy's win rate against the SFT baseline on the validation prompts, sampled as the final evaluation's
-    validation samples are (same settings and seed)."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        gens = generate(model, tokenizer, bench.val.prompts, sampling(bench.cfg), bench.cfg.seed + 2, desc=desc)
-    model.train(was_training)
-    rewards = bench.judge.rewards(gens.prompts, gens.responses, gens.ended)
-    return float(np.mean(bench.judge.preferences(rewards, bench.val.baseline_rewards)))
 
 
 class TrialPruning(TrainerCallback):
