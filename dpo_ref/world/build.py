@@ -43,13 +43,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..cache import intact_dir
 from ..config import WorldConfig
 from ..evaluation.metrics import preference
-from ..store import atomic_dir, atomic_write_json, cache_root, content_hash, locked, read_json
-from ..ui import console
+from ..store import atomic_write_json, cache_root, content_hash, read_json
 from . import family
-from .isolation import preserved_global_rng, quiet, single_threaded
+from .isolation import build_once
 from .models import init_model, init_other_model, respond, sft
 from .pairs import pair_stats, sample_pairs
 from .tasks import TASKS, demonstration, gold_reward, max_length, prompts, response_budget, solve
@@ -132,14 +130,7 @@ def build_world(cfg: WorldConfig, cache_dir: Path | None = None) -> World:
     """
     key = content_hash({"config": cfg.model_dump(), "world_version": WORLD_VERSION})
     root = Path(cache_dir or cache_root()) / "world" / key
-    with locked(root, on_wait=console.print):
-        if not intact_dir(root, "world"):
-            console.print(f"building the embedded world (once per config) into {root}")
-            t0 = time.time()
-            with atomic_dir(root) as tmp, quiet(), preserved_global_rng(), single_threaded():
-                _build(cfg, tmp)
-            console.print(f"world built in {time.time() - t0:.0f}s")
-    return World.load(root)
+    return World.load(build_once(root, "the embedded world", lambda tmp: _build(cfg, tmp)))
 
 
 def _model_stats(models: dict, eval_prompts: list[str], cfg: WorldConfig, rng: random.Random) -> dict[str, dict]:

@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import random
 import re
-import time
 from pathlib import Path
 
-from ..cache import intact_dir
-from ..store import atomic_dir, atomic_write_json, locked
-from ..ui import console
-from .isolation import preserved_global_rng, quiet, single_threaded
+from ..store import atomic_write_json
+from .isolation import build_once
 from .models import init_model, init_other_model, respond, sft
 from .tasks import demonstration, prompts, response_budget
 from .tokenizers import other_max_length
@@ -54,19 +51,13 @@ def member(world, name: str) -> Path:
     if match is None:
         raise ValueError(f"{name!r} is not a family member ({', '.join(PATTERNS)}, N optimizer steps)")
     kind, steps = match[1], int(match[2])
-    root = member_dir(world, name)
-    with locked(root, on_wait=console.print):
-        if not intact_dir(root, "family reference"):
-            console.print(f"building the world's reference {name} (once) into {root}")
-            t0 = time.perf_counter()
-            with atomic_dir(root) as tmp, quiet(), preserved_global_rng(), single_threaded():
-                BUILDERS[kind](world, steps, tmp)
-                # no timings in it: the directory's content is the model's fingerprint, the same wherever it is built
-                atomic_write_json(
-                    tmp / "family.json", {"name": name, "kind": kind, "steps": steps, "what": KINDS[kind]}
-                )
-            console.print(f"reference {name} built in {time.perf_counter() - t0:.0f}s")
-    return root
+
+    def build(out: Path) -> None:
+        BUILDERS[kind](world, steps, out)
+        # no timings in it: the directory's content is the model's fingerprint, the same wherever it is built
+        atomic_write_json(out / "family.json", {"name": name, "kind": kind, "steps": steps, "what": KINDS[kind]})
+
+    return build_once(member_dir(world, name), f"the world's reference {name}", build)
 
 
 def _fresh_prompts(world, stream: str, n: int, out: Path) -> list[str]:

@@ -1,12 +1,32 @@
-"""What every build of a world model runs under: libraries quiet, the caller's random state kept, one CPU thread."""
+"""How every build of the world or of a world model runs: once per cache entry, under its lock, sealed when whole
+(`build_once`), with the libraries quiet, the caller's random state kept and one CPU thread."""
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+from ..cache import intact_dir
+from ..store import atomic_dir, locked
+from ..ui import console
+
+
+def build_once(root: Path, what: str, build: Callable[[Path], None]) -> Path:
+    """`root`, built first by `build(tmp)` when it is not in the cache intact: a second process waits for the first
+    build and uses it; an interrupted build leaves nothing behind (the temporary directory is renamed at the end)."""
+    with locked(root, on_wait=console.print):
+        if not intact_dir(root, what):
+            console.print(f"building {what} (once) into {root}")
+            t0 = time.perf_counter()
+            with atomic_dir(root) as tmp, quiet(), preserved_global_rng(), single_threaded():
+                build(tmp)
+            console.print(f"{what} built in {time.perf_counter() - t0:.0f}s")
+    return root
 
 
 @contextmanager
