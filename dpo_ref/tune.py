@@ -66,11 +66,16 @@ def search_range(exp: Experiment, source: str) -> tuple[float, float]:
     return min(betas), max(betas)
 
 
+def tune_name(exp: Experiment) -> str:
+    """`<name>_tune`: the tune's experiment, beside (never inside) a sweep of the same experiment."""
+    return f"{exp.name.removesuffix('_tune')}_tune"
+
+
 def with_betas(exp: Experiment, betas: list[float]) -> Experiment:
     """The tune's experiment: `<name>_tune`, its grid the betas tried so far, each once (a resumed trial's beta, or
     one a later trial rounded to, is listed already), largest first as grids are written."""
     grid = exp.objectives[0].model_copy(update={"betas": sorted(set(betas), reverse=True)})
-    return exp.model_copy(update={"name": f"{exp.name.removesuffix('_tune')}_tune", "objectives": [grid]})
+    return exp.model_copy(update={"name": tune_name(exp), "objectives": [grid]})
 
 
 def _sampler(settings: TuneSettings) -> optuna.samplers.BaseSampler:
@@ -149,7 +154,7 @@ def tune_beta(exp: Experiment, out: Path, source: str, settings: TuneSettings) -
     launch.check(exp, source)
     t_start = time.time()
     models = check_inputs(exp, source)
-    exp_dir = Path(out) / with_betas(exp, [low]).name
+    exp_dir = Path(out) / tune_name(exp)
     exp_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(exp_dir, settings, low, high)
     links = _links(exp_dir)

@@ -47,7 +47,8 @@ def fit(best: list[dict], similarity: dict) -> dict:
     """Pearson's r (95% interval by Fisher's z), Spearman's rho and the least-squares line of the best win rate on
     each measure, per objective with at least MIN_REFERENCES fixed references; `short` names those with fewer."""
     fits, short, constant = [], {}, []
-    for objective, rows in _points(best, similarity).items():
+    points = _points(best, similarity)
+    for objective, rows in points.items():
         if len(rows) < MIN_REFERENCES:
             short[objective] = len(rows)
             continue
@@ -80,7 +81,7 @@ def fit(best: list[dict], similarity: dict) -> dict:
         "fits": fits,
         "too_few_references": short,
         "constant": sorted(set(constant)),
-        "points": _points(best, similarity),
+        "points": points,
     }
 
 
