@@ -3,7 +3,9 @@
 No reference model is loaded here: `precompute_ref_log_probs=True` makes TRL drop its reference, and the overrides
 below hand it dporef's cached `ref_chosen_logps` / `ref_rejected_logps` instead of recomputing them. The one
 exception is a moving reference (TR-DPO, `MovingReference`), which changes as the policy trains: it is in memory and
-scored live.
+scored live while training. The validation loss that chooses a checkpoint (`eval_steps`) is measured against its
+starting point's cached scores instead: against the moving reference it falls back towards ln 2 after every sync, so
+its lowest value would pick the checkpoint just before a sync, quietly turning the run into a short DPO run.
 """
 
 from __future__ import annotations
@@ -77,9 +79,9 @@ class CachedReferenceDPOTrainer(DPOTrainer):
         lengths = shift_mask.sum(dim=1).float()
         policy = PolicyLogps(*logps.chunk(2), *lengths.chunk(2))
         chosen, rejected = policy.chosen, policy.rejected
-        if self.ref_model is not None:  # a moving reference (TR-DPO): scored as it is now, by TRL's own pass
+        if self.ref_model is not None and mode == "train":  # a moving reference (TR-DPO): scored as it is now
             ref_logps = self.compute_ref_log_probs(self.ref_model, inputs)
-        else:
+        else:  # cached; a moving run's validation loss against its starting point (module docstring)
             ref_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         ref = ReferenceLogps(*(x.to(chosen.dtype) for x in ref_logps))
         losses, chosen_reward, rejected_reward = self.objective.fn(policy, ref, self.beta, self.gamma)

@@ -86,6 +86,46 @@ def test_hard_update_every_step_makes_each_reference_the_previous_policy(pairs, 
     assert moved > 1e-3  # the policy trained all the same
 
 
+def hand_dpo_loss(model, pairs_ds, beta: float) -> float:
+    """Mean DPO loss of `model` against the cached reference columns, from a plain forward pass per response."""
+
+    def logp(prompt, completion):
+        ids = torch.tensor([prompt + completion])
+        with torch.no_grad():
+            logits = model(ids).logits[0, :-1].double().log_softmax(-1)
+        token_logps = logits.gather(1, ids[0, 1:, None])[:, 0]
+        return float(token_logps[len(prompt) - 1 :].sum())
+
+    losses = []
+    for row in pairs_ds:
+        margin = logp(row["prompt_ids"], row["chosen_ids"]) - row["ref_chosen_logps"]
+        margin -= logp(row["prompt_ids"], row["rejected_ids"]) - row["ref_rejected_logps"]
+        losses.append(math.log1p(math.exp(-beta * margin)))
+    return sum(losses) / len(losses)
+
+
+def test_checkpoint_choice_measures_a_moving_run_against_its_starting_point(pairs, tmp_path):
+    """Against the moving reference, a hard update every step would make every validation loss exactly ln 2 (the
+    reference is the policy after each sync) and the lowest one meaningless; measured against the starting point's
+    cached scores it is the DPO loss of the policy against the SFT model, computed here by hand."""
+    sft, tok, _, train = pairs
+    moving = MovingReference(load_model(sft), alpha=1.0, sync_steps=1)
+    validation = train.select(range(8))
+    t = CachedReferenceDPOTrainer(
+        model=load_model(sft),
+        ref_model=moving.model,
+        args=dpo_config(settings(eval_steps=3), RUN, tmp_path, 1, moving),
+        train_dataset=train,
+        eval_dataset=validation,
+        processing_class=tok,
+    )
+    t.train()
+    evals = [h["eval_loss"] for h in t.state.log_history if "eval_loss" in h]
+    assert len(evals) == 2 and evals[-1] != pytest.approx(math.log(2), abs=1e-3)
+    t.model.eval()
+    assert evals[-1] == pytest.approx(hand_dpo_loss(t.model, validation, RUN.beta), rel=1e-4)
+
+
 def test_a_reference_that_never_syncs_trains_as_the_fixed_one(pairs, tmp_path):
     sft = pairs[0]
     fixed = trainer(pairs, tmp_path / "fixed", settings(), None)

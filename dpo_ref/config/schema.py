@@ -145,8 +145,8 @@ class TrainConfig(Strict):
         ge=1,
         le=MAX_STEPS,
         description="Checkpoint choice: every N steps compute the objective's loss on the validation pairs and keep "
-        "the checkpoint where it is lowest (the paper: DPO loss, every 500 steps). Default (null): keep the final "
-        "policy.",
+        "the checkpoint where it is lowest (the paper: DPO loss, every 500 steps); a moving reference's runs measure "
+        "it against the reference's fixed starting point. Default (null): keep the final policy.",
     )
     checkpoint_steps: int | None = Field(
         None,
