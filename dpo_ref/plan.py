@@ -239,6 +239,8 @@ def plan_text(exp: Experiment, runs: list[RunSpec], exp_dir: Path) -> str:
     lines = [
         f"experiment {exp.name} -> {exp_dir}",
         f"policy: {exp.policy}   data: {exp.data.source}   judge: {judge}",
+        f"test prompts (reported, never chosen on): {data.test_prompts_text(exp)}",
+        "validation prompts (best beta, tune-beta, checkpoints): the validation pairs' prompts, less any test prompt",
         "references to score:",
     ]
     needs = scoring_needs(exp, runs)

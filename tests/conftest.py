@@ -50,6 +50,29 @@ def tiny_world(cache_dir):
 
 
 @pytest.fixture(scope="session")
+def reward_model_dir(tiny_world, tmp_path_factory):
+    """A 2-layer Llama reward model (one output) with the world's tokenizer and chat template, random weights."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = tiny_world.tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        num_labels=1,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("reward-model")
+    LlamaForSequenceClassification(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def run_study(cache_dir):
     """Run `dporef <study> --out OUT --set ...` on the tiny world; return (results.json, CliRunner result)."""
     import json

@@ -7,33 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+from transformers import AutoTokenizer, LlamaForSequenceClassification
 
 from dpo_ref.evaluation.judges import RewardModelJudge, RuleJudge
 from dpo_ref.models import resolve
 from dpo_ref.world import gold_reward
-
-
-@pytest.fixture(scope="module")
-def reward_model_dir(tiny_world, tmp_path_factory):
-    """A 2-layer Llama reward model (one output) with the world's tokenizer and chat template, random weights."""
-    tok = tiny_world.tokenizer()
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        num_labels=1,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("reward-model")
-    LlamaForSequenceClassification(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
 
 PROMPTS = ["rev abc", "copy abcd", "sort dcba", "dup ab", "rev abcdef"]
 RESPONSES = ["cba", "abcd and more", "abcd", "", "fedcbaaaa"]

@@ -197,9 +197,10 @@ class EvalConfig(Strict):
     n_prompts: int | None = Field(None, ge=1, description="Evaluate on the first N held-out prompts (default: all).")
     prompts: str | None = Field(
         None,
-        description="Held-out prompts the policies are judged on. Default: the data's own (world and instructions: "
-        "their evaluation prompts; hub/local data: the validation split's prompts). Or a local file or hub dataset "
-        "with an `instruction` or `prompt` column, e.g. AlpacaEval's 805 prompts.",
+        description="Held-out test prompts the policies are judged on. Default: the data's own (world and "
+        "instructions: their evaluation prompts; hub/local data: `data.test_share` of the validation split's "
+        "prompts). Or a local file or hub dataset with an `instruction` or `prompt` column, e.g. AlpacaEval's 805 "
+        "prompts. Validation pairs on a test prompt are set aside: test and validation prompts never overlap.",
     )
     seed: int = Field(1234, ge=0, le=MAX_SEED, description="Seed of the policies' samples.")
     engine: Literal["transformers", "vllm"] = Field(
@@ -241,6 +242,14 @@ class DataConfig(Strict):
     )
     max_train_pairs: int | None = Field(None, ge=1, description="Keep the first N training pairs (default: all).")
     max_validation_pairs: int | None = Field(None, ge=1, description="Keep the first N validation pairs (default all).")
+    test_share: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Hub/local data without `eval.prompts`: the share of the validation split's prompts held out as "
+        "test prompts, their pairs removed from validation, so that nothing chosen on validation (best beta, "
+        "tune-beta, checkpoints) is reported on the prompts it was chosen on.",
+    )
 
 
 class JudgeConfig(Strict):

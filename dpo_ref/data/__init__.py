@@ -5,18 +5,24 @@ content depends on; nothing outside this package asks which source an experiment
 - `world`: the embedded world's pairs, judged by the gold reward.
 - `instructions`: pairs dporef samples from the policy on prompts with checkable instructions, judged by the checks.
 - anything else: a local file or directory, or a hub dataset in the local cache (`files.py`); no built-in judge.
+
+Whatever the source, the test prompts a table reports and the validation prompts every choice is made on (best beta,
+tune-beta, checkpoints) are disjoint (`load_data`), so no choice is ever made on the prompts it is reported on.
 """
 
 from __future__ import annotations
 
+import json
+import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from datasets import DatasetDict
 
 from ..config import Experiment
+from ..errors import UserError
 from . import instructions
-from .tokenize import unique_prompts
+from .tokenize import load_prompts, unique_prompts
 
 Scorer = Callable[[object, str, bool], float]  # (prompt, response, ended) -> reward
 
@@ -26,8 +32,9 @@ class PreferenceData:
     """Pairs (splits `train`, `validation`), the held-out prompts policies are judged on, and what loading did."""
 
     pairs: DatasetDict
-    eval_prompts: list
+    eval_prompts: list  # the test prompts, never among the validation pairs' prompts (`load_data`)
     notes: list[str]  # counts, held-out validation, build statistics: shown to the user
+    prompt_counts: dict | None = None  # test / validation prompts and the pairs set aside for them (`load_data`)
 
 
 class WorldSource:
@@ -39,6 +46,9 @@ class WorldSource:
 
     def n_train_pairs(self, exp: Experiment) -> int | None:
         return exp.world.n_train_pairs
+
+    def test_prompts_text(self, exp: Experiment) -> str:
+        return f"the world's {exp.world.n_eval_prompts} held-out prompts (drawn apart from every pair's)"
 
     @property
     def scorer(self) -> Scorer:
@@ -67,6 +77,9 @@ class InstructionsSource:
     def n_train_pairs(self, exp: Experiment) -> int | None:
         return exp.instructions.n_train_prompts
 
+    def test_prompts_text(self, exp: Experiment) -> str:
+        return f"{exp.instructions.n_eval_prompts} held-out instruction prompts (drawn apart from the pairs')"
+
     def hash_parts(self, exp: Experiment) -> list:
         return [exp.data.model_dump(), exp.instructions.model_dump()]
 
@@ -83,10 +96,18 @@ class FileSource:
         pairs, report = load_source(
             cfg.source, cfg.train_split, cfg.validation_split, cfg.max_train_pairs, cfg.max_validation_pairs, "data"
         )
-        return PreferenceData(pairs, unique_prompts(pairs["validation"]["prompt"]), report.lines())
+        if exp.eval.prompts:  # the test prompts come from elsewhere (`load_data`)
+            return PreferenceData(pairs, [], report.lines())
+        return PreferenceData(pairs, held_out_prompts(pairs, cfg.test_share, cfg.source), report.lines())
 
     def n_train_pairs(self, exp: Experiment) -> int | None:
         return None  # known only once read
+
+    def test_prompts_text(self, exp: Experiment) -> str:
+        return (
+            f"{exp.data.test_share:.0%} of the prompts of split {exp.data.validation_split!r}, held out at random "
+            f"(seed {HELD_OUT_SEED}) with their pairs"
+        )
 
     def hash_parts(self, exp: Experiment) -> list:
         return [exp.data.model_dump(), None]  # None: the slot of the instructions settings
@@ -135,6 +156,60 @@ def check_judge(exp: Experiment) -> tuple[str, str] | None:
     return None
 
 
+HELD_OUT_SEED = 0  # which of a validation split's prompts become test prompts (data.test_share of them)
+
+
+def prompt_key(prompt) -> str:
+    """A prompt (a string or a list of messages) as a hashable key."""
+    return json.dumps(prompt, sort_keys=True)
+
+
+def held_out_prompts(pairs: DatasetDict, share: float, source_name: str) -> list:
+    """A fixed random `share` of the validation split's distinct prompts, at least one and never all: the test
+    prompts of data that come without held-out prompts of their own (`load_data` then removes their pairs from the
+    validation split)."""
+    prompts = unique_prompts(pairs["validation"]["prompt"])
+    if len(prompts) < 2:
+        raise UserError(
+            "data.validation_split",
+            f"{source_name}: its validation pairs have {len(prompts)} distinct prompt; test prompts are held out of "
+            "them, so give pairs with 2 prompts or more, or set eval.prompts",
+        )
+    n_test = min(len(prompts) - 1, max(1, round(share * len(prompts))))
+    chosen = sorted(random.Random(HELD_OUT_SEED).sample(range(len(prompts)), n_test))
+    return [prompts[i] for i in chosen]
+
+
+def test_prompts_text(exp: Experiment) -> str:
+    """Where the test prompts come from, in the words of the plan (`--dry-run`)."""
+    text = f"{exp.eval.prompts} (eval.prompts)" if exp.eval.prompts else source(exp).test_prompts_text(exp)
+    return text + (f", the first {exp.eval.n_prompts}" if exp.eval.n_prompts else "")
+
+
 def load_data(exp: Experiment, world, policy, tokenizer) -> PreferenceData:
-    """The preference data named by the experiment's `data` key."""
-    return source(exp).load(exp, world, policy, tokenizer)
+    """The preference data named by the experiment's `data` key, with the test prompts (`eval.prompts` when set,
+    else the source's held-out prompts) and no validation pair on a test prompt: such pairs are set aside and
+    counted, so validation choices never see a test prompt. Training pairs on test prompts are counted (a leak the
+    user's own files can hold), not dropped."""
+    loaded = source(exp).load(exp, world, policy, tokenizer)
+    held_out = load_prompts(exp.eval.prompts) if exp.eval.prompts else loaded.eval_prompts
+    test = held_out[: exp.eval.n_prompts] if exp.eval.n_prompts else held_out
+    held = {prompt_key(p) for p in held_out}
+    validation = loaded.pairs["validation"]
+    keep = [i for i, p in enumerate(validation["prompt"]) if prompt_key(p) not in held]
+    if not keep:
+        raise UserError("eval.prompts", "every validation pair's prompt is a test prompt; validation needs its own")
+    pairs = DatasetDict({**loaded.pairs, "validation": validation.select(keep)})
+    counts = {
+        "test_prompts": len(test),
+        "validation_prompts": len(unique_prompts(pairs["validation"]["prompt"])),
+        "validation_pairs_on_test_prompts": len(validation) - len(keep),
+        "train_pairs_on_test_prompts": sum(prompt_key(p) in held for p in loaded.pairs["train"]["prompt"]),
+    }
+    notes = loaded.notes + [
+        f"prompts: {counts['test_prompts']} test ({test_prompts_text(exp)}), {counts['validation_prompts']} "
+        f"validation; {counts['validation_pairs_on_test_prompts']} validation pairs on test prompts set aside"
+    ]
+    if counts["train_pairs_on_test_prompts"]:
+        notes.append(f"[yellow]{counts['train_pairs_on_test_prompts']} training pairs are on test prompts")
+    return replace(loaded, pairs=pairs, eval_prompts=test, notes=notes, prompt_counts=counts)

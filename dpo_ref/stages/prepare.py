@@ -23,7 +23,7 @@ import numpy as np
 from .. import data
 from ..cache import intact_dir
 from ..config import Experiment, expand
-from ..data.tokenize import load_prompts, tokenize_pairs, unique_prompts
+from ..data.tokenize import tokenize_pairs, unique_prompts
 from ..evaluation.evaluate import PromptSet, sampling, win_rate
 from ..evaluation.judges import Judge, RewardModelJudge, RuleJudge
 from ..evaluation.metrics import kl_estimates
@@ -246,9 +246,9 @@ def _prepare(exp: Experiment, exp_dir: Path, study: str, models: Models) -> dict
     engine = ReferenceEngine()
     pairs, tokenization = _tokenized_with_references(exp, models, loaded.pairs, engine, tokenizer)
     judge = make_judge(exp, models.judge)
-    prompts = load_prompts(exp.eval.prompts) if exp.eval.prompts else loaded.eval_prompts
-    test_prompts = prompts[: exp.eval.n_prompts] if exp.eval.n_prompts else prompts
-    val_prompts = unique_prompts(loaded.pairs["validation"]["prompt"])
+    test_prompts, val_prompts = loaded.eval_prompts, unique_prompts(loaded.pairs["validation"]["prompt"])
+    # what every table's claim rests on: nothing chosen on validation prompts is reported on them
+    assert not {data.prompt_key(p) for p in test_prompts} & {data.prompt_key(p) for p in val_prompts}
     for name, prompt_list in (("test", test_prompts), ("validation", val_prompts)):
         baseline(exp, exp_dir, name, prompt_list, models.policy, judge)
     if STUDIES[study].similarity:
@@ -258,6 +258,7 @@ def _prepare(exp: Experiment, exp_dir: Path, study: str, models: Models) -> dict
         "key": key,
         "models": models.as_dict(),
         "tokenization": tokenization,
+        "prompts": loaded.prompt_counts,  # test and validation prompts: disjoint, and how
         "reference_scoring": {"computed": engine.computed, "from_cache": engine.cached},
     }
     with atomic_dir(root, replace=True) as tmp:
