@@ -189,20 +189,29 @@ class SampleScorer:
         return text_logps(self.ref, gens.prompts, gens.responses, gens.ended, self.batch_size, self.precision)
 
 
-def similarity(policy: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, float]:
+def similarity(
+    policy: dict[str, np.ndarray], ref: dict[str, np.ndarray], tokens: dict[str, np.ndarray]
+) -> dict[str, float]:
     """How alike a reference is to the policy's starting point, from their scores of the same training pairs (before
-    any training). Every chosen and rejected response counts as one response y.
+    any training). Every chosen and rejected response counts as one response y; `tokens` holds the policy's token
+    count of each. Both models' sequence log-probs are divided by that count: summed over a response, either model's
+    log-prob tracks its length, which alone makes two unrelated models' sums correlate near 1. A reference with
+    another tokenizer scores the same text, so both are per policy token. A response of no tokens is left out.
 
-    - `pair_log_ratio`: mean over the pairs' responses of log p_policy(y|x) - log p_ref(y|x). It is a KL estimate only
-      when the responses are the policy's own samples at temperature 1; the KL itself is `kl` (stages/prepare.py).
-    - `logp_corr`: Pearson correlation of the two models' sequence log-probs over the responses.
-    - `ref_pref_acc`: share of pairs where the reference alone gives the chosen response the higher log-prob.
+    - `token_log_ratio`: mean over the responses of (log p_policy(y|x) - log p_ref(y|x)) / tokens. It is a KL estimate
+      only when the responses are the policy's own samples at temperature 1; the KL itself is `sft_ref_kl`
+      (stages/prepare.py).
+    - `token_logp_corr`: Pearson correlation of the two models' per-token log-probs over the responses.
+    - `ref_pref_acc`: share of pairs where the reference alone gives the chosen response the higher log-prob. It
+      measures how well the reference ranks the pairs, i.e. its strength, not its likeness to the policy.
     """
-    p = np.concatenate([policy["chosen"], policy["rejected"]])
-    r = np.concatenate([ref["chosen"], ref["rejected"]])
+    n = np.concatenate([tokens["chosen"], tokens["rejected"]]).astype(np.float64)
+    scored = n > 0
+    p = np.concatenate([policy["chosen"], policy["rejected"]])[scored] / n[scored]
+    r = np.concatenate([ref["chosen"], ref["rejected"]])[scored] / n[scored]
     wins = np.where(ref["chosen"] > ref["rejected"], 1.0, np.where(ref["chosen"] == ref["rejected"], 0.5, 0.0))
     return {
-        "pair_log_ratio": float(np.mean(p - r)),
-        "logp_corr": float(np.corrcoef(p, r)[0, 1]),
+        "token_log_ratio": float(np.mean(p - r)),
+        "token_logp_corr": float(np.corrcoef(p, r)[0, 1]),
         "ref_pref_acc": float(wins.mean()),
     }

@@ -234,6 +234,6 @@ def test_swap_reference_lists_a_moving_reference_beside_fixed_ones(tmp_path, run
     # the moving reference's starting point is the SFT policy: scored once for both
     assert sum(summary["reference_scoring"].values()) == 1  # computed here, or served by the session's cache
     sims = summary["similarity"]["references"]
-    assert sims["tr"]["kl_k3"] == sims["sft"]["kl_k3"] == pytest.approx(0.0, abs=1e-9)
+    assert sims["tr"]["sft_ref_kl_k3"] == sims["sft"]["sft_ref_kl_k3"] == pytest.approx(0.0, abs=1e-9)
     fixed, moving = (rows[f"dpo-{r}-b0.1-s0"] for r in ("sft", "tr"))
     assert fixed["win_rate"] != moving["win_rate"] or fixed["kl"] != moving["kl"]  # the reference moved: other runs

@@ -63,19 +63,19 @@ def test_swap_reference_end_to_end(tmp_path, world, run_study):
     assert len(summary["rows"]) == 1 + 3 * 2 and all(r["status"] == "done" for r in summary["rows"])
     sims = summary["similarity"]["references"]
     assert set(sims) == {"sft", "strong-same", "strong-other"}
-    # pair_log_ratio by hand: plain forward passes of both models over the prepared training pairs
+    # token_log_ratio by hand: plain forward passes of both models over the prepared training pairs, per token
     train = load_from_disk(str(tmp_path / "rq3_swap_reference" / "prepared" / "pairs"))["train"]
     sft, same = (load_model(resolve(f"world:{n}", world)) for n in ("sft", "strong-same"))
     seqs = [
         (p, c) for p, pair in zip(train["prompt_ids"], zip(train["chosen_ids"], train["rejected_ids"])) for c in pair
     ]
-    ratios = [direct_logp(sft, p + c, len(p)) - direct_logp(same, p + c, len(p)) for p, c in seqs]
-    assert sims["strong-same"]["pair_log_ratio"] == pytest.approx(sum(ratios) / len(ratios), abs=1e-4)
+    ratios = [(direct_logp(sft, p + c, len(p)) - direct_logp(same, p + c, len(p))) / len(c) for p, c in seqs]
+    assert sims["strong-same"]["token_log_ratio"] == pytest.approx(sum(ratios) / len(ratios), abs=1e-5)
     best = {r["method"]: r for r in summary["best"]["rows"]}
     assert set(best) == {"SFT", "dpo <- sft", "dpo <- strong-same", "dpo <- strong-other"}
-    assert best["dpo <- strong-other"]["logp_corr"] == sims["strong-other"]["logp_corr"]
+    assert best["dpo <- strong-other"]["token_logp_corr"] == sims["strong-other"]["token_logp_corr"]
     md = (tmp_path / "rq3_swap_reference" / "results.md").read_text()
-    assert "logp_corr" in md and "Similarity of each reference" in md
+    assert "token_logp_corr" in md and "Similarity of each reference" in md
 
     # a second command in a fresh results directory scores nothing: every reference comes from the cache
     summary, _ = run_study("swap-reference", tmp_path / "again", *sets, experiment="rq3_swap_reference")

@@ -193,9 +193,10 @@ def _strength(exp: Experiment, ref: ModelRef, prompts: list, judge: Judge, basel
 def _similarity(
     exp: Experiment, exp_dir: Path, models: Models, pairs, engine: ReferenceEngine, tokenizer, judge
 ) -> dict:
-    """For each reference: how alike it is to the SFT policy before any training: on the training pairs, and as
-    KL(SFT || ref) estimated on the SFT policy's own samples at temperature 1 on the test prompts; and how strong it
-    is (`_strength`)."""
+    """For each reference: how alike it is to the SFT policy before any training: on the training pairs, per policy
+    token (`similarity`), and as KL(SFT || ref) estimated on the SFT policy's own samples at temperature 1 on the test
+    prompts (`sft_ref_kl` by k1, `sft_ref_kl_k3` by k3, each with its standard error, over `sft_ref_kl_n` samples; k3
+    runs low when the samples miss the log-ratio's heavy tail); and how strong it is (`_strength`)."""
     test = read_baseline(exp_dir, "test")
     prompts = test.prompts
 
@@ -211,12 +212,14 @@ def _similarity(
         policy_logps = sequence_logps(model, gens.sequences(), exp.eval.batch_size, desc="scoring SFT samples")
     del model  # no policy in memory while the references are scored (a large one may need every GPU)
     policy = scores(models.policy)
+    tokens = {side: np.array([len(ids) for ids in pairs["train"][f"{side}_ids"]]) for side in ("chosen", "rejected")}
     out = {}
     for r in exp.references:
         ref = models.references[r.name]
         ref_logps = SampleScorer(ref, tokenizer, exp.eval.batch_size, exp.train.precision).logps(gens, None)
-        out[r.name] = {"model": r.model, "kind": r.kind, **similarity(policy, scores(ref))}
-        out[r.name] |= kl_estimates(policy_logps, ref_logps) | {"strength": _strength(exp, ref, prompts, judge, test)}
+        out[r.name] = {"model": r.model, "kind": r.kind, **similarity(policy, scores(ref), tokens)}
+        out[r.name] |= {f"sft_ref_{k}": v for k, v in kl_estimates(policy_logps, ref_logps).items()}
+        out[r.name] |= {"sft_ref_kl_n": len(policy_logps), "strength": _strength(exp, ref, prompts, judge, test)}
     return out
 
 
