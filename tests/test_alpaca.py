@@ -80,6 +80,25 @@ def test_preferences_outside_0_and_1_to_2_are_refused(exp_dir, tmp_path, bad):
     assert not (exp_dir / "run" / "alpaca_eval.json").exists()
 
 
+def test_the_summary_has_95_percent_intervals(exp_dir, tmp_path):
+    """Without draws the win rate's interval is Clopper-Pearson's, the beta quantiles of 7 wins in 10; the LC's
+    (here the minimal GLM's) is lc_interval's and holds the estimate."""
+    from scipy.stats import beta
+
+    from dpo_ref.evaluation.length_controlled import lc_interval
+
+    rows = annotate(outputs(10), lambda i: 1.0 if i in (2, 5, 8) else 2.0)
+    summary = import_annotations(exp_dir, "exp", [write(tmp_path / "a.json", rows)])[0]["run"]
+    assert summary["win_rate"] == 0.7
+    assert summary["win_rate_lo"] == pytest.approx(beta.ppf(0.025, 7, 4))
+    assert summary["win_rate_hi"] == pytest.approx(beta.ppf(0.975, 8, 3))
+    wins = [r["preference"] - 1 for r in rows]
+    lengths = [len(r["output_2"]) for r in rows], [len(r["output_1"]) for r in rows]
+    assert (summary["lc_win_rate_lo"], summary["lc_win_rate_hi"]) == lc_interval(wins, *lengths)
+    assert summary["lc_win_rate_lo"] < summary["lc_win_rate"] < summary["lc_win_rate_hi"]
+    assert json.loads((exp_dir / "run" / "alpaca_eval.json").read_text())["win_rate_lo"] == summary["win_rate_lo"]
+
+
 def test_importing_the_same_annotations_twice_counts_each_row_once(exp_dir, tmp_path):
     rows = annotate(outputs(8), lambda i: [1.0, 2.0, 1.75][i % 3])
     first = write(tmp_path / "a.json", rows)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from dpo_ref.evaluation.alpaca_eval import import_annotations
-from dpo_ref.evaluation.alpaca_lc import DOWNLOAD
-from dpo_ref.evaluation.length_controlled import lc_win_rate
+from dpo_ref.evaluation.alpaca_lc import DOWNLOAD, EVAL_SET_FILE, GAMED_FILE
+from dpo_ref.evaluation.length_controlled import lc_interval, lc_win_rate
 
 TOL = 1e-9  # the same scikit-learn estimator, arguments and folds: equal up to float rounding
 N = 805  # AlpacaEval's eval set
@@ -47,9 +47,10 @@ def difficulties(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(0.0, 1.0, N)
 
 
-def cache_df_gamed(hub, difficulty: np.ndarray, seed: int = 0):
+def cache_df_gamed(hub, difficulty: np.ndarray, seed: int = 0, eval_set: bool = True):
     """df_gamed.csv as a download leaves it (blob, snapshot link, refs/main): the baseline prompted to be verbose and
-    concise, judged against itself (preference in [0, 1], std_delta_len = (len_1 - len_2) / sd per gamed model)."""
+    concise, judged against itself (preference in [0, 1], std_delta_len = (len_1 - len_2) / sd per gamed model); with
+    it AlpacaEval's eval set, instruction i at place i (what annotations() writes)."""
     rng = np.random.default_rng(seed)
     lines = ["index,model,preference,std_delta_len,instruction_difficulty,not_gamed_baseline"]
     for model, shift in ((f"{BASELINE}_verbose", -700.0), (f"{BASELINE}_concise", 900.0)):
@@ -58,17 +59,21 @@ def cache_df_gamed(hub, difficulty: np.ndarray, seed: int = 0):
         pref = np.clip(1 / (1 + np.exp(0.7 * np.tanh(std_delta) - 0.6 * difficulty)) + rng.normal(0, 0.1, N), 0, 1)
         cells = zip(pref.tolist(), std_delta.tolist(), difficulty.tolist())
         lines += [f"{i},{model},{p!r},{s!r},{d!r},False" for i, (p, s, d) in enumerate(cells)]
-    text = "\n".join(lines) + "\n"
+    files = {GAMED_FILE: "\n".join(lines) + "\n"}
+    if eval_set:
+        rows = [{"instruction": f"instruction {i}", "output": "b", "generator": BASELINE} for i in range(N)]
+        files[EVAL_SET_FILE] = json.dumps(rows)
     root = hub / "datasets--tatsu-lab--alpaca_eval"
-    blob = root / "blobs" / hashlib.sha256(text.encode()).hexdigest()
-    blob.parent.mkdir(parents=True)
-    blob.write_text(text)
     snapshot = root / "snapshots" / COMMIT
     snapshot.mkdir(parents=True)
-    (snapshot / "df_gamed.csv").symlink_to(os.path.relpath(blob, snapshot))
+    for name, text in files.items():
+        blob = root / "blobs" / hashlib.sha256(text.encode()).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_text(text)
+        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
     (root / "refs").mkdir()
     (root / "refs" / "main").write_text(COMMIT)
-    return snapshot / "df_gamed.csv"
+    return snapshot / GAMED_FILE
 
 
 def annotations(shift: float, edge: float, difficulty: np.ndarray, seed: int = 1, generator="exp/run") -> list[dict]:
@@ -179,3 +184,85 @@ def test_equal_lengths_give_the_raw_win_rate():
     pref = np.random.default_rng(2).choice([0.0, 0.5, 1.0], size=400, p=[0.3, 0.1, 0.6])
     lengths = np.full(400, 10)
     assert lc_win_rate(pref, lengths, lengths) == pytest.approx(pref.mean(), abs=1e-3)
+
+
+def v1_of(tmp_path, rows: list[dict]) -> dict:
+    summary = imported(tmp_path, rows)
+    assert summary["lc_method"] == "v1", summary.get("lc_note")
+    return summary
+
+
+def test_v1_finds_each_rows_difficulty_by_its_instruction_whatever_the_files_order(hub, tmp_path):
+    difficulty = difficulties()
+    cache_df_gamed(hub, difficulty)
+    rows = annotations(*SCENARIOS["longer"], difficulty)
+    shuffled = [rows[i] for i in np.random.default_rng(5).permutation(N)]
+    ordered, reordered = v1_of(tmp_path / "ordered", rows), v1_of(tmp_path / "reordered", shuffled)
+    assert reordered["lc_win_rate"] == pytest.approx(alpaca_eval_lc(rows, "length_controlled_v1"), abs=TOL)
+    for key in ("lc_win_rate", "lc_win_rate_lo", "lc_win_rate_hi"):
+        assert reordered[key] == ordered[key]
+    # AlpacaEval reads the shuffled file's row i as instruction i
+    assert abs(alpaca_eval_lc(shuffled, "length_controlled_v1") - ordered["lc_win_rate"]) > 1e-3
+
+
+def test_v1_of_a_partial_file_is_alpaca_evals_for_its_instructions(hub, tmp_path):
+    """AlpacaEval itself takes a DataFrame's index as the instruction index: indexed by eval-set place, it is right."""
+    import pandas as pd
+
+    difficulty = difficulties()
+    cache_df_gamed(hub, difficulty)
+    rows = annotations(*SCENARIOS["shorter_and_worse"], difficulty)
+    places = np.sort(np.random.default_rng(6).choice(N, size=300, replace=False))
+    partial = [rows[i] for i in np.random.default_rng(7).permutation(places)]
+    truth = alpaca_eval_lc(pd.DataFrame([rows[i] for i in places], index=places), "length_controlled_v1")
+    summary = v1_of(tmp_path, partial)
+    assert summary["lc_win_rate"] == pytest.approx(truth, abs=TOL)
+    assert summary["lc_win_rate_lo"] < summary["lc_win_rate"] < summary["lc_win_rate_hi"]
+
+
+def test_without_the_eval_set_there_is_no_v1_and_the_note_says_what_to_download(hub, tmp_path):
+    cache_df_gamed(hub, difficulties(), eval_set=False)
+    summary = imported(tmp_path, annotations(*SCENARIOS["longer"], difficulties()))
+    assert summary["lc_method"] == "minimal" and EVAL_SET_FILE in summary["lc_note"] and DOWNLOAD in summary["lc_note"]
+    assert summary["lc_win_rate_lo"] < summary["lc_win_rate"] < summary["lc_win_rate_hi"]
+
+
+@pytest.mark.parametrize("preference, expected", [(1.0, 0.0), (2.0, 1.0)])
+def test_all_losses_or_all_wins(hub, preference, expected):
+    """AlpacaEval's minimal GLM has no finite fit here: it returns 0.5 for all losses (liblinear sees no weight on a
+    win) and 1 - 2e-7 for all wins; dporef returns the plain 0 and 1, with the exact binomial interval."""
+    difficulty = difficulties()
+    cache_df_gamed(hub, difficulty)
+    rows = [dict(r, preference=preference) for r in annotations(200, 0.2, difficulty)]
+    ae = alpaca_eval_lc(rows, "length_controlled_minimal")
+    assert ae == (0.5 if expected == 0 else pytest.approx(1.0, abs=1e-6))
+    wins, len_2, len_1 = [preference - 1] * N, [len(r["output_2"]) for r in rows], [len(r["output_1"]) for r in rows]
+    assert lc_win_rate(wins, len_2, len_1) == expected
+    tail = 0.025 ** (1 / N)  # Clopper-Pearson: (0, 1 - 0.025^(1/n)) for no wins, (0.025^(1/n), 1) for all
+    assert lc_interval(wins, len_2, len_1) == pytest.approx((0.0, 1 - tail) if expected == 0 else (tail, 1.0))
+
+
+def test_v1_of_all_losses_is_alpaca_evals_and_inside_its_interval(hub, tmp_path):
+    """The gamed baselines keep v1 finite: AlpacaEval's near-zero value stands."""
+    difficulty = difficulties()
+    cache_df_gamed(hub, difficulty)
+    rows = [dict(r, preference=1.0) for r in annotations(200, 0.2, difficulty)]
+    summary = v1_of(tmp_path, rows)
+    assert summary["lc_win_rate"] == pytest.approx(alpaca_eval_lc(rows, "length_controlled_v1"), abs=TOL)
+    assert summary["lc_win_rate_lo"] <= summary["lc_win_rate"] <= summary["lc_win_rate_hi"]
+    assert summary["lc_win_rate"] < 1e-3
+
+
+@pytest.mark.parametrize(
+    "win, expected, interval", [(0.0, 0.0, (0.0, 0.975)), (1.0, 1.0, (0.025, 1.0)), (0.7, 0.7, (0.0, 1.0))]
+)
+def test_a_single_prompt(hub, win, expected, interval):
+    """AlpacaEval cannot fit one row (the s.d. of one length difference is NaN); dporef returns its preference, and
+    an interval that says one prompt tells little: exact binomial for a win or a loss, else (0, 1)."""
+    difficulty = difficulties()
+    cache_df_gamed(hub, difficulty)
+    rows = [dict(annotations(200, 0.2, difficulty)[0], preference=1 + win)]
+    with pytest.raises(ValueError):
+        alpaca_eval_lc(rows, "length_controlled_minimal")
+    assert lc_win_rate([win], [10], [20]) == pytest.approx(expected, abs=1e-3)
+    assert lc_interval([win], [10], [20]) == pytest.approx(interval)

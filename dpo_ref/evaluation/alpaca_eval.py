@@ -8,9 +8,10 @@ give fractions), 0 for a draw (AlpacaEval 1 files; AlpacaEval reads it as 1.5), 
 `dporef import-annotations` matches rows to runs by `generator_2`, drops repeated rows (same instruction, outputs and
 annotator: one file imported twice), refuses two annotators for one run, and writes `alpaca_eval.json` into each
 run: AlpacaEval's win rate (win = preference - 1) and LC win rate, lengths in characters, both as AlpacaEval computes
-them. The LC is the leaderboard's `length_controlled_v1` (alpaca_lc.py) when df_gamed.csv is in the local Hugging
-Face cache, else `length_controlled_minimal` (length_controlled.py), which can overstate LC by several points for a
-model much shorter than the baseline; `lc_method` says which.
+them, each with its 95% interval (`win_rate_lo`/`_hi`, `lc_win_rate_lo`/`_hi`). The LC is the leaderboard's
+`length_controlled_v1` (alpaca_lc.py) when df_gamed.csv and AlpacaEval's eval set are in the local Hugging Face cache
+and every row's instruction is in that eval set, else `length_controlled_minimal` (length_controlled.py), which can
+overstate LC by several points for a model much shorter than the baseline; `lc_method` says which, `lc_note` why.
 """
 
 from __future__ import annotations
@@ -24,8 +25,21 @@ import numpy as np
 
 from ..errors import UserError
 from ..store import atomic_write_json
-from .alpaca_lc import DOWNLOAD, GAMED_FILE, Gamed, find_gamed, lc_win_rate_v1, read_gamed
-from .length_controlled import lc_win_rate
+from .alpaca_lc import (
+    DOWNLOAD,
+    EVAL_SET_FILE,
+    GAMED_FILE,
+    EvalSet,
+    Gamed,
+    find_eval_set,
+    find_gamed,
+    lc_interval_v1,
+    lc_win_rate_v1,
+    read_eval_set,
+    read_gamed,
+)
+from .intervals import win_rate_interval
+from .length_controlled import lc_interval, lc_win_rate
 
 MODEL_OUTPUTS = "model_outputs.json"
 ANNOTATED = "alpaca_eval.json"
@@ -126,36 +140,66 @@ def _deduplicate(rows: list[Annotation]) -> tuple[list[Annotation], int]:
     return list(kept.values()), len(rows) - len(kept)
 
 
-def length_controlled(rows: list[Annotation], gamed: Gamed | None) -> dict:
-    """AlpacaEval's LC win rate of the rows (one run, in file order): v1 when `gamed` covers them, else minimal."""
-    wins = [r.win for r in rows]
-    len_2, len_1 = [len(r.output_2) for r in rows], [len(r.output_1) for r in rows]
-    difficulty = gamed.difficulties(len(rows)) if gamed is not None else None
-    if difficulty is not None:
-        return {
-            "lc_win_rate": lc_win_rate_v1(wins, len_2, len_1, gamed, difficulty),
-            "lc_method": "v1",
-            "lc_data": str(gamed.path),
-        }
+def length_controlled(rows: list[Annotation], gamed: Gamed | None, eval_set: EvalSet | None) -> dict:
+    """AlpacaEval's LC win rate of one run's rows and its interval: v1 when df_gamed.csv and the eval set place every
+    row's instruction (the rows then fitted in eval-set order, whatever the file's), else minimal (rows in file
+    order), with a note saying why."""
     if gamed is None:
         note = f"{GAMED_FILE} not in the local Hugging Face cache (`{DOWNLOAD}`)"
+    elif eval_set is None:
+        note = f"AlpacaEval's eval set {EVAL_SET_FILE}, which places instructions in {GAMED_FILE}, not in the local "
+        note += f"Hugging Face cache (`{DOWNLOAD}`)"
     else:
-        note = f"{len(rows)} rows but {gamed.path} has difficulties of instructions 0..{len(gamed.difficulty) - 1}"
-    return {"lc_win_rate": lc_win_rate(wins, len_2, len_1), "lc_method": "minimal", "lc_note": note}
+        indices = eval_set.indices([r.instruction for r in rows])
+        unplaced = [r for r, i in zip(rows, indices) if i is None or i not in gamed.difficulty]
+        if not unplaced:
+            order = sorted(range(len(rows)), key=indices.__getitem__)
+            wins, len_2, len_1 = _columns([rows[i] for i in order])
+            difficulty = [gamed.difficulty[indices[i]] for i in order]
+            lo, hi = lc_interval_v1(wins, len_2, len_1, gamed, difficulty)
+            return {
+                "lc_win_rate": lc_win_rate_v1(wins, len_2, len_1, gamed, difficulty),
+                "lc_win_rate_lo": lo,
+                "lc_win_rate_hi": hi,
+                "lc_method": "v1",
+                "lc_data": str(gamed.path),
+            }
+        note = (
+            f"{len(unplaced)} of {len(rows)} rows have an instruction that AlpacaEval's eval set ({eval_set.path}) "
+            f"lacks or {gamed.path} gives no difficulty, e.g. {unplaced[0].instruction!r:.80}"
+        )
+    wins, len_2, len_1 = _columns(rows)
+    lo, hi = lc_interval(wins, len_2, len_1)
+    return {
+        "lc_win_rate": lc_win_rate(wins, len_2, len_1),
+        "lc_win_rate_lo": lo,
+        "lc_win_rate_hi": hi,
+        "lc_method": "minimal",
+        "lc_note": note,
+    }
 
 
-def summarize(rows: list[Annotation], gamed: Gamed | None = None) -> dict:
-    """Win rate (with s.e.) and LC win rate of output_2 over output_1, as AlpacaEval computes them; unjudged rows
-    are counted (and take part in the LC's length scale and average, as in AlpacaEval)."""
+def _columns(rows: list[Annotation]) -> tuple[list[float], list[int], list[int]]:
+    """(wins of output_2, len(output_2), len(output_1)) per row."""
+    return [r.win for r in rows], [len(r.output_2) for r in rows], [len(r.output_1) for r in rows]
+
+
+def summarize(rows: list[Annotation], gamed: Gamed | None = None, eval_set: EvalSet | None = None) -> dict:
+    """Win rate (with s.e.) and LC win rate of output_2 over output_1, as AlpacaEval computes them, each with its 95%
+    interval (the win rate's: exact binomial without draws, else bootstrap); unjudged rows are counted (and take part
+    in the LC's length scale and average, as in AlpacaEval)."""
     wins = np.array([r.win for r in rows if not math.isnan(r.win)])
     if len(wins) == 0:
         return {"n": 0, "unjudged": len(rows)}
+    win_lo, win_hi = win_rate_interval(wins)
     return {
         "n": len(wins),
         "unjudged": len(rows) - len(wins),
         "win_rate": float(wins.mean()),
         "win_rate_se": float(wins.std(ddof=1) / np.sqrt(len(wins))) if len(wins) > 1 else 0.0,
-        **length_controlled(rows, gamed),
+        "win_rate_lo": win_lo,
+        "win_rate_hi": win_hi,
+        **length_controlled(rows, gamed, eval_set),
         "annotators": sorted({str(r.annotator) for r in rows}),
         "baseline": sorted({r.generator_1 for r in rows}),
     }
@@ -184,10 +228,12 @@ def import_annotations(exp_dir: Path, experiment: str, files: list[Path]) -> tup
         runs[run_id] = rows
     gamed_path = find_gamed() if runs else None
     gamed = read_gamed(gamed_path) if gamed_path is not None else None
+    eval_set_path = find_eval_set() if gamed is not None else None
+    eval_set = read_eval_set(eval_set_path) if eval_set_path is not None else None
     summaries = {}
     for run_id, rows in runs.items():
         kept, duplicates = _deduplicate(rows)
         sources = list(dict.fromkeys(str(r.file) for r in rows))
-        summaries[run_id] = {**summarize(kept, gamed), "duplicates": duplicates, "files": sources}
+        summaries[run_id] = {**summarize(kept, gamed, eval_set), "duplicates": duplicates, "files": sources}
         atomic_write_json(exp_dir / run_id / ANNOTATED, summaries[run_id])
     return summaries, unmatched

@@ -14,38 +14,54 @@ The GLM is
 (the model's rows: std_delta_len = (len(output_1) - len(output_2)) / its sample s.d., in characters; not_gamed 1),
 fitted by length_controlled.glm_fit on the model's judged rows (weight 1) and the gamed baselines' rows (weight
 0.2 / 2 each: AlpacaEval's regularize_to_baseline_lambda, split over its two gamed baselines). LC is the mean over the
-model's rows (judged or not) of sigmoid(psi * difficulty_i + theta). As in AlpacaEval, the model's row i is
-instruction `index` i: annotations must come in AlpacaEval's eval-set order, as its annotations.json does.
+model's rows (judged or not) of sigmoid(psi * difficulty_i + theta).
+
+df_gamed.csv knows instructions by `index` only, their place in AlpacaEval's eval set. AlpacaEval takes a row's place
+in the annotations for that index (`df_annotations.reset_index()`), right only for a complete file in eval-set order.
+dporef finds each row's index by its instruction's text in the eval set itself (EVAL_SET_FILE, from the same local
+cache) and fits the rows in eval-set order, so a reordered, deduplicated or partial file gets the v1 LC that AlpacaEval
+gives the same rows indexed by their instructions.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
-from .length_controlled import glm_fit, tanh_std_delta
+from .length_controlled import glm_fit, logit_interval, sandwich, sigmoid, tanh_std_delta
 
 REPO = "tatsu-lab/alpaca_eval"
 GAMED_FILE = "df_gamed.csv"
 GAMED_COLUMNS = ("index", "preference", "std_delta_len", "instruction_difficulty", "not_gamed_baseline")
+EVAL_SET_FILE = "alpaca_eval_gpt4_baseline.json"  # AlpacaEval 2's eval set: instruction i is df_gamed's index i
 REGULARIZE_TO_BASELINE = 0.2  # AlpacaEval's regularize_to_baseline_lambda for length_controlled_v1
-DOWNLOAD = f"hf download --repo-type dataset {REPO} {GAMED_FILE}"
+DOWNLOAD = f"hf download --repo-type dataset {REPO} {GAMED_FILE} {EVAL_SET_FILE}"
 
 
-def find_gamed() -> Path | None:
-    """df_gamed.csv in the local Hugging Face cache, or None (dporef never downloads)."""
+def _cached(filename: str) -> Path | None:
+    """A file of AlpacaEval's dataset in the local Hugging Face cache, or None (dporef never downloads)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(hf_hub_download(repo_id=REPO, filename=GAMED_FILE, repo_type="dataset", local_files_only=True))
+        return Path(hf_hub_download(repo_id=REPO, filename=filename, repo_type="dataset", local_files_only=True))
     except LocalEntryNotFoundError:
         return None
+
+
+def find_gamed() -> Path | None:
+    return _cached(GAMED_FILE)
+
+
+def find_eval_set() -> Path | None:
+    return _cached(EVAL_SET_FILE)
 
 
 @dataclass(frozen=True)
@@ -57,11 +73,27 @@ class Gamed:
     q: np.ndarray
     difficulty: dict[int, float]
 
-    def difficulties(self, n: int) -> np.ndarray | None:
-        """Difficulty of instructions 0..n-1, or None when the file lacks one of them."""
-        if any(i not in self.difficulty for i in range(n)):
-            return None
-        return np.array([self.difficulty[i] for i in range(n)])
+
+@dataclass(frozen=True)
+class EvalSet:
+    """AlpacaEval's instructions in its order: the one at place i is df_gamed.csv's index i."""
+
+    path: Path
+    instructions: tuple[str, ...]
+
+    def indices(self, instructions: list[str | None]) -> list[int | None]:
+        """Each row's index, found by its instruction's text: the k-th row with a text takes the k-th place the eval
+        set has it in (the first, bar a text the eval set repeats), None when there is none left."""
+        places: dict[str, list[int]] = {}
+        for i, text in enumerate(self.instructions):
+            places.setdefault(text, []).append(i)
+        taken: Counter = Counter()
+        found = []
+        for text in instructions:
+            spots = places.get(text, []) if text is not None else []
+            found.append(spots[taken[text]] if taken[text] < len(spots) else None)
+            taken[text] += 1
+        return found
 
 
 def read_gamed(path: Path) -> Gamed:
@@ -86,6 +118,21 @@ def read_gamed(path: Path) -> Gamed:
     return Gamed(Path(path), x[used], cols["preference"][used], difficulty)
 
 
+def read_eval_set(path: Path) -> EvalSet:
+    """AlpacaEval's eval set file: a list of objects, each with its `instruction`."""
+    try:
+        rows = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UserError(str(path), f"cannot read: {e.strerror}") from None
+    except ValueError as e:
+        raise UserError(str(path), f"not valid JSON: {e}") from None
+    if not isinstance(rows, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("instruction"), str) for r in rows
+    ):
+        raise UserError(str(path), f"not AlpacaEval's {EVAL_SET_FILE}: expected a list of objects with an instruction")
+    return EvalSet(Path(path), tuple(r["instruction"] for r in rows))
+
+
 def _number(text: str) -> float:
     """A csv cell as pandas reads it: True/False, a number, or empty (NaN)."""
     low = (text or "").strip().lower()
@@ -94,12 +141,35 @@ def _number(text: str) -> float:
     return math.nan if low == "" else float(low)
 
 
-def lc_win_rate_v1(preference, policy_lengths, baseline_lengths, gamed: Gamed, difficulty: np.ndarray) -> float:
-    """`length_controlled_v1` in [0, 1]: preference in [0, 1] per row in eval-set order (NaN: unjudged), lengths in
-    characters, `difficulty` = gamed.difficulties(len(preference))."""
+def _fit(preference, policy_lengths, baseline_lengths, gamed: Gamed, difficulty) -> tuple:
+    """(rows, preferences, weights, coefficients) of AlpacaEval's v1 fit: the gamed rows, then the judged rows."""
     q = np.asarray(preference, dtype=np.float64)
     x = np.column_stack([tanh_std_delta(baseline_lengths, policy_lengths), difficulty, np.ones_like(q)])
     judged = ~np.isnan(q)
+    rows, prefs = np.vstack([gamed.x, x[judged]]), np.concatenate([gamed.q, q[judged]])
     weights = np.concatenate([np.full(len(gamed.q), REGULARIZE_TO_BASELINE / 2), np.ones(int(judged.sum()))])
-    w = glm_fit(np.vstack([gamed.x, x[judged]]), np.concatenate([gamed.q, q[judged]]), weights)
-    return float(np.mean(1.0 / (1.0 + np.exp(-(w[1] * difficulty + w[2])))))
+    return rows, prefs, weights, glm_fit(rows, prefs, weights)
+
+
+def lc_win_rate_v1(preference, policy_lengths, baseline_lengths, gamed: Gamed, difficulty) -> float:
+    """`length_controlled_v1` in [0, 1]: preference in [0, 1] per row (NaN: unjudged), lengths in characters,
+    `difficulty` each row's instruction difficulty (df_gamed's, by the row's eval-set index)."""
+    w = _fit(preference, policy_lengths, baseline_lengths, gamed, difficulty)[3]
+    return float(np.mean(sigmoid(w[1] * np.asarray(difficulty) + w[2])))
+
+
+def lc_interval_v1(preference, policy_lengths, baseline_lengths, gamed: Gamed, difficulty) -> tuple[float, float]:
+    """95% interval of `lc_win_rate_v1` by the delta method: its gradient in (phi, psi, theta) times the sandwich of
+    every fitted row (gamed rows with their weights), on the logit scale of the LC, with the small-sample handling
+    of length_controlled.lc_interval (one-step correction of the L1 shrinkage, HC3, t)."""
+    rows, prefs, weights, w = _fit(preference, policy_lengths, baseline_lengths, gamed, difficulty)
+    difficulty = np.asarray(difficulty, dtype=np.float64)
+    fitted = sigmoid(w[1] * difficulty + w[2])
+    lc, slope = fitted.mean(), fitted * (1 - fitted)
+    if not 0 < lc < 1:  # saturated in floating point: no spread left to estimate
+        return float(lc), float(lc)
+    gradient = np.array([0.0, np.mean(slope * difficulty), np.mean(slope)]) / (lc * (1 - lc))  # of logit(LC)
+    spread = sandwich(rows, prefs, weights, w)
+    return logit_interval(
+        math.log(lc / (1 - lc)), spread.shift @ gradient, spread.se(spread.terms @ gradient), spread.dof
+    )
