@@ -143,11 +143,17 @@ def _metrics(m) -> bool:
     return isinstance(m, dict) and isinstance(m.get("eval"), dict) and measures <= set(m["eval"])
 
 
+def _dict_rows(rows) -> bool:
+    return bool(rows) and all(isinstance(r, dict) for r in rows)
+
+
 # what a finished run wrote: file -> (parse its text, whether the parsed value is what a run writes)
 WRITTEN = {
     "run.yaml": (yaml.safe_load, lambda m: isinstance(m, dict) and isinstance(m.get("run"), dict)),
     "metrics.json": (json.loads, _metrics),
-    "generations.jsonl": (jsonl_rows, lambda rows: bool(rows) and all(isinstance(r, dict) for r in rows)),
+    "generations.jsonl": (jsonl_rows, _dict_rows),
+    "validation.jsonl": (jsonl_rows, _dict_rows),
+    "ranking.jsonl": (jsonl_rows, _dict_rows),
     "model_outputs.json": (json.loads, lambda rows: isinstance(rows, list) and bool(rows)),
 }
 

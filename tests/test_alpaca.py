@@ -137,8 +137,9 @@ def test_the_lc_method_reaches_the_results_column_and_the_caption(exp_dir, tmp_p
     import_annotations(exp_dir, "exp", [write(tmp_path / "a.json", annotate(outputs(8), lambda i: 1.0 + i / 8))])
     rows = collect(exp_dir, ["run"])
     assert rows[0]["ae_lc_method"] == "minimal"
-    assert "ae_lc_win_rate (minimal): AlpacaEval's minimal GLM, df_gamed.csv not being" in results_caption(
-        exp_dir, rows, "exp", "the judge"
+    assert (
+        "ae_lc_win_rate (minimal): AlpacaEval's minimal GLM, df_gamed.csv and the eval set not being"
+        in results_caption(exp_dir, rows, "exp", "the judge")
     )
 
 

@@ -71,6 +71,13 @@ def test_swap_reference_end_to_end(tmp_path, world, run_study):
     ]
     ratios = [(direct_logp(sft, p + c, len(p)) - direct_logp(same, p + c, len(p))) / len(c) for p, c in seqs]
     assert sims["strong-same"]["token_log_ratio"] == pytest.approx(sum(ratios) / len(ratios), abs=1e-5)
+    # the frontier's one anchor: KL to the SFT policy. Four small steps leave every policy near the SFT model, while
+    # KL to another tokenizer's reference is its distance from the SFT model before any training
+    runs = {r["run_id"]: r for r in summary["rows"]}
+    assert runs["sft"]["kl_sft"] == 0.0
+    assert runs["dpo-sft-b1-s0"]["kl_sft"] == runs["dpo-sft-b1-s0"]["kl"]
+    other = runs["dpo-strong-other-b1-s0"]
+    assert abs(other["kl_sft"]) < 0.5 < other["kl"], (other["kl_sft"], other["kl"])
     best = {r["method"]: r for r in summary["best"]["rows"]}
     assert set(best) == {"SFT", "dpo <- sft", "dpo <- strong-same", "dpo <- strong-other"}
     assert best["dpo <- strong-other"]["token_logp_corr"] == sims["strong-other"]["token_logp_corr"]

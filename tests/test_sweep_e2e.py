@@ -99,6 +99,11 @@ def logp(model, prompt_ids: list[int], completion_ids: list[int]) -> float:
     return per_token[len(prompt_ids) - 1 :].sum().item()
 
 
+def clopper_pearson(k: int, n: int) -> tuple[float, float]:
+    """The exact 95% interval of k successes in n, from the beta distribution's quantiles."""
+    return (beta_dist.ppf(0.025, k, n - k + 1) if k else 0.0), (beta_dist.ppf(0.975, k + 1, n - k) if k < n else 1.0)
+
+
 def ranking(chosen, rejected, slack=1e-4):
     """(accuracy with ties 0.5, share of pairs within `slack` of a tie, where float noise may flip the order)."""
     acc = sum(pref(c, r) for c, r in zip(chosen, rejected)) / len(chosen)
@@ -138,17 +143,23 @@ def test_metrics_recomputed_from_the_run_files(first):
         # its 95% interval: Clopper-Pearson from the beta distribution's quantiles without ties; with ties (half
         # wins) a bootstrap, which must cover the estimate and be about as wide as the normal interval
         if all(w in (0.0, 1.0) for w in wins):
-            k, n = int(sum(wins)), len(wins)
-            lo, hi = (
-                (beta_dist.ppf(0.025, k, n - k + 1) if k else 0.0),
-                (beta_dist.ppf(0.975, k + 1, n - k) if k < n else 1.0),
-            )
+            lo, hi = clopper_pearson(int(sum(wins)), len(wins))
             assert (row["win_rate_lo"], row["win_rate_hi"]) == pytest.approx((lo, hi), abs=1e-9)
         else:
             assert row["win_rate_lo"] < win_rate < row["win_rate_hi"]
             assert row["win_rate_hi"] - row["win_rate_lo"] == pytest.approx(2 * 1.96 * win_rate_se, rel=0.3)
         assert row["reward"] == pytest.approx(sum(rewards) / len(rewards), abs=1e-12)
-        assert row["eos_rate"] == sum(g["ended"] for g in gens) / len(gens)
+        ended = sum(g["ended"] for g in gens)
+        assert row["eos_rate"] == ended / len(gens)
+        assert (row["eos_rate_lo"], row["eos_rate_hi"]) == pytest.approx(clopper_pearson(ended, len(gens)), abs=1e-9)
+        # the validation win rate from the run's validation samples against the baseline's, and its interval
+        val_gens, val_base = read_jsonl(run / "validation.jsonl"), read_jsonl(exp / "baseline" / "validation.jsonl")
+        assert [g["prompt"] for g in val_gens] == [b["prompt"] for b in val_base]
+        assert not {g["prompt"] for g in val_gens} & {g["prompt"] for g in gens}  # never the test prompts
+        val_wins = [pref(gold(g["prompt"], g["response"], g["ended"]), b["reward"]) for g, b in zip(val_gens, val_base)]
+        assert row["val_win_rate"] == pytest.approx(sum(val_wins) / len(val_wins), abs=1e-12)
+        for metric in ("val_win_rate", "rank_acc_reward", "rank_acc_policy", "kl", "kl_sft"):
+            assert row[f"{metric}_lo"] <= row[metric] <= row[f"{metric}_hi"], (row["run_id"], metric)
         samples = [ids(tok, g["prompt"], g["response"], g["ended"]) for g in gens]
         assert [len(c) - g["ended"] for (_, c), g in zip(samples, gens)] == [g["length"] for g in gens]
         assert row["length"] == pytest.approx(sum(len(c) - g["ended"] for (_, c), g in zip(samples, gens)) / len(gens))
@@ -161,7 +172,9 @@ def test_metrics_recomputed_from_the_run_files(first):
             continue
         # KL(policy || ref) from the run's own samples (T = 1): k1 = mean log-ratio, k3 = mean exp(-l) - 1 + l
         log_ratio = [logp(policy, p, c) - logp(reference, p, c) for p, c in samples]
+        assert [g["kl_log_ratio"] for g in gens] == pytest.approx(log_ratio, abs=1e-4)  # kept per prompt
         assert row["kl"] == pytest.approx(sum(log_ratio) / len(log_ratio), abs=1e-4)
+        assert row["kl_sft"] == row["kl"]  # the reference is the SFT policy: one KL
         assert row["kl_k3"] == pytest.approx(sum(math.expm1(-x) + x for x in log_ratio) / len(log_ratio), abs=1e-4)
         assert row["kl"] > 1e-3  # six steps moved the policy: the check above is not 0 == 0
         # DPO's implicit reward beta * log(p / p_ref) on the validation pairs
@@ -269,7 +282,7 @@ def test_report_html_is_one_self_contained_page(first):
     assert len(page.images) == 2
     for src in page.images:
         assert base64.b64decode(src.removeprefix("data:image/png;base64,"))[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "dpo-sft-b0.1-s0" in text and "Not distinguishable from it" in text
+    assert "dpo-sft-b0.1-s0" in text and "not distinguishable from it" in text
     assert (exp / "experiment.yaml").read_text().splitlines()[0] in text  # the YAML it ran with
     for name in ("torch", "transformers", "trl", "dporef", "CPU cores"):
         assert name in text

@@ -1,6 +1,7 @@
 """Evaluation of one policy: batched sampling on held-out prompts, judging against the SFT baseline, sequence-level
-KL to the reference from samples, and ranking accuracy on validation pairs (Liu, Liu and Cohan, arXiv 2407.13709,
-Table 2)."""
+KL to the reference and to the SFT policy from samples, and ranking accuracy on validation pairs (Liu, Liu and Cohan,
+arXiv 2407.13709, Table 2). Every number is a mean over prompts or pairs, and the values it is a mean of are kept
+(`EvalSamples`), so a report can put an interval on each and combine seeds prompt by prompt."""
 
 from __future__ import annotations
 
@@ -101,10 +102,12 @@ class EvalResult:
     reward: float
     length: float
     eos_rate: float
-    kl: float
+    kl: float  # KL(policy || the run's reference), k1
     kl_se: float
     kl_k3: float
     kl_k3_se: float
+    kl_sft: float  # KL(policy || SFT policy), k1: one anchor for every run (a stronger reference starts above 0)
+    kl_sft_se: float
     rank_acc_reward: float
     rank_acc_policy: float
     degenerate: str | None  # the reason, when `degeneration` fires
@@ -113,10 +116,25 @@ class EvalResult:
         return asdict(self)
 
 
-def _ranking(model, validation, bench: Benchmark, reward: ImplicitReward) -> dict[str, float]:
-    """Ranking accuracy on the validation pairs of the implicit reward and of the policy's own log-probs. The pairs
-    hold what the policy trains on (cut to max_length when tokenized), so log-probs and lengths describe the same
-    tokens."""
+@dataclass
+class EvalSamples:
+    """What an evaluation's numbers are means of: the judged test samples with, per prompt, the log-ratios behind
+    both KL estimates (of the KL samples, drawn apart when the evaluation's temperature is not 1); the judged
+    validation samples; and, per validation pair, the implicit rewards and the policy's log-probs."""
+
+    test: Generations
+    test_rewards: list[float]
+    kl_log_ratio: list[float]  # log p(y|x) - log p_ref(y|x)
+    kl_sft_log_ratio: list[float]  # log p(y|x) - log p_sft(y|x)
+    validation: Generations
+    validation_rewards: list[float]
+    pairs: dict[str, list[float]]  # reward_chosen, reward_rejected, logp_chosen, logp_rejected
+
+
+def _ranking(model, validation, bench: Benchmark, reward: ImplicitReward) -> dict[str, list[float]]:
+    """Per validation pair, the implicit reward and the policy's own log-prob of both responses (their ranking
+    accuracy: the paper's Table 2). The pairs hold what the policy trains on (cut to max_length when tokenized), so
+    log-probs and lengths describe the same tokens."""
     seqs = [(p, c) for p, c in zip(validation["prompt_ids"], validation["chosen_ids"])]
     seqs += [(p, r) for p, r in zip(validation["prompt_ids"], validation["rejected_ids"])]
     logps = sequence_logps(model, seqs, bench.cfg.batch_size, desc="scoring validation pairs")
@@ -134,16 +152,38 @@ def _ranking(model, validation, bench: Benchmark, reward: ImplicitReward) -> dic
         ref = ReferenceLogps.zeros_like(policy)
     chosen_r, rejected_r = reward(policy, ref)
     return {
-        "rank_acc_reward": ranking_accuracy(chosen_r, rejected_r),
-        "rank_acc_policy": ranking_accuracy(logps[:n], logps[n:]),
+        "reward_chosen": chosen_r.tolist(),
+        "reward_rejected": rejected_r.tolist(),
+        "logp_chosen": np.asarray(logps[:n]).tolist(),
+        "logp_rejected": np.asarray(logps[n:]).tolist(),
     }
 
 
+def _kl_logps(model, gens: Generations, bench: Benchmark, sample, reference: SampleScorer, sft: SampleScorer | None):
+    """Sequence log-probs of the policy's own samples (temperature 1, no nucleus: drawn apart when the evaluation's
+    sampling differs) under the policy, its reference and the SFT policy (the reference's, when that is the SFT)."""
+    cfg, kl_gens = bench.cfg, gens
+    if (cfg.temperature, cfg.top_p) != (1.0, 1.0):
+        kl_sampling = sampling(cfg, temperature=1.0, top_p=1.0)
+        kl_gens = sample(bench.test.prompts, kl_sampling, cfg.seed + SEED_OFFSETS["kl"], desc="sampling for KL")
+    policy_logps = sequence_logps(model, kl_gens.sequences(), cfg.batch_size, desc="scoring samples under policy")
+    ref_logps = reference.logps(kl_gens, model)
+    return policy_logps, ref_logps, ref_logps if sft is None else sft.logps(kl_gens, model)
+
+
 def evaluate_policy(
-    model, tokenizer, bench: Benchmark, validation, reward: ImplicitReward, reference: SampleScorer, sample=None
-) -> tuple[EvalResult, Generations, list[float]]:
+    model,
+    tokenizer,
+    bench: Benchmark,
+    validation,
+    reward: ImplicitReward,
+    reference: SampleScorer,
+    sample=None,
+    sft: SampleScorer | None = None,
+) -> tuple[EvalResult, EvalSamples]:
     """Score one policy on the held-out test prompts (and validation prompts, for model selection); `validation` is
-    the tokenized validation pairs with the run's reference columns, `reference` scores samples for the KL.
+    the tokenized validation pairs with the run's reference columns, `reference` scores samples for the KL, `sft`
+    for the KL to the SFT policy when that is another model (None: the reference is the SFT policy).
     `sample(prompts, sampling, seed, desc=...)` draws the policy's samples (default: transformers' generate on
     `model`; `eval.engine: vllm` passes a VllmSampler of the same policy)."""
     cfg = bench.cfg
@@ -160,13 +200,9 @@ def evaluate_policy(
     wr, wr_se = mean_se(prefs)
     val_wr, _ = mean_se(bench.judge.preferences(val_rewards, bench.val.baseline_rewards))
 
-    # KL needs samples from the policy itself (temperature 1, no nucleus); draw them apart when eval samples differ.
-    kl_gens = gens
-    if (cfg.temperature, cfg.top_p) != (1.0, 1.0):
-        kl_sampling = sampling(cfg, temperature=1.0, top_p=1.0)
-        kl_gens = sample(bench.test.prompts, kl_sampling, cfg.seed + SEED_OFFSETS["kl"], desc="sampling for KL")
-    policy_logps = sequence_logps(model, kl_gens.sequences(), cfg.batch_size, desc="scoring samples under policy")
-    kl = kl_estimates(policy_logps, reference.logps(kl_gens, model))
+    policy_logps, ref_logps, sft_logps = _kl_logps(model, gens, bench, sample, reference, sft)
+    kl, kl_sft = kl_estimates(policy_logps, ref_logps), kl_estimates(policy_logps, sft_logps)
+    pairs = _ranking(model, validation, bench, reward)
 
     result = EvalResult(
         win_rate=wr,
@@ -177,7 +213,14 @@ def evaluate_policy(
         length=float(np.mean(gens.lengths)),
         eos_rate=float(np.mean(gens.ended)),
         **kl,
-        **_ranking(model, validation, bench, reward),
+        kl_sft=kl_sft["kl"],
+        kl_sft_se=kl_sft["kl_se"],
+        rank_acc_reward=ranking_accuracy(pairs["reward_chosen"], pairs["reward_rejected"]),
+        rank_acc_policy=ranking_accuracy(pairs["logp_chosen"], pairs["logp_rejected"]),
         degenerate=degeneration(gens),
     )
-    return result, gens, rewards.tolist()
+    ratios = np.asarray(policy_logps) - np.asarray(ref_logps), np.asarray(policy_logps) - np.asarray(sft_logps)
+    samples = EvalSamples(
+        gens, rewards.tolist(), ratios[0].tolist(), ratios[1].tolist(), val_gens, val_rewards.tolist(), pairs
+    )
+    return result, samples

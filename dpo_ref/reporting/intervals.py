@@ -1,10 +1,12 @@
 """95% intervals on a report's numbers, and which settings the best one cannot be told apart from.
 
-Read from the files the runs wrote (their judged samples in generations.jsonl, the SFT baseline's in
-baseline/test.jsonl, metrics.json), so a report rebuilt from older runs shows them too. Per run: win rate (exact
-binomial without ties, else bootstrap), LC win rate (robust GLM interval), reward and length (bootstrap), KL
-(normal, from its standard error). The best setting is compared with every other on the same prompts and the same
-baseline samples: a paired interval of the difference in per-prompt preference.
+Read from the files the runs wrote (their judged samples in generations.jsonl and validation.jsonl, their validation
+pairs in ranking.jsonl, the SFT baseline's samples in baseline/), so a report rebuilt from older runs shows them too.
+Every number is a mean over items (prompts, or validation pairs): per run, the exact binomial interval of a share
+without ties, else a BCa bootstrap, and AlpacaEval's GLM interval for the LC win rate; per setting with several seeds,
+the seeds x items table's interval (evaluation/intervals.py), since the seeds share the items and the baseline
+samples. The best setting is chosen by the validation rule, never on the test prompts, and compared with every other
+on the test prompts with one family-wise error for the whole comparison.
 """
 
 from __future__ import annotations
@@ -14,90 +16,163 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.intervals import (
-    distinguishable,
+    CONFIDENCE,
+    crossed_mean,
     mean_interval,
-    normal_interval,
-    paired_difference_interval,
+    simultaneous_differences,
     win_rate_interval,
 )
 from ..evaluation.judges import RewardModelJudge, RuleJudge
-from ..evaluation.length_controlled import lc_interval
+from ..evaluation.length_controlled import lc_interval, lc_pseudo_values
+from ..evaluation.metrics import preference
 from ..store import read_jsonl
 from .plots import setting_label
 
-METRICS = ("win_rate", "lc_win_rate", "reward", "length", "kl")
+# each metric, and how one run's interval is taken over its items: a share (exact when every item is 0 or 1) or a mean
+SHARES = ("win_rate", "val_win_rate", "eos_rate", "rank_acc_reward", "rank_acc_policy")
+MEANS = ("reward", "length", "kl", "kl_sft")
+METRICS = ("win_rate", "lc_win_rate", "val_win_rate", "reward", "length", "eos_rate", "kl", "kl_sft")
+METRICS += ("rank_acc_reward", "rank_acc_policy")
 INTERVAL_COLUMNS = [f"{m}_{end}" for m in METRICS for end in ("lo", "hi")]
 FINISHED = ("done", "degenerate")
+BEST_RULE = (
+    "the highest mean win rate on the validation prompts (the validation pairs' prompts, judged like the test "
+    "prompts); the held-out test prompts never take part in the choice, and a degenerate setting is never best"
+)
 
 
-def per_prompt(exp_dir: Path, run_id: str, judge_kind: str) -> dict | None:
-    """A run's per-prompt preference over the baseline, reward and length (and the baseline's lengths), or None when
-    its samples and the baseline's are not on the same prompts."""
+def _rows(exp_dir: Path, *names: str) -> list[list[dict]]:
+    return [read_jsonl(exp_dir / name) for name in names]
+
+
+def per_item(exp_dir: Path, run_id: str, judge_kind: str) -> dict[str, np.ndarray] | None:
+    """A run's values item by item, one array per metric whose mean the metric is (the LC win rate: its GLM's
+    pseudo-values, and `lc` the inputs of its own interval); None when the files are missing, or its samples and the
+    baseline's are not on the same prompts."""
+    run = Path(run_id)
     try:
-        gens, base = read_jsonl(exp_dir / run_id / "generations.jsonl"), read_jsonl(exp_dir / "baseline" / "test.jsonl")
-    except (OSError, ValueError):
+        gens, base, val, val_base, pairs = _rows(
+            exp_dir,
+            run / "generations.jsonl",
+            Path("baseline", "test.jsonl"),
+            run / "validation.jsonl",
+            Path("baseline", "validation.jsonl"),
+            run / "ranking.jsonl",
+        )
+        if [g["prompt"] for g in gens] != [b["prompt"] for b in base]:
+            return None
+        if [g["prompt"] for g in val] != [b["prompt"] for b in val_base]:
+            return None
+        prefer = RewardModelJudge.preferences if judge_kind == "reward-model" else RuleJudge.preferences
+        prefs = prefer([g["reward"] for g in gens], [b["reward"] for b in base])
+        lengths = np.array([g["length"] for g in gens], dtype=np.float64)
+        base_lengths = np.array([b["length"] for b in base], dtype=np.float64)
+        column = lambda rows, key: np.array([r[key] for r in rows], dtype=np.float64)  # noqa: E731
+        return {
+            "win_rate": prefs,
+            "lc_win_rate": lc_pseudo_values(prefs, lengths, base_lengths),
+            "val_win_rate": prefer([g["reward"] for g in val], [b["reward"] for b in val_base]),
+            "reward": column(gens, "reward"),
+            "length": lengths,
+            "eos_rate": column(gens, "ended"),
+            "kl": column(gens, "kl_log_ratio"),
+            "kl_sft": column(gens, "kl_sft_log_ratio"),
+            "rank_acc_reward": preference(column(pairs, "reward_chosen"), column(pairs, "reward_rejected")),
+            "rank_acc_policy": preference(column(pairs, "logp_chosen"), column(pairs, "logp_rejected")),
+            "lc": (prefs, lengths, base_lengths),
+        }
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    if [g["prompt"] for g in gens] != [b["prompt"] for b in base]:
-        return None
-    preferences = RewardModelJudge.preferences if judge_kind == "reward-model" else RuleJudge.preferences
-    rewards = np.array([g["reward"] for g in gens], dtype=np.float64)
-    return {
-        "prefs": preferences(rewards, [b["reward"] for b in base]),
-        "rewards": rewards,
-        "lengths": np.array([g["length"] for g in gens], dtype=np.float64),
-        "base_lengths": np.array([b["length"] for b in base], dtype=np.float64),
-    }
+
+
+def run_interval(items: dict, metric: str) -> tuple[float, float]:
+    """One run's 95% interval of `metric` over its items."""
+    if metric == "lc_win_rate":
+        return lc_interval(*items["lc"])
+    return (win_rate_interval if metric in SHARES else mean_interval)(items[metric])
 
 
 def add_run_intervals(exp_dir: Path, rows: list[dict], judge_kind: str) -> dict[str, dict]:
-    """Fill each finished row's `<metric>_lo` / `<metric>_hi`; returns the per-prompt values by run id."""
+    """Fill each finished row's `<metric>_lo` / `<metric>_hi`; returns the items of every run that has them."""
     samples = {}
     for row in rows:
-        s = per_prompt(exp_dir, row["run_id"], judge_kind) if row["status"] in FINISHED else None
-        if s is None:
+        items = per_item(exp_dir, row["run_id"], judge_kind) if row["status"] in FINISHED else None
+        if items is None:
             continue
-        samples[row["run_id"]] = s
-        bounds = {
-            "win_rate": win_rate_interval(s["prefs"]),
-            "lc_win_rate": lc_interval(s["prefs"], s["lengths"], s["base_lengths"]),
-            "reward": mean_interval(s["rewards"]),
-            "length": mean_interval(s["lengths"]),
-            "kl": normal_interval(row["kl"], row["kl_se"]) if row.get("kl_se") is not None else (None, None),
-        }
-        for metric, (lo, hi) in bounds.items():
-            row[f"{metric}_lo"], row[f"{metric}_hi"] = lo, hi
+        samples[row["run_id"]] = items
+        for metric in METRICS:
+            row[f"{metric}_lo"], row[f"{metric}_hi"] = run_interval(items, metric)
     return samples
 
 
-def indistinguishable(rows: list[dict], samples: dict[str, dict]) -> dict | None:
-    """The trained setting with the highest test win rate (mean over its seeds) and every setting whose per-prompt
-    preference does not differ from it at 95% (paired over prompts; seeds averaged per prompt first)."""
-    settings: dict[tuple, list[np.ndarray]] = {}
+def setting_key(row: dict) -> tuple:
+    return row["objective"], row["reference"], row["beta"]
+
+
+def _settings(rows: list[dict], samples: dict) -> dict[tuple, list[dict]]:
+    """Finished runs with their items, grouped by setting (objective, reference, beta) across seeds."""
+    out: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r["beta"] is not None and r["run_id"] in samples:
-            settings.setdefault((r["objective"], r["reference"], r["beta"]), []).append(samples[r["run_id"]]["prefs"])
-    if len(settings) < 2:
+        if r["status"] in FINISHED and r["run_id"] in samples:
+            out.setdefault(setting_key(r), []).append(r)
+    return out
+
+
+def setting_intervals(rows: list[dict], samples: dict, metrics: tuple[str, ...] = METRICS) -> dict[tuple, dict]:
+    """Per setting, the 95% interval of each metric's mean over its seeds: one seed, its run's interval; several,
+    centred on the mean of the runs' values, the half-width of the seeds x items table (`crossed_mean`)."""
+    out = {}
+    for key, runs in _settings(rows, samples).items():
+        bounds = {}
+        for metric in metrics:
+            if len(runs) == 1:
+                bounds |= {f"{metric}_{e}": runs[0].get(f"{metric}_{e}") for e in ("lo", "hi")}
+                continue
+            table = [samples[r["run_id"]][metric] for r in runs]
+            if len({len(t) for t in table}) > 1:  # not on the same items (an edited run): no joint interval
+                continue
+            centre, half = float(np.mean([r[metric] for r in runs])), crossed_mean(table).half_width(CONFIDENCE)
+            bounds |= {f"{metric}_lo": centre - half, f"{metric}_hi": centre + half}
+        out[key] = bounds
+    return out
+
+
+def name(key: tuple) -> str:
+    return f"{setting_label({'objective': key[0], 'reference': key[1]})} beta {key[2]:g}"
+
+
+def indistinguishable(rows: list[dict], samples: dict) -> dict | None:
+    """The trained setting best by the validation rule (BEST_RULE) and, on the test prompts, its win rate minus
+    every other's with simultaneous 95% intervals (paired over prompts, seeds a second level; one critical value for
+    the whole family, so the chance that any setting is called different when none is stays at most 5%). A setting
+    is indistinguishable from the best when its interval includes 0. Degenerate settings take no part."""
+    settings = {k: runs for k, runs in _settings(rows, samples).items() if k[2] is not None}
+    degenerate = sorted(k for k, runs in settings.items() if any(r["status"] == "degenerate" for r in runs))
+    valid = {k: runs for k, runs in settings.items() if k not in degenerate}
+    valid = {k: runs for k, runs in valid.items() if all(r.get("val_win_rate") is not None for r in runs)}
+    if len(valid) < 2:
         return None
-    prefs = {key: np.mean(group, axis=0) for key, group in settings.items()}
-    best = max(prefs, key=lambda k: prefs[k].mean())
-
-    def name(key):
-        return f"{setting_label({'objective': key[0], 'reference': key[1]})} beta {key[2]:g}"
-
-    same, differences = [], {}
-    for key, p in prefs.items():
-        if key == best:
-            continue
-        lo, hi = paired_difference_interval(prefs[best], p)
-        differences[name(key)] = [lo, hi]
-        if not distinguishable((lo, hi)):
-            same.append(key)
+    val = {k: float(np.mean([r["val_win_rate"] for r in runs])) for k, runs in valid.items()}
+    best = max(valid, key=lambda k: val[k])
+    others = [k for k in valid if k != best]
+    table = {k: [samples[r["run_id"]]["win_rate"] for r in runs] for k, runs in valid.items()}
+    estimates, critical = simultaneous_differences(table[best], [table[k] for k in others])
+    bounds = {k: (e.value - critical * e.se, e.value + critical * e.se) for k, e in zip(others, estimates)}
+    same = [k for k in others if bounds[k][0] <= 0 <= bounds[k][1]]
     return {
+        "rule": BEST_RULE,
         "best": name(best),
         "best_key": list(best),
+        "best_val_win_rate": val[best],
         "indistinguishable": [name(k) for k in same],
         "indistinguishable_keys": [list(k) for k in same],  # (objective, reference, beta), as in the tables
-        "differences": differences,  # best minus each other setting: 95% paired interval of the win-rate difference
+        "worse": [name(k) for k in others if bounds[k][0] > 0],
+        "better": [name(k) for k in others if bounds[k][1] < 0],  # better on test than the validation's choice
+        "differences": {name(k): list(bounds[k]) for k in others},  # best minus each: simultaneous 95% interval
+        "estimates": {name(k): e.value for k, e in zip(others, estimates)},
+        "critical_value": critical,  # the multiplier of each difference's standard error
+        "comparisons": len(others),
+        "left_out_degenerate": [name(k) for k in degenerate],
     }
 
 
@@ -106,7 +181,14 @@ def describe(result: dict | None) -> str:
     if result is None:
         return ""
     same = ", ".join(result["indistinguishable"]) or "none"
-    return (
-        f"\nBest setting on the test prompts: {result['best']}. Not distinguishable from it at 95% (paired interval "
-        f"of the per-prompt win-rate difference includes 0): {same}.\n"
+    text = (
+        f"\nBest setting by the validation rule: {result['best']} (validation win rate "
+        f"{result['best_val_win_rate']:.3f}). On the test prompts, not distinguishable from it: {same} "
+        f"(simultaneous 95% intervals of the per-prompt win-rate difference over {result['comparisons']} "
+        f"comparisons, family-wise error 5%; paired over prompts, seeds as a second level)."
     )
+    if result["better"]:
+        text += f" Better on the test prompts than the validation's choice: {', '.join(result['better'])}."
+    if result["left_out_degenerate"]:
+        text += f" Left out as degenerate: {', '.join(result['left_out_degenerate'])}."
+    return text + "\n"

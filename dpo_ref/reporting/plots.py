@@ -61,14 +61,16 @@ def _mark_best(ax, agg: list[dict], comparison: dict) -> None:
         return [r["beta"] for r in rows], [r["win_rate"] for r in rows]
 
     ax.scatter(*points([comparison["best_key"]]), marker="*", s=220, color="gold", edgecolor="k", zorder=4,
-               label="best (test prompts)")  # fmt: skip
+               label="best (validation rule)")  # fmt: skip
     ax.scatter(*points(comparison["indistinguishable_keys"]), s=160, facecolors="none", edgecolors="k", zorder=4,
-               label="not distinguishable from best (95%)")  # fmt: skip
+               label="not distinguishable from best (95%, all comparisons together)")  # fmt: skip
 
 
 def plot_frontier(agg: list[dict], path: Path, title: str) -> None:
-    """The reward-KL frontier: win rate and judge reward against KL(policy || reference) for every setting, one
-    colour per (objective, reference), each point labelled with its beta, 95% interval bars on both axes."""
+    """The reward-KL frontier: win rate and judge reward against KL(policy || SFT policy) for every setting, one
+    colour per (objective, reference), each point labelled with its beta, 95% interval bars on both axes. The KL is
+    to the SFT policy for every run, not to its own reference: a stronger or other-tokenizer reference is far from
+    the SFT model before any training, so KL to it would put runs on different axes, the SFT model at 0 on none."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     lines: dict[str, list[dict]] = {}
@@ -78,16 +80,17 @@ def plot_frontier(agg: list[dict], path: Path, title: str) -> None:
     sft = next((r for r in agg if r["objective"] == "sft"), None)
     for ax, (key, label) in zip(axes, [("win_rate", "win rate vs SFT"), ("reward", "judge reward")]):
         for name, grp in lines.items():
-            grp = sorted(grp, key=lambda r: r["kl"])
+            grp = sorted(grp, key=lambda r: r["kl_sft"])
             ax.errorbar(
-                [r["kl"] for r in grp], [r[key] for r in grp], xerr=error_bars(grp, "kl"), yerr=error_bars(grp, key),
-                marker="o", capsize=3, label=name,
+                [r["kl_sft"] for r in grp], [r[key] for r in grp], xerr=error_bars(grp, "kl_sft"),
+                yerr=error_bars(grp, key), marker="o", capsize=3, label=name,
             )  # fmt: skip
             for r in grp:
-                ax.annotate(f"{r['beta']:g}", (r["kl"], r[key]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                xy = (r["kl_sft"], r[key])
+                ax.annotate(f"{r['beta']:g}", xy, textcoords="offset points", xytext=(4, 4), fontsize=7)
         if sft is not None:
             ax.scatter([0.0], [sft[key]], marker="*", s=120, color="black", label="SFT", zorder=3)
-        ax.set_xlabel("KL(policy || reference), nats")
+        ax.set_xlabel("KL(policy || SFT policy), nats")
         ax.set_title(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)

@@ -80,8 +80,13 @@ def prepare_key(exp: Experiment, models: Models, study: str) -> str:
     )
 
 
-def write_generations(path: Path, gens: Generations, rewards: list[float]) -> None:
-    lines = [json.dumps({**row, "reward": r}) for row, r in zip(gens.rows(), rewards)]
+def write_generations(path: Path, gens: Generations, rewards: list[float], extra: dict | None = None) -> None:
+    """One judged sample per line; `extra` (name -> one value per sample) adds columns."""
+    extra = extra or {}
+    lines = [
+        json.dumps({**row, "reward": r, **{k: v[i] for k, v in extra.items()}})
+        for i, (row, r) in enumerate(zip(gens.rows(), rewards))
+    ]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 

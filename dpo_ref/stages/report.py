@@ -11,17 +11,11 @@ from ..config import Experiment, RunSpec, expand
 from ..errors import UserError
 from ..models import is_adapter, load_model, load_tokenizer, resolve
 from ..plan import STUDIES, run_status
-from ..reporting.intervals import add_run_intervals, describe, indistinguishable
+from ..reporting.format import rich_table
+from ..reporting.intervals import BEST_RULE, add_run_intervals, describe, indistinguishable, setting_intervals
+from ..reporting.settings import BEST_COLUMNS, aggregate, best_per_method
 from ..reporting.similarity import COLUMNS as SIMILARITY_COLUMNS
-from ..reporting.tables import (
-    BEST_COLUMNS,
-    BEST_RULE,
-    best_per_method,
-    collect,
-    rich_table,
-    shown_columns,
-    write_report,
-)
+from ..reporting.tables import collect, shown_columns, write_report
 from ..reporting.tokens import per_item, token_log_ratios, write_analysis
 from ..store import read_json
 from ..ui import stdout
@@ -45,17 +39,19 @@ def report(exp_dir: Path, exp: Experiment, study: str, judge: str, extra: dict |
     rows = collect(exp_dir, [r.run_id for r in runs], damaged)
     if extra is None:  # rebuilt alone: keep the timings of the command that last ran the stages
         extra = _last_timings(exp_dir)
-    comparison = indistinguishable(rows, add_run_intervals(exp_dir, rows, exp.judge.kind))
+    samples = add_run_intervals(exp_dir, rows, exp.judge.kind)
+    comparison, bounds = indistinguishable(rows, samples), setting_intervals(rows, samples)
     sim_path = exp_dir / "similarity.json"
     sim = read_json(sim_path) if sim_path.is_file() else None
     title = STUDIES[study].title
-    write_report(exp_dir, rows, f"{exp.name} ({title})", STUDIES[study].tables, extra, sim, judge, comparison)
+    write_report(exp_dir, rows, f"{exp.name} ({title})", STUDIES[study].tables, extra, sim, judge, comparison, bounds)
     stdout.print(rich_table(rows, shown_columns(rows), f"{exp.name}: {title} (95% intervals in brackets)"))
     if comparison is not None:
         stdout.print(describe(comparison).strip(), soft_wrap=True)
     if "best" in STUDIES[study].tables:
         columns = BEST_COLUMNS + (SIMILARITY_COLUMNS if sim else [])
-        stdout.print(rich_table(best_per_method(rows, sim), columns, f"best beta per method ({BEST_RULE})"))
+        best = best_per_method(aggregate(rows, bounds), sim)
+        stdout.print(rich_table(best, columns, f"best beta per method ({BEST_RULE})"))
 
 
 def _last_timings(exp_dir: Path) -> dict:

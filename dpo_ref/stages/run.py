@@ -4,7 +4,10 @@
                        status.json         running -> done | degenerate (both with `flags`) | diverged | failed
                                            | interrupted (Ctrl-C, SIGTERM) | pruned (a tune-beta trial stopped early)
                        metrics.json        training history and the evaluation
-                       generations.jsonl   the policy's judged samples on the test prompts
+                       generations.jsonl   the policy's judged samples on the test prompts, with the log-ratios
+                                           behind its KL estimates (to the reference and to the SFT policy)
+                       validation.jsonl    its judged samples on the validation prompts (val_win_rate)
+                       ranking.jsonl       per validation pair: implicit rewards and log-probs (ranking accuracy)
                        model_outputs.json  the same in AlpacaEval's format
                        policy/             the trained policy
                        trainer/            checkpoints while it trains, kept for a rerun to resume from
@@ -16,6 +19,7 @@ processes (`dporef run-one EXP_DIR RUN_ID`), on separate GPUs or cluster nodes.
 from __future__ import annotations
 
 import gc
+import json
 import shutil
 import time
 import traceback
@@ -31,7 +35,7 @@ from .. import ranks
 from ..config import Experiment, RunSpec
 from ..errors import UserError
 from ..evaluation.alpaca_eval import MODEL_OUTPUTS, export_model_outputs, generator_name
-from ..evaluation.evaluate import Benchmark, ImplicitReward, evaluate_policy
+from ..evaluation.evaluate import Benchmark, EvalSamples, ImplicitReward, evaluate_policy
 from ..models import ModelRef, is_adapter, load_model, load_tokenizer
 from ..objectives import OBJECTIVES
 from ..plan import find_run, prepared_models, reference_config, run_hash, run_state
@@ -99,13 +103,16 @@ class Prepared:
         test, val = read_baseline(self.exp_dir, "test"), read_baseline(self.exp_dir, "validation")
         return Benchmark(test, val, judge, exp.eval)
 
-    def kl_reference(self, run: RunSpec) -> SampleScorer:
-        """KL is measured against the run's reference; reference-free runs (and the SFT row) against the SFT policy."""
+    def kl_references(self, run: RunSpec) -> tuple[SampleScorer, SampleScorer | None]:
+        """The scorers of the two KLs: against the run's reference (reference-free runs and the SFT row: the SFT
+        policy), and against the SFT policy when that is another model (else None: the first KL is that one)."""
         policy = self.model("policy")
         ref = policy if run.reference is None else self.model("references", run.reference)
         is_policy = run.objective == "sft" and ref.fingerprint == policy.fingerprint
         tokenizer = load_tokenizer(policy)
-        return SampleScorer(ref, tokenizer, self.exp.eval.batch_size, self.exp.train.precision, is_policy)
+        args = (tokenizer, self.exp.eval.batch_size, self.exp.train.precision)
+        sft = None if ref.fingerprint == policy.fingerprint else SampleScorer(policy, *args)
+        return SampleScorer(ref, *args, is_policy), sft
 
 
 def _clear_attempt(run_dir: Path, config_hash: str) -> None:
@@ -180,6 +187,15 @@ def _train(prepared: Prepared, run: RunSpec, model, tokenizer, validation, run_d
     }
 
 
+def write_samples(run_dir: Path, samples: EvalSamples) -> None:
+    """The values a run's numbers are means of (see the module docstring), for intervals and seeds prompt by prompt."""
+    kl = {"kl_log_ratio": samples.kl_log_ratio, "kl_sft_log_ratio": samples.kl_sft_log_ratio}
+    write_generations(run_dir / "generations.jsonl", samples.test, samples.test_rewards, kl)
+    write_generations(run_dir / "validation.jsonl", samples.validation, samples.validation_rewards)
+    pairs = [dict(zip(samples.pairs, values)) for values in zip(*samples.pairs.values())]
+    atomic_write_text(run_dir / "ranking.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
+
+
 def _moving_reference(prepared: Prepared, run: RunSpec):
     """The run's TR-DPO reference (`kind: moving`): its starting weights loaded beside the policy, or None (a fixed
     reference, read from the prepared columns)."""
@@ -252,12 +268,13 @@ def execute(prepared: Prepared, run: RunSpec) -> str:
     sample = engine_sampler(exp, location, tokenizer, regime.bf16_weights)
     try:
         with regime.autocast():
-            kl_reference = prepared.kl_reference(run)
-            result, gens, rewards = evaluate_policy(model, tokenizer, bench, validation, reward, kl_reference, sample)
+            kl_ref, kl_sft = prepared.kl_references(run)
+            result, samples = evaluate_policy(model, tokenizer, bench, validation, reward, kl_ref, sample, kl_sft)
     finally:
         if sample is not None:
             sample.close()
-    write_generations(run_dir / "generations.jsonl", gens, rewards)
+    write_samples(run_dir, samples)
+    gens = samples.test
     export_model_outputs(run_dir / MODEL_OUTPUTS, gens, generator_name(exp.name, run.run_id), exp.data.source)
     flags = run_flags(metrics["history"], result.kl, result.length)  # name -> why
     metrics.update(eval=result.as_dict(), eval_seconds=time.time() - t0, flags=list(flags), flag_reasons=flags)
