@@ -16,7 +16,6 @@ overstate LC by several points for a model much shorter than the baseline; `lc_m
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from .alpaca_lc import (
     lc_win_rate_v1,
     read_eval_set,
     read_gamed,
+    read_json_file,
 )
 from .intervals import win_rate_interval
 from .length_controlled import lc_interval, lc_win_rate
@@ -100,12 +100,7 @@ def _win(value, where: str) -> float:
 
 
 def _read(path: Path) -> list[Annotation]:
-    try:
-        rows = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise UserError(str(path), f"cannot read annotations: {e.strerror}") from None
-    except ValueError as e:
-        raise UserError(str(path), f"not valid JSON: {e}") from None
+    rows = read_json_file(path, "annotations")
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise UserError(str(path), "expected AlpacaEval's annotations.json: a list of objects")
     out = []

@@ -118,14 +118,19 @@ def read_gamed(path: Path) -> Gamed:
     return Gamed(Path(path), x[used], cols["preference"][used], difficulty)
 
 
-def read_eval_set(path: Path) -> EvalSet:
-    """AlpacaEval's eval set file: a list of objects, each with its `instruction`."""
+def read_json_file(path: Path, what: str):
+    """The JSON in `path`; a file that cannot be read or parsed is one line naming it and `what` it should be."""
     try:
-        rows = json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text())
     except OSError as e:
-        raise UserError(str(path), f"cannot read: {e.strerror}") from None
+        raise UserError(str(path), f"cannot read {what}: {e.strerror}") from None
     except ValueError as e:
         raise UserError(str(path), f"not valid JSON: {e}") from None
+
+
+def read_eval_set(path: Path) -> EvalSet:
+    """AlpacaEval's eval set file: a list of objects, each with its `instruction`."""
+    rows = read_json_file(path, "AlpacaEval's eval set")
     if not isinstance(rows, list) or not all(
         isinstance(r, dict) and isinstance(r.get("instruction"), str) for r in rows
     ):

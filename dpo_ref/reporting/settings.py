@@ -7,21 +7,10 @@ import math
 
 from . import similarity as sim_fit
 from .format import cell, fmt
-from .intervals import BEST_RULE, setting_key
+from .intervals import BEST_RULE, METRICS, setting_key
 from .plots import setting_label
 
-AGGREGATED = [
-    "win_rate",
-    "lc_win_rate",
-    "val_win_rate",
-    "reward",
-    "length",
-    "eos_rate",
-    "kl",
-    "kl_sft",
-    "rank_acc_reward",
-    "rank_acc_policy",
-]
+AGGREGATED = list(METRICS)  # every metric with an interval is a mean over seeds too
 
 
 def aggregate(rows: list[dict], bounds: dict[tuple, dict] | None = None) -> list[dict]:

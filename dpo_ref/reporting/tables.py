@@ -15,7 +15,7 @@ from ..store import atomic_write_json, atomic_write_text
 from . import similarity as sim_fit
 from .format import to_markdown
 from .html import write_html
-from .intervals import BEST_RULE, INTERVAL_COLUMNS, describe
+from .intervals import BEST_RULE, INTERVAL_COLUMNS, METRICS, describe
 from .plots import plot_beta, plot_frontier
 from .settings import aggregate, best_per_method, best_table, beta_grid_table, seed_table
 
@@ -54,20 +54,7 @@ COLUMNS = [
     *INTERVAL_COLUMNS,  # 95% intervals (reporting/intervals.py), shown in brackets beside their metric
     *IMPORTED_BOUNDS,
 ]
-SHOWN = [
-    "run_id",
-    "beta",
-    "status",
-    "win_rate",
-    "lc_win_rate",
-    "reward",
-    "length",
-    "eos_rate",
-    "kl",
-    "kl_sft",
-    "rank_acc_reward",
-    "rank_acc_policy",
-]
+SHOWN = ["run_id", "beta", "status", *(m for m in METRICS if m != "val_win_rate")]  # validation: in results.csv
 IMPORTED = ["ae_win_rate", "ae_lc_win_rate", "ae_lc_method"]
 
 
