@@ -143,6 +143,11 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def atomic_write_jsonl(path: Path, rows: list) -> None:
+    """One JSON value per line, written atomically (what `read_jsonl` reads back)."""
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
 def jsonl_rows(text: str) -> list:
     """The values of a JSON-lines text, one per line (a blank or broken line is a ValueError)."""
     return [json.loads(line) for line in text.splitlines()]

@@ -13,7 +13,6 @@ Idempotent: when plan.json holds the same content key (models' fingerprints, dat
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -36,7 +35,7 @@ from ..reference import ReferenceEngine, SampleScorer, similarity
 from ..store import (
     atomic_dir,
     atomic_write_json,
-    atomic_write_text,
+    atomic_write_jsonl,
     content_hash,
     file_hash,
     locked,
@@ -83,11 +82,11 @@ def prepare_key(exp: Experiment, models: Models, study: str) -> str:
 def write_generations(path: Path, gens: Generations, rewards: list[float], extra: dict | None = None) -> None:
     """One judged sample per line; `extra` (name -> one value per sample) adds columns."""
     extra = extra or {}
-    lines = [
-        json.dumps({**row, "reward": r, **{k: v[i] for k, v in extra.items()}})
+    rows = [
+        {**row, "reward": r, **{k: v[i] for k, v in extra.items()}}
         for i, (row, r) in enumerate(zip(gens.rows(), rewards))
     ]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_jsonl(path, rows)
 
 
 def engine_sampler(exp: Experiment, location: str, tokenizer, bf16: bool):

@@ -19,7 +19,6 @@ processes (`dporef run-one EXP_DIR RUN_ID`), on separate GPUs or cluster nodes.
 from __future__ import annotations
 
 import gc
-import json
 import shutil
 import time
 import traceback
@@ -41,7 +40,7 @@ from ..objectives import OBJECTIVES
 from ..plan import find_run, prepared_models, reference_config, run_hash, run_state
 from ..precision import regime_for
 from ..reference import SampleScorer
-from ..store import Held, atomic_write_json, atomic_write_text, damage, lock_file, locked, read_json
+from ..store import Held, atomic_write_json, atomic_write_jsonl, atomic_write_text, damage, lock_file, locked, read_json
 from ..training_guards import run_flags
 from ..ui import console
 from .prepare import baseline_intact, columns, engine_sampler, make_judge, read_baseline, write_generations
@@ -192,8 +191,7 @@ def write_samples(run_dir: Path, samples: EvalSamples) -> None:
     kl = {"kl_log_ratio": samples.kl_log_ratio, "kl_sft_log_ratio": samples.kl_sft_log_ratio}
     write_generations(run_dir / "generations.jsonl", samples.test, samples.test_rewards, kl)
     write_generations(run_dir / "validation.jsonl", samples.validation, samples.validation_rewards)
-    pairs = [dict(zip(samples.pairs, values)) for values in zip(*samples.pairs.values())]
-    atomic_write_text(run_dir / "ranking.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
+    atomic_write_jsonl(run_dir / "ranking.jsonl", [dict(zip(samples.pairs, v)) for v in zip(*samples.pairs.values())])
 
 
 def _moving_reference(prepared: Prepared, run: RunSpec):
