@@ -12,7 +12,6 @@ tune-beta, checkpoints) are disjoint (`load_data`), so no choice is ever made on
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -22,7 +21,7 @@ from datasets import DatasetDict
 from ..config import Experiment
 from ..errors import UserError
 from . import instructions
-from .tokenize import load_prompts, unique_prompts
+from .tokenize import load_prompts, prompt_key, unique_prompts
 
 Scorer = Callable[[object, str, bool], float]  # (prompt, response, ended) -> reward
 
@@ -157,11 +156,6 @@ def check_judge(exp: Experiment) -> tuple[str, str] | None:
 
 
 HELD_OUT_SEED = 0  # which of a validation split's prompts become test prompts (data.test_share of them)
-
-
-def prompt_key(prompt) -> str:
-    """A prompt (a string or a list of messages) as a hashable key."""
-    return json.dumps(prompt, sort_keys=True)
 
 
 def held_out_prompts(pairs: DatasetDict, share: float, source_name: str) -> list:

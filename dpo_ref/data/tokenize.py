@@ -15,11 +15,16 @@ from ..chat import end_of_turn_length, render_pairs
 from ..errors import UserError
 
 
+def prompt_key(prompt) -> str:
+    """A prompt (a string or a list of messages) as a hashable key."""
+    return json.dumps(prompt, sort_keys=True)
+
+
 def unique_prompts(prompts) -> list:
     """Prompts (strings or message lists) without repeats, in first-seen order."""
     seen: dict[str, object] = {}
     for p in prompts:
-        seen.setdefault(json.dumps(p), p)
+        seen.setdefault(prompt_key(p), p)
     return list(seen.values())
 
 

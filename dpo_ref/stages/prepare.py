@@ -22,7 +22,7 @@ import numpy as np
 from .. import data
 from ..cache import intact_dir
 from ..config import Experiment, expand
-from ..data.tokenize import tokenize_pairs, unique_prompts
+from ..data.tokenize import prompt_key, tokenize_pairs, unique_prompts
 from ..evaluation.evaluate import PromptSet, sampling, win_rate
 from ..evaluation.judges import Judge, RewardModelJudge, RuleJudge
 from ..evaluation.metrics import kl_estimates
@@ -255,7 +255,7 @@ def _prepare(exp: Experiment, exp_dir: Path, study: str, models: Models) -> dict
     judge = make_judge(exp, models.judge)
     test_prompts, val_prompts = loaded.eval_prompts, unique_prompts(loaded.pairs["validation"]["prompt"])
     # what every table's claim rests on: nothing chosen on validation prompts is reported on them
-    assert not {data.prompt_key(p) for p in test_prompts} & {data.prompt_key(p) for p in val_prompts}
+    assert not {prompt_key(p) for p in test_prompts} & {prompt_key(p) for p in val_prompts}
     for name, prompt_list in (("test", test_prompts), ("validation", val_prompts)):
         baseline(exp, exp_dir, name, prompt_list, models.policy, judge)
     if STUDIES[study].similarity:
