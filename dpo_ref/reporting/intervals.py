@@ -28,9 +28,8 @@ from ..evaluation.metrics import preference
 from ..store import read_jsonl
 from .plots import setting_label
 
-# each metric, and how one run's interval is taken over its items: a share (exact when every item is 0 or 1) or a mean
+# metrics whose run interval is a share's (exact when every item is 0 or 1); the others' is a mean's (or the LC's)
 SHARES = ("win_rate", "val_win_rate", "eos_rate", "rank_acc_reward", "rank_acc_policy")
-MEANS = ("reward", "length", "kl", "kl_sft")
 METRICS = ("win_rate", "lc_win_rate", "val_win_rate", "reward", "length", "eos_rate", "kl", "kl_sft")
 METRICS += ("rank_acc_reward", "rank_acc_policy")
 INTERVAL_COLUMNS = [f"{m}_{end}" for m in METRICS for end in ("lo", "hi")]
@@ -109,13 +108,19 @@ def setting_key(row: dict) -> tuple:
     return row["objective"], row["reference"], row["beta"]
 
 
-def _settings(rows: list[dict], samples: dict) -> dict[tuple, list[dict]]:
-    """Finished runs with their items, grouped by setting (objective, reference, beta) across seeds."""
+def group_settings(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Finished runs grouped by setting (objective, reference, beta) across seeds, in grid order; degenerate runs
+    keep their numbers, marked as such."""
     out: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r["status"] in FINISHED and r["run_id"] in samples:
+        if r["status"] in FINISHED:
             out.setdefault(setting_key(r), []).append(r)
     return out
+
+
+def _settings(rows: list[dict], samples: dict) -> dict[tuple, list[dict]]:
+    """`group_settings` of the runs whose items were read."""
+    return group_settings([r for r in rows if r["run_id"] in samples])
 
 
 def setting_intervals(rows: list[dict], samples: dict, metrics: tuple[str, ...] = METRICS) -> dict[tuple, dict]:

@@ -7,7 +7,7 @@ import math
 
 from . import similarity as sim_fit
 from .format import cell, fmt
-from .intervals import BEST_RULE, METRICS, setting_key
+from .intervals import BEST_RULE, METRICS, group_settings
 from .plots import setting_label
 
 AGGREGATED = list(METRICS)  # every metric with an interval is a mean over seeds too
@@ -17,12 +17,8 @@ def aggregate(rows: list[dict], bounds: dict[tuple, dict] | None = None) -> list
     """Finished runs grouped by (objective, reference, beta) across seeds: mean and sample s.d. of each metric, and
     the setting's 95% intervals from `bounds` (reporting.intervals.setting_intervals). The s.d. over seeds is the
     noise a difference between betas has to beat."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if r["status"] in ("done", "degenerate"):  # degenerate runs keep their numbers, marked as such
-            groups.setdefault(setting_key(r), []).append(r)
     out = []
-    for (objective, reference, beta), grp in groups.items():
+    for (objective, reference, beta), grp in group_settings(rows).items():
         status = "degenerate" if any(r["status"] == "degenerate" for r in grp) else "done"
         row = {"objective": objective, "reference": reference, "beta": beta, "seeds": len(grp), "status": status}
         for key in AGGREGATED:
