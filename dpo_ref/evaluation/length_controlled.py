@@ -90,12 +90,7 @@ def lc_interval(preference, policy_lengths, baseline_lengths) -> tuple[float, fl
     up to 0.985 elsewhere (conservative); it stays short of 0.93 at n = 100 only when the policy's responses are about
     two s.d. longer than the baseline's and the length slope is strong (0.92; 0.89 before; 0.96 at n = 400), where
     the LC is an extrapolation of the fit. LC_INTERVAL_NOTE says so for a caption."""
-    x, q = _design(preference, policy_lengths, baseline_lengths)
-    if _unanimous(q) is not None:
-        return win_rate_interval(q)
-    w = glm_fit(x, q, np.ones(len(q)))
-    spread = sandwich(x, q, np.ones(len(q)), w)
-    return logit_interval(w[1], spread.shift[1], spread.se(spread.terms[:, 1]), spread.dof)
+    return LcFit.of(preference, policy_lengths, baseline_lengths).interval()
 
 
 def lc_pseudo_values(preference, policy_lengths, baseline_lengths) -> np.ndarray:
@@ -106,13 +101,37 @@ def lc_pseudo_values(preference, policy_lengths, baseline_lengths) -> np.ndarray
     can be averaged per prompt before an interval mean +- t * sd / sqrt(n); for one seed that interval covered 0.94-0.95
     in simulation, but 0.81 (n = 100) and 0.915 (n = 400) in lc_interval's hard case, where lc_interval keeps the
     band around the uncorrected estimate too. Unanimous samples: their preferences."""
-    x, q = _design(preference, policy_lengths, baseline_lengths)
-    if _unanimous(q) is not None:
-        return q
-    w = glm_fit(x, q, np.ones(len(q)))
-    spread = sandwich(x, q, np.ones(len(q)), w)
-    lc = sigmoid(w[1])
-    return lc + lc * (1 - lc) * (spread.shift[1] + len(q) * spread.terms[:, 1])
+    return LcFit.of(preference, policy_lengths, baseline_lengths).pseudo_values()
+
+
+@dataclass(frozen=True)
+class LcFit:
+    """One fit of the minimal GLM to a sample and its sandwich, which both `lc_interval` and `lc_pseudo_values` read:
+    a report wanting both pays for one cross-validated fit. A unanimous sample has neither (`w`, `spread` None)."""
+
+    q: np.ndarray
+    w: np.ndarray | None
+    spread: Sandwich | None
+
+    @classmethod
+    def of(cls, preference, policy_lengths, baseline_lengths) -> LcFit:
+        x, q = _design(preference, policy_lengths, baseline_lengths)
+        if _unanimous(q) is not None:
+            return cls(q, None, None)
+        w = glm_fit(x, q, np.ones(len(q)))
+        return cls(q, w, sandwich(x, q, np.ones(len(q)), w))
+
+    def interval(self) -> tuple[float, float]:
+        if self.spread is None:
+            return win_rate_interval(self.q)
+        s = self.spread
+        return logit_interval(self.w[1], s.shift[1], s.se(s.terms[:, 1]), s.dof)
+
+    def pseudo_values(self) -> np.ndarray:
+        if self.spread is None:
+            return self.q
+        lc = sigmoid(self.w[1])
+        return lc + lc * (1 - lc) * (self.spread.shift[1] + len(self.q) * self.spread.terms[:, 1])
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from ..evaluation.intervals import (
     win_rate_interval,
 )
 from ..evaluation.judges import RewardModelJudge, RuleJudge
-from ..evaluation.length_controlled import lc_interval, lc_pseudo_values
+from ..evaluation.length_controlled import LcFit
 from ..evaluation.metrics import preference
 from ..store import read_jsonl
 from .plots import setting_label
@@ -46,8 +46,8 @@ def _rows(exp_dir: Path, *names: str) -> list[list[dict]]:
 
 def per_item(exp_dir: Path, run_id: str, judge_kind: str) -> dict[str, np.ndarray] | None:
     """A run's values item by item, one array per metric whose mean the metric is (the LC win rate: its GLM's
-    pseudo-values, and `lc` the inputs of its own interval); None when the files are missing, or its samples and the
-    baseline's are not on the same prompts."""
+    pseudo-values, and `lc` the fit behind them and its interval); None when the files are missing, or its samples
+    and the baseline's are not on the same prompts."""
     run = Path(run_id)
     try:
         gens, base, val, val_base, pairs = _rows(
@@ -67,9 +67,10 @@ def per_item(exp_dir: Path, run_id: str, judge_kind: str) -> dict[str, np.ndarra
         lengths = np.array([g["length"] for g in gens], dtype=np.float64)
         base_lengths = np.array([b["length"] for b in base], dtype=np.float64)
         column = lambda rows, key: np.array([r[key] for r in rows], dtype=np.float64)  # noqa: E731
+        lc = LcFit.of(prefs, lengths, base_lengths)
         return {
             "win_rate": prefs,
-            "lc_win_rate": lc_pseudo_values(prefs, lengths, base_lengths),
+            "lc_win_rate": lc.pseudo_values(),
             "val_win_rate": prefer([g["reward"] for g in val], [b["reward"] for b in val_base]),
             "reward": column(gens, "reward"),
             "length": lengths,
@@ -78,7 +79,7 @@ def per_item(exp_dir: Path, run_id: str, judge_kind: str) -> dict[str, np.ndarra
             "kl_sft": column(gens, "kl_sft_log_ratio"),
             "rank_acc_reward": preference(column(pairs, "reward_chosen"), column(pairs, "reward_rejected")),
             "rank_acc_policy": preference(column(pairs, "logp_chosen"), column(pairs, "logp_rejected")),
-            "lc": (prefs, lengths, base_lengths),
+            "lc": lc,
         }
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -87,7 +88,7 @@ def per_item(exp_dir: Path, run_id: str, judge_kind: str) -> dict[str, np.ndarra
 def run_interval(items: dict, metric: str) -> tuple[float, float]:
     """One run's 95% interval of `metric` over its items."""
     if metric == "lc_win_rate":
-        return lc_interval(*items["lc"])
+        return items["lc"].interval()
     return (win_rate_interval if metric in SHARES else mean_interval)(items[metric])
 
 
