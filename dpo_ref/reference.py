@@ -166,7 +166,7 @@ def text_logps(
 
 
 @dataclass(frozen=True)
-class SampleScorer:
+class ReferenceScorer:
     """log p_ref(y|x) of a policy's samples, for the KL estimate. A reference that renders as the policy does scores
     the sampled tokens themselves; one of another family re-renders the text (`text_logps`). Loaded only when called,
     after training, and freed right after."""

@@ -85,7 +85,7 @@ def test_the_summary_has_95_percent_intervals(exp_dir, tmp_path):
     (here the minimal GLM's) is lc_interval's and holds the estimate."""
     from scipy.stats import beta
 
-    from dpo_ref.evaluation.length_controlled import lc_interval
+    from dpo_ref.evaluation.lc_minimal import lc_interval
 
     rows = annotate(outputs(10), lambda i: 1.0 if i in (2, 5, 8) else 2.0)
     summary = import_annotations(exp_dir, "exp", [write(tmp_path / "a.json", rows)])[0]["run"]

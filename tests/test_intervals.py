@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from dpo_ref.evaluation.intervals import Z, binomial_interval, crossed_difference, mean_interval, win_rate_interval
-from dpo_ref.evaluation.length_controlled import lc_interval, lc_win_rate
+from dpo_ref.evaluation.estimators import Z, binomial_interval, crossed_difference, mean_interval, win_rate_interval
+from dpo_ref.evaluation.lc_minimal import lc_interval, lc_win_rate
 
 
 def test_clopper_pearson_values():

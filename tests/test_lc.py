@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from dpo_ref.evaluation.alpaca_eval import import_annotations
-from dpo_ref.evaluation.alpaca_lc import DOWNLOAD, EVAL_SET_FILE, GAMED_FILE
-from dpo_ref.evaluation.length_controlled import lc_interval, lc_win_rate
+from dpo_ref.evaluation.lc_minimal import lc_interval, lc_win_rate
+from dpo_ref.evaluation.lc_v1 import DOWNLOAD, EVAL_SET_FILE, GAMED_FILE
 
 TOL = 1e-9  # the same scikit-learn estimator, arguments and folds: equal up to float rounding
 N = 805  # AlpacaEval's eval set

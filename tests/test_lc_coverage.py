@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from dpo_ref.evaluation.alpaca_lc import Gamed, lc_interval_v1
-from dpo_ref.evaluation.length_controlled import glm_fit, lc_interval, lc_pseudo_values, lc_win_rate
+from dpo_ref.evaluation.lc_minimal import glm_fit, lc_interval, lc_pseudo_values, lc_win_rate
+from dpo_ref.evaluation.lc_v1 import Gamed, lc_interval_v1
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 

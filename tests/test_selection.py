@@ -13,8 +13,8 @@ import pytest
 from scipy import stats
 from scipy.special import expit
 
-from dpo_ref.evaluation.intervals import crossed_difference, crossed_mean
-from dpo_ref.reporting.intervals import indistinguishable, setting_intervals
+from dpo_ref.evaluation.estimators import crossed_difference, crossed_mean
+from dpo_ref.reporting.uncertainty import indistinguishable, setting_intervals
 
 N_PROMPTS = 300
 

@@ -9,8 +9,8 @@ give fractions), 0 for a draw (AlpacaEval 1 files; AlpacaEval reads it as 1.5), 
 annotator: one file imported twice), refuses two annotators for one run, and writes `alpaca_eval.json` into each
 run: AlpacaEval's win rate (win = preference - 1) and LC win rate, lengths in characters, both as AlpacaEval computes
 them, each with its 95% interval (`win_rate_lo`/`_hi`, `lc_win_rate_lo`/`_hi`). The LC is the leaderboard's
-`length_controlled_v1` (alpaca_lc.py) when df_gamed.csv and AlpacaEval's eval set are in the local Hugging Face cache
-and every row's instruction is in that eval set, else `length_controlled_minimal` (length_controlled.py), which can
+`length_controlled_v1` (lc_v1.py) when df_gamed.csv and AlpacaEval's eval set are in the local Hugging Face cache
+and every row's instruction is in that eval set, else `length_controlled_minimal` (lc_minimal.py), which can
 overstate LC by several points for a model much shorter than the baseline; `lc_method` says which, `lc_note` why.
 """
 
@@ -24,7 +24,9 @@ import numpy as np
 
 from ..errors import UserError
 from ..store import atomic_write_json
-from .alpaca_lc import (
+from .estimators import win_rate_interval
+from .lc_minimal import lc_interval, lc_win_rate
+from .lc_v1 import (
     DOWNLOAD,
     EVAL_SET_FILE,
     GAMED_FILE,
@@ -38,8 +40,6 @@ from .alpaca_lc import (
     read_gamed,
     read_json_file,
 )
-from .intervals import win_rate_interval
-from .length_controlled import lc_interval, lc_win_rate
 
 MODEL_OUTPUTS = "model_outputs.json"
 ANNOTATED = "alpaca_eval.json"

@@ -17,7 +17,7 @@ from ..generation import Generations, Sampling, generate
 from ..logprobs import sequence_logps
 from ..objectives import Objective, PolicyLogps, ReferenceLogps
 from .judges import Judge
-from .length_controlled import lc_win_rate
+from .lc_minimal import lc_win_rate
 from .metrics import degeneration, kl_estimates, mean_se, ranking_accuracy
 
 
@@ -97,7 +97,7 @@ class ImplicitReward:
 class EvalResult:
     win_rate: float
     win_rate_se: float
-    lc_win_rate: float  # length-controlled (AlpacaEval 2's GLM, see length_controlled.py)
+    lc_win_rate: float  # length-controlled (AlpacaEval 2's GLM, see lc_minimal.py)
     val_win_rate: float  # on the validation prompts: what best-beta selection may look at (never the test prompts)
     reward: float
     length: float

@@ -7,7 +7,7 @@ import math
 
 from rich.table import Table
 
-from .intervals import METRICS
+from .uncertainty import METRICS
 
 TWO_DECIMALS = {"length", "kl", "kl_se", "kl_k3", "kl_k3_se", "kl_sft", "kl_sft_se", "train_seconds", "eval_seconds"}
 TWO_DECIMALS |= {"train_loss"}

@@ -7,15 +7,15 @@ import math
 
 from . import similarity as sim_fit
 from .format import cell, fmt
-from .intervals import BEST_RULE, METRICS, group_settings
 from .plots import setting_label
+from .uncertainty import BEST_RULE, METRICS, group_settings
 
 AGGREGATED = list(METRICS)  # every metric with an interval is a mean over seeds too
 
 
 def aggregate(rows: list[dict], bounds: dict[tuple, dict] | None = None) -> list[dict]:
     """Finished runs grouped by (objective, reference, beta) across seeds: mean and sample s.d. of each metric, and
-    the setting's 95% intervals from `bounds` (reporting.intervals.setting_intervals). The s.d. over seeds is the
+    the setting's 95% intervals from `bounds` (reporting.uncertainty.setting_intervals). The s.d. over seeds is the
     noise a difference between betas has to beat."""
     out = []
     for (objective, reference, beta), grp in group_settings(rows).items():

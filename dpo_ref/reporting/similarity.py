@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from ..evaluation.intervals import Z
+from ..evaluation.estimators import Z
 from .plots import pyplot, save_png
 
 SIMILARITY_MEASURES = ["sft_ref_kl", "token_log_ratio", "token_logp_corr"]

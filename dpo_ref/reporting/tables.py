@@ -10,14 +10,14 @@ from pathlib import Path
 import yaml
 
 from ..evaluation.alpaca_eval import ANNOTATED
-from ..evaluation.length_controlled import LC_INTERVAL_NOTE
+from ..evaluation.lc_minimal import LC_INTERVAL_NOTE
 from ..store import atomic_write_json, atomic_write_text
 from . import similarity as sim_fit
 from .format import to_markdown
 from .html import write_html
-from .intervals import BEST_RULE, INTERVAL_COLUMNS, METRICS, describe
 from .plots import plot_beta, plot_frontier
 from .settings import aggregate, best_per_method, best_table, beta_grid_table, seed_table
+from .uncertainty import BEST_RULE, INTERVAL_COLUMNS, METRICS, describe
 
 IMPORTED_BOUNDS = [f"ae_{m}_{end}" for m in ("win_rate", "lc_win_rate") for end in ("lo", "hi")]
 COLUMNS = [
@@ -51,7 +51,7 @@ COLUMNS = [
     "steps",
     "train_seconds",
     "eval_seconds",
-    *INTERVAL_COLUMNS,  # 95% intervals (reporting/intervals.py), shown in brackets beside their metric
+    *INTERVAL_COLUMNS,  # 95% intervals (reporting/uncertainty.py), shown in brackets beside their metric
     *IMPORTED_BOUNDS,
 ]
 SHOWN = ["run_id", "beta", "status", *(m for m in METRICS if m != "val_win_rate")]  # validation: in results.csv
@@ -162,8 +162,8 @@ def write_report(
     """results.csv / .md / .json / .png, frontier.png, similarity.png (a fit of the best win rate on similarity and
     strength, with 5 references or more) and report.html under `exp_dir`; returns the paths written.
     `tables` adds study-specific views to results.md: "grid" (metric by beta) and "best" (best beta per method);
-    `comparison` (reporting.intervals.indistinguishable) the settings not distinguishable from the best one;
-    `bounds` (reporting.intervals.setting_intervals) each setting's intervals over its seeds."""
+    `comparison` (reporting.uncertainty.indistinguishable) the settings not distinguishable from the best one;
+    `bounds` (reporting.uncertainty.setting_intervals) each setting's intervals over its seeds."""
     caption = results_caption(exp_dir, rows, title, judge)
     paths = [
         exp_dir / "results.csv",

@@ -31,7 +31,7 @@ from ..logprobs import sequence_logps
 from ..models import ModelRef, load_model, load_tokenizer
 from ..plan import STUDIES, scoring_needs
 from ..precision import regime_for
-from ..reference import ReferenceEngine, SampleScorer, similarity
+from ..reference import ReferenceEngine, ReferenceScorer, similarity
 from ..store import (
     atomic_dir,
     atomic_write_json,
@@ -220,7 +220,7 @@ def _similarity(
     out = {}
     for r in exp.references:
         ref = models.references[r.name]
-        ref_logps = SampleScorer(ref, tokenizer, exp.eval.batch_size, exp.train.precision).logps(gens, None)
+        ref_logps = ReferenceScorer(ref, tokenizer, exp.eval.batch_size, exp.train.precision).logps(gens, None)
         out[r.name] = {"model": r.model, "kind": r.kind, **similarity(policy, scores(ref), tokens)}
         out[r.name] |= {f"sft_ref_{k}": v for k, v in kl_estimates(policy_logps, ref_logps).items()}
         out[r.name] |= {"sft_ref_kl_n": len(policy_logps), "strength": _strength(exp, ref, prompts, judge, test)}

@@ -12,11 +12,11 @@ from ..errors import UserError
 from ..models import is_adapter, load_model, load_tokenizer, resolve
 from ..plan import STUDIES, run_status
 from ..reporting.format import rich_table
-from ..reporting.intervals import BEST_RULE, add_run_intervals, describe, indistinguishable, setting_intervals
 from ..reporting.settings import BEST_COLUMNS, aggregate, best_per_method
 from ..reporting.similarity import COLUMNS as SIMILARITY_COLUMNS
 from ..reporting.tables import collect, shown_columns, write_report
 from ..reporting.tokens import per_item, token_log_ratios, write_analysis
+from ..reporting.uncertainty import BEST_RULE, add_run_intervals, describe, indistinguishable, setting_intervals
 from ..store import read_json
 from ..ui import stdout
 from .run import Prepared

@@ -39,7 +39,7 @@ from ..models import ModelRef, is_adapter, load_model, load_tokenizer
 from ..objectives import OBJECTIVES
 from ..plan import find_run, prepared_models, reference_config, run_hash, run_state
 from ..precision import regime_for
-from ..reference import SampleScorer
+from ..reference import ReferenceScorer
 from ..store import Held, atomic_write_json, atomic_write_jsonl, atomic_write_text, damage, lock_file, locked, read_json
 from ..training_guards import run_flags
 from ..ui import console
@@ -102,7 +102,7 @@ class Prepared:
         test, val = read_baseline(self.exp_dir, "test"), read_baseline(self.exp_dir, "validation")
         return Benchmark(test, val, judge, exp.eval)
 
-    def kl_references(self, run: RunSpec) -> tuple[SampleScorer, SampleScorer | None]:
+    def kl_references(self, run: RunSpec) -> tuple[ReferenceScorer, ReferenceScorer | None]:
         """The scorers of the two KLs: against the run's reference (reference-free runs and the SFT row: the SFT
         policy), and against the SFT policy when that is another model (else None: the first KL is that one)."""
         policy = self.model("policy")
@@ -110,8 +110,8 @@ class Prepared:
         is_policy = run.objective == "sft" and ref.fingerprint == policy.fingerprint
         tokenizer = load_tokenizer(policy)
         args = (tokenizer, self.exp.eval.batch_size, self.exp.train.precision)
-        sft = None if ref.fingerprint == policy.fingerprint else SampleScorer(policy, *args)
-        return SampleScorer(ref, *args, is_policy), sft
+        sft = None if ref.fingerprint == policy.fingerprint else ReferenceScorer(policy, *args)
+        return ReferenceScorer(ref, *args, is_policy), sft
 
 
 def _clear_attempt(run_dir: Path, config_hash: str) -> None:

@@ -1,10 +1,11 @@
-"""95% intervals on a report's numbers, and which settings the best one cannot be told apart from.
+"""A report's uncertainty: 95% intervals on its numbers, and which settings the best one cannot be told apart from
+(evaluation/estimators.py's estimators, applied to the runs' files).
 
 Read from the files the runs wrote (their judged samples in generations.jsonl and validation.jsonl, their validation
 pairs in ranking.jsonl, the SFT baseline's samples in baseline/), so a report rebuilt from older runs shows them too.
 Every number is a mean over items (prompts, or validation pairs): per run, the exact binomial interval of a share
 without ties, else a BCa bootstrap, and AlpacaEval's GLM interval for the LC win rate; per setting with several seeds,
-the seeds x items table's interval (evaluation/intervals.py), since the seeds share the items and the baseline
+the seeds x items table's interval (evaluation/estimators.py), since the seeds share the items and the baseline
 samples. The best setting is chosen by the validation rule, never on the test prompts, and compared with every other
 on the test prompts with one family-wise error for the whole comparison.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.intervals import (
+from ..evaluation.estimators import (
     CONFIDENCE,
     crossed_mean,
     mean_interval,
@@ -23,7 +24,7 @@ from ..evaluation.intervals import (
     win_rate_interval,
 )
 from ..evaluation.judges import RewardModelJudge, RuleJudge
-from ..evaluation.length_controlled import LcFit
+from ..evaluation.lc_minimal import LcFit
 from ..evaluation.metrics import preference
 from ..store import read_jsonl
 from .plots import setting_label

@@ -1,4 +1,5 @@
-"""95% intervals for the numbers a study compares, over the evaluation prompts (scipy for the statistics).
+"""The interval estimators (the statistics alone, on arrays; reporting/uncertainty.py applies them to a report's runs):
+95% intervals for the numbers a study compares, over the evaluation prompts (scipy for the statistics).
 
 Within one run: the exact (Clopper-Pearson) binomial interval for a win rate without ties, otherwise a BCa bootstrap
 of the mean over prompts. Across the seeds of one setting (`crossed_mean`) and between settings (`crossed_difference`)

@@ -1,7 +1,8 @@
-"""AlpacaEval's leaderboard LC win rate, `length_controlled_v1` (Dubois et al. 2024, arXiv 2404.04475), computed as
-AlpacaEval 0.6.6 computes it (alpaca_eval/metrics/glm_winrate.py: `_get_featurized_data`, `fit_LogisticRegressionCV`).
+"""AlpacaEval's leaderboard LC win rate, `length_controlled_v1` (Dubois et al. 2024, arXiv 2404.04475), on the fit of
+lc_minimal.py, computed as AlpacaEval 0.6.6 computes it (alpaca_eval/metrics/glm_winrate.py: `_get_featurized_data`,
+`fit_LogisticRegressionCV`).
 
-The minimal GLM of length_controlled.py fits one model against one baseline, so its length slope is whatever that
+The minimal GLM of lc_minimal.py fits one model against one baseline, so its length slope is whatever that
 model's lengths allow: for a model much shorter than the baseline nearly every tanh term is near 1, the slope and the
 intercept trade off, and LC is barely determined (several points too high in tests/test_lc.py). v1 pins the slope
 with AlpacaEval's annotations of the baseline itself prompted to be verbose and concise, and adds each instruction's
@@ -12,7 +13,7 @@ The GLM is
     logit q_i = phi * tanh(std_delta_len_i) + psi * instruction_difficulty_i + theta * not_gamed_baseline_i
 
 (the model's rows: std_delta_len = (len(output_1) - len(output_2)) / its sample s.d., in characters; not_gamed 1),
-fitted by length_controlled.glm_fit on the model's judged rows (weight 1) and the gamed baselines' rows (weight
+fitted by lc_minimal.glm_fit on the model's judged rows (weight 1) and the gamed baselines' rows (weight
 0.2 / 2 each: AlpacaEval's regularize_to_baseline_lambda, split over its two gamed baselines). LC is the mean over the
 model's rows (judged or not) of sigmoid(psi * difficulty_i + theta).
 
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .length_controlled import glm_fit, logit_interval, sandwich, sigmoid, tanh_std_delta
+from .lc_minimal import glm_fit, logit_interval, sandwich, sigmoid, tanh_std_delta
 
 REPO = "tatsu-lab/alpaca_eval"
 GAMED_FILE = "df_gamed.csv"
@@ -166,7 +167,7 @@ def lc_win_rate_v1(preference, policy_lengths, baseline_lengths, gamed: Gamed, d
 def lc_interval_v1(preference, policy_lengths, baseline_lengths, gamed: Gamed, difficulty) -> tuple[float, float]:
     """95% interval of `lc_win_rate_v1` by the delta method: its gradient in (phi, psi, theta) times the sandwich of
     every fitted row (gamed rows with their weights), on the logit scale of the LC, with the small-sample handling
-    of length_controlled.lc_interval (one-step correction of the L1 shrinkage, HC3, t)."""
+    of lc_minimal.lc_interval (one-step correction of the L1 shrinkage, HC3, t)."""
     rows, prefs, weights, w = _fit(preference, policy_lengths, baseline_lengths, gamed, difficulty)
     difficulty = np.asarray(difficulty, dtype=np.float64)
     fitted = sigmoid(w[1] * difficulty + w[2])

@@ -1,5 +1,7 @@
-"""Length-controlled (LC) win rate, the headline metric of AlpacaEval 2 (Dubois et al. 2024, arXiv 2404.04475),
-computed as AlpacaEval 0.6.6 computes it (alpaca_eval/metrics/glm_winrate.py), with the same scikit-learn fit.
+"""AlpacaEval's `length_controlled_minimal`: the LC GLM of one model against one baseline, its fit and its interval
+(lc_v1.py builds the leaderboard's v1 on this fit). The LC win rate is the headline metric of AlpacaEval 2 (Dubois et
+al. 2024, arXiv 2404.04475), computed as AlpacaEval 0.6.6 computes it (alpaca_eval/metrics/glm_winrate.py), with the
+same scikit-learn fit.
 
 The judge's preference q_i in [0, 1] (1 = the policy's response preferred, draws 0.5) is modelled by a logistic GLM
 
@@ -7,14 +9,14 @@ The judge's preference q_i in [0, 1] (1 = the policy's response preferred, draws
 
 (sd: sample standard deviation over every row, judged or not, as AlpacaEval's pandas `.std()`). The LC win rate is
 the model's mean prediction with the length term set to zero. This is AlpacaEval's `length_controlled_minimal`;
-alpaca_lc.py adds the leaderboard's `length_controlled_v1` (instruction difficulty, gamed baselines) on the same fit.
+lc_v1.py adds the leaderboard's `length_controlled_v1` (instruction difficulty, gamed baselines) on the same fit.
 
 The fit is AlpacaEval's `fit_LogisticRegressionCV` with the same scikit-learn estimator and arguments: soft labels,
 no intercept column of its own, liblinear's L1-penalised logistic regression with C chosen from logspace(-4, 4, 10)
 by 5-fold GroupKFold cross-validation of the weighted log-loss, then refit on every judged row. With fewer judged
 rows than folds (where AlpacaEval stops) the largest C is used.
 
-Uncertainty (`lc_interval`, `lc_pseudo_values`, alpaca_lc's v1 interval) comes from the robust (sandwich) variance of
+Uncertainty (`lc_interval`, `lc_pseudo_values`, lc_v1.py's v1 interval) comes from the robust (sandwich) variance of
 the fitted coefficients, the quasi-likelihood variance of a logistic model of fractional outcomes (Papke & Wooldridge
 1996), so soft and tied preferences are allowed for. Two small-sample troubles are dealt with. The cross-validated L1
 penalty can shrink theta to zero (in simulation at n = 100 with a true theta 0.4-0.5, two standard errors from zero,
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .intervals import CONFIDENCE, win_rate_interval
+from .estimators import CONFIDENCE, win_rate_interval
 
 CS = np.logspace(-4, 4, 10)  # sklearn's LogisticRegressionCV(Cs=10)
 N_SPLITS = 5
