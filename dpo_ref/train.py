@@ -1,17 +1,18 @@
 """Training: a TRL `DPOTrainer` that reads cached reference columns and computes any registered objective.
 
-No reference model is loaded here: `precompute_ref_log_probs=True` makes TRL drop its reference, and the overrides
-below hand it dporef's cached `ref_chosen_logps` / `ref_rejected_logps` instead of recomputing them. The one
-exception is a moving reference (TR-DPO, `MovingReference`), which changes as the policy trains: it is in memory and
-scored live while training. The validation loss that chooses a checkpoint (`eval_steps`) is measured against its
-starting point's cached scores instead: against the moving reference it falls back towards ln 2 after every sync, so
-its lowest value would pick the checkpoint just before a sync, quietly turning the run into a short DPO run.
+No reference model is loaded here: `precompute_ref_log_probs=True` makes TRL drop its reference, and the adapter
+(`trl_adapter`, the one module that touches TRL's private names) hands it dporef's cached `ref_chosen_logps` /
+`ref_rejected_logps` instead of recomputing them. The one exception is a moving reference (TR-DPO,
+`MovingReference`), which changes as the policy trains: it is in memory and scored live while training. The
+validation loss that chooses a checkpoint (`eval_steps`) is measured against its starting point's cached scores
+instead: against the moving reference it falls back towards ln 2 after every sync, so its lowest value would pick
+the checkpoint just before a sync, quietly turning the run into a short DPO run.
 """
 
 from __future__ import annotations
 
 import shutil
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,46 +22,36 @@ from peft import LoraConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import DPOConfig, DPOTrainer
-from trl.trainer import dpo_trainer
 
 from . import ranks
 from .config import RunSpec, TrainConfig
 from .config.schema import LoraSettings
-from .models import use_bf16
 from .moving import REFERENCE_STATE, MovingReference, MovingReferenceCheckpoints
 from .objectives import OBJECTIVES, PolicyLogps, ReferenceLogps
+from .precision import use_bf16
 from .store import atomic_dir, read_json
 from .training_guards import Diverged, DivergenceGuard
+from .trl_adapter import DPOTrainerAdapter
 from .ui import console, progress
 
 
-class CachedReferenceDPOTrainer(DPOTrainer):
+class CachedReferenceDPOTrainer(DPOTrainerAdapter):
     """DPOTrainer over pre-tokenized pairs with reference columns supplied by dporef's reference engine."""
 
     def __init__(self, *args, objective: str = "dpo", gamma: float = 0.0, guard: DivergenceGuard | None = None, **kw):
         self.objective = OBJECTIVES[objective]
         self.gamma = gamma
         self.guard = guard  # told every training loss, so a non-finite one stops training at its step
-        with _no_reference_model():
-            super().__init__(*args, **kw)
+        super().__init__(*args, **kw)
 
-    def _get_train_sampler(self, train_dataset=None):
-        # Trainer's hook for the training order: the same pairs per optimizer step as its random order, sorted by
-        # length within the step so that its micro-batches need less padding (see LengthSortedSteps).
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
+    def train_sampler(self, dataset):
+        # The training order: the same pairs per optimizer step as the Trainer's random order, sorted by length
+        # within the step so that its micro-batches need less padding (see LengthSortedSteps).
         step = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
         if step == self.args.per_device_train_batch_size:  # one micro-batch per step: nothing to sort
-            return super()._get_train_sampler(train_dataset)
+            return None  # the Trainer's own random order
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return LengthSortedSteps(pair_lengths(dataset), step, seed)
-
-    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        # TRL 1.16 private: it would re-tokenize; dporef's prepare stage already rendered the pairs with the template.
-        return dataset
-
-    def _precompute_ref_logps(self, dataset, name, batch_size):
-        # TRL 1.16 private: it would reject dporef's precomputed ref_*_logps columns as duplicates and rescore them.
-        return dataset
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Trainer's public hook (TRL 1.16 routes DPO's loss through it): any registered objective, summed log-probs.
@@ -86,19 +77,21 @@ class CachedReferenceDPOTrainer(DPOTrainer):
         ref = ReferenceLogps(*(x.to(chosen.dtype) for x in ref_logps))
         losses, chosen_reward, rejected_reward = self.objective.fn(policy, ref, self.beta, self.gamma)
         loss = losses.mean()
-        gather = self.accelerator.gather_for_metrics
-        metrics = self._metrics[mode]
         if mode == "train" and self.guard is not None:  # gathered: every process takes the same decision
             step_loss = self.accelerator.gather(loss.detach().reshape(1)).mean().item()
             self.guard.observe(self.state.global_step + 1, "loss", step_loss)
-        metrics["rewards/chosen"].append(gather(chosen_reward.detach()).mean().item())
-        metrics["rewards/rejected"].append(gather(rejected_reward.detach()).mean().item())
-        metrics["rewards/margins"].append(gather((chosen_reward - rejected_reward).detach()).mean().item())
-        metrics["rewards/accuracies"].append(gather((chosen_reward > rejected_reward).float()).mean().item())
-        metrics["logps/chosen"].append(gather(chosen.detach()).mean().item())
-        metrics["logps/rejected"].append(gather(rejected.detach()).mean().item())
-        metrics["length/chosen"].append(gather(policy.chosen_len).mean().item())
-        metrics["length/rejected"].append(gather(policy.rejected_len).mean().item())
+        metrics = {
+            "rewards/chosen": chosen_reward,
+            "rewards/rejected": rejected_reward,
+            "rewards/margins": chosen_reward - rejected_reward,
+            "rewards/accuracies": (chosen_reward > rejected_reward).float(),
+            "logps/chosen": chosen,
+            "logps/rejected": rejected,
+            "length/chosen": policy.chosen_len,
+            "length/rejected": policy.rejected_len,
+        }
+        for name, value in metrics.items():
+            self.record_metric(mode, name, self.accelerator.gather_for_metrics(value.detach()).mean().item())
         return (loss, out) if return_outputs else loss
 
 
@@ -132,20 +125,6 @@ class LengthSortedSteps(torch.utils.data.Sampler):
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
         for start in range(0, len(order), self.step):
             yield from sorted(order[start : start + self.step], key=lambda i: -self.lengths[i])
-
-
-@contextmanager
-def _no_reference_model():
-    """TRL 1.16 under FSDP builds a reference model from the policy's path even with `precompute_ref_log_probs`
-    (DPOTrainer.__init__, "Reference model": to precompute with, freed after). dporef hands it the reference columns,
-    so that model would only cost a policy's memory and load time: while the trainer is built, the reference model
-    it creates is None. (The policy is passed built, so TRL creates no other model from a path.)"""
-    build = dpo_trainer.create_model_from_path
-    dpo_trainer.create_model_from_path = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        dpo_trainer.create_model_from_path = build
 
 
 class RichProgress(TrainerCallback):
@@ -260,13 +239,16 @@ def resume_point(output_dir: Path, moving: bool = False) -> Path | None:
 class Trained:
     """What training returns: the trained model (a peft model holding the adapter under `train.lora`; None when
     several processes trained it, whose weights were sharded: it is read back from the saved policy), TRL's log
-    history, the checkpoint step kept with `eval_steps` (None: the final policy) and the checkpoint step it resumed
-    from (None: it started at step 0)."""
+    history, the checkpoint step kept with `eval_steps` (None: the final policy), the checkpoint step it resumed
+    from (None: it started at step 0) and `stopped_at`: the optimizer step at which a Trainer callback (a tune-beta
+    trial's pruner) stopped training before its planned end (None: it ran all its steps), for the caller to mark the
+    run "stopped"; a diverged run raises Diverged instead."""
 
     model: PreTrainedModel | None
     history: list[dict]
     checkpoint_step: int | None
     resumed_from: int | None
+    stopped_at: int | None = None
 
 
 def lora_config(lora: LoraSettings | None) -> LoraConfig | None:
@@ -331,8 +313,8 @@ def train_policy(
     attempt in `output_dir` when there is one, and save it in `policy_dir`; with `cfg.eval_steps`, the weights kept
     (lowest validation loss) are the ones saved and returned (`model` itself, or under `cfg.lora` a peft model around
     it); `moving`: the run's TR-DPO reference, in memory while it trains; `callbacks`: more of the Trainer's (a
-    tune-beta trial's pruner). Raises Diverged at the first non-finite
-    loss or gradient norm."""
+    tune-beta trial's pruner; the step at which one stopped training is `Trained.stopped_at`). Raises Diverged at
+    the first non-finite loss or gradient norm."""
     params = sum(p.numel() for p in model.parameters())
     resume = ranks.agree(resume_point(output_dir, moving is not None) if ranks.is_main() else None)  # main cleans up
     resumed_from = int(resume.name.rsplit("-", 1)[1]) if resume else None
@@ -364,6 +346,7 @@ def train_policy(
     history = [h for h in trainer.state.log_history if "loss" in h or "train_loss" in h or "eval_loss" in h]
     if guard.found:
         raise Diverged(*guard.found, history)
+    stopped_at = trainer.state.global_step if trainer.state.global_step < trainer.state.max_steps else None
     if resumed_from:
         _whole_run_train_loss(history, resumed_from)
     save_policy(trainer, policy_dir)
@@ -372,4 +355,4 @@ def train_policy(
     if ranks.size() > 1:  # sharded or wrapped across the processes: free it all; the policy is read back from disk
         trainer.accelerator.free_memory()
         model = None
-    return Trained(model, history, int(best.rsplit("-", 1)[1]) if best else None, resumed_from)
+    return Trained(model, history, int(best.rsplit("-", 1)[1]) if best else None, resumed_from, stopped_at)
