@@ -34,7 +34,7 @@ test: $(STAMP)            ## the whole suite (hermetic, offline, < 10 minutes on
 test-fast: $(STAMP)       ## the suite without the slow end-to-end tests (a minute or so)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
-lint: $(STAMP)            ## ruff, and the import layers of DESIGN.md (import-linter contracts in pyproject.toml)
+lint: $(STAMP)            ## ruff, and the import layers of docs/architecture.md (import-linter contracts in pyproject.toml)
 	$(BIN)/ruff check dpo_ref tests bench
 	$(BIN)/ruff format --check dpo_ref tests bench
 	$(BIN)/lint-imports

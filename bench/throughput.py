@@ -1,11 +1,13 @@
 """Training and generation throughput of dporef's own paths, for a Llama-shaped model built from a config (random
 weights, random tokens: nothing to download). bench/gpu.sh runs it on a GPU; `--size tiny` runs on a CPU.
 
-Training: DPO steps of dporef's trainer on precomputed reference columns, in bf16 on a GPU (fp32 on a CPU), with
-and without gradient checkpointing: tokens per second (prompt and both responses of every pair, padding excluded)
-and MFU = 6 x parameters x tokens/s / the card's peak dense bf16 FLOP/s (the 6 counts forward and backward; MFU is
-left out where the card's peak is not known, and on a CPU). Generation: dporef's batched sampling (the KV-cache path
-every evaluation takes), new tokens per second. Peak GPU memory of each part.
+Training: DPO steps of dporef's trainer on precomputed reference columns, under `precision: bf16` on a GPU (fp32 on a
+CPU), the model loaded in that regime as dporef loads it (precision.py: below 1e9 parameters, as both sizes here are,
+fp32 weights under bf16 autocast), with and without gradient checkpointing: tokens per second (prompt and both responses
+of every pair, padding excluded) and MFU = 6 x parameters x tokens/s / the card's peak dense bf16 FLOP/s (the 6 counts
+forward and backward; MFU is left out where the card's peak is not known, and on a CPU). Generation: dporef's batched
+sampling (the KV-cache path every evaluation takes) in the same regime, new tokens per second. Peak GPU memory of each
+part.
 
     python bench/throughput.py --size 0.5b        # on one GPU: ~0.56B parameters, 512-token pairs
     python bench/throughput.py --size tiny        # on a CPU, in a minute
@@ -78,6 +80,11 @@ def pairs(size: dict, n: int):
     return Dataset.from_list(rows)
 
 
+def precision() -> str:
+    """The `precision:` benchmarked: bf16 on a GPU, fp32 on a CPU (CPU bf16 is slow and not what dporef runs)."""
+    return "bf16" if torch.cuda.is_available() else "fp32"
+
+
 def peak_gb() -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
@@ -87,12 +94,13 @@ def train(location: Path, size: dict, checkpointing: bool, out: Path) -> dict:
     from transformers.trainer_callback import PrinterCallback
 
     from dpo_ref.config import RunSpec, TrainConfig
-    from dpo_ref.models import ModelRef, load_model, load_tokenizer
+    from dpo_ref.models import ModelRef, load_tokenizer
+    from dpo_ref.precision import regime_for
     from dpo_ref.train import CachedReferenceDPOTrainer, dpo_config
 
     gpu = torch.cuda.is_available()
     ref = ModelRef(str(location), str(location), "")
-    model, tok = load_model(ref, bf16=gpu), load_tokenizer(ref)
+    model, tok = regime_for(ref, precision()).load(ref), load_tokenizer(ref)
     steps = size["steps"] + 2
     data = pairs(size, steps * size["batch"])
     cfg = TrainConfig(
@@ -101,7 +109,7 @@ def train(location: Path, size: dict, checkpointing: bool, out: Path) -> dict:
         batch_size=size["batch"],
         logging_steps=1,
         max_length=2048,
-        precision="bf16" if gpu else "fp32",
+        precision=precision(),
         gradient_checkpointing="on" if checkpointing else "off",
     )
     run = RunSpec(run_id="bench", objective="dpo", reference="ref", beta=0.1, seed=0)
@@ -128,11 +136,13 @@ def train(location: Path, size: dict, checkpointing: bool, out: Path) -> dict:
 
 def generation(location: Path, size: dict) -> dict:
     from dpo_ref.generation import Sampling, generate
-    from dpo_ref.models import ModelRef, load_model, load_tokenizer
+    from dpo_ref.models import ModelRef, load_tokenizer
+    from dpo_ref.precision import regime_for
 
     gpu = torch.cuda.is_available()
     ref = ModelRef(str(location), str(location), "")
-    model, tok = load_model(ref, bf16=gpu), load_tokenizer(ref)
+    regime = regime_for(ref, precision())
+    model, tok = regime.load(ref), load_tokenizer(ref)
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     rng = random.Random(1)
     n = 64 if gpu else 8
@@ -141,7 +151,8 @@ def generation(location: Path, size: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
     sampling = Sampling(max_new_tokens=size["response"], temperature=1.0, batch_size=n)
     t0 = time.perf_counter()
-    gens = generate(model, tok, prompts, sampling, seed=0)
+    with regime.autocast():
+        gens = generate(model, tok, prompts, sampling, seed=0)
     seconds = time.perf_counter() - t0
     return {"new_tokens_per_s": sum(len(c) for c in gens.completion_ids) / seconds, "peak_gb": peak_gb()}
 

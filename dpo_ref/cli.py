@@ -191,14 +191,27 @@ def run_one(
     wait: Annotated[
         bool, typer.Option("--wait", help="When another process is running this run, wait for it instead of exiting.")
     ] = False,
+    callback: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--callback",
+            help="A Trainer callback factory MODULE:FUNCTION, called with (prepared experiment, run) in every process "
+            "that trains the run; it returns a transformers TrainerCallback or None. Repeatable. tune-beta passes its "
+            "pruner this way.",
+        ),
+    ] = None,
 ) -> None:
     """Train and evaluate one run of a prepared experiment, reading only what the prepare stage wrote; runs of one experiment may execute at the same time in separate processes. A run already done is left as it is (exit 0); a run another process is running exits with code 2 and one line saying so, or with --wait waits for it and then runs it only if it is still not done."""  # noqa: E501
 
     def body() -> int:
+        from .expdir import ExperimentDir
+        from .stages.run import callback_factory
         from .stages.run import run_one as execute
 
         quiet_libraries()
-        return int(execute(exp_dir, run_id, wait) == "failed")  # diverged and degenerate runs are results too
+        factories = [callback_factory(spec, "--callback") for spec in callback or []]
+        status = execute(ExperimentDir(exp_dir), run_id, wait, factories)
+        return int(status == "failed")  # diverged and degenerate runs are results too
 
     _guarded(body)
 
@@ -214,23 +227,24 @@ def analyze(
     """Token-level log p_theta/p_ref over validation responses, averaged per vocabulary item: histogram and most moved tokens, EOS singled out."""  # noqa: E501
 
     def body() -> None:
+        from .expdir import RunDir
         from .stages.report import analyze_run
         from .ui import stdout
 
         quiet_libraries()
-        summary = analyze_run(run_dir, min_count, top)
-        stdout.print((run_dir / "analysis" / "tokens.md").read_text(), markup=False)
-        stdout.print(f"{summary['items']} vocabulary items; files in {run_dir / 'analysis'}", markup=False)
+        run = RunDir(run_dir)
+        summary = analyze_run(run, min_count, top)
+        stdout.print(run.analysis_file("tokens.md").read_text(), markup=False)
+        stdout.print(f"{summary['items']} vocabulary items; files in {run.analysis}", markup=False)
 
     _guarded(body)
 
 
 def _rebuild(exp_dir: Path) -> None:
-    from . import data
-    from .stages.report import report, results_dir
+    from .expdir import ExperimentDir
+    from .stages.report import rebuild
 
-    exp, study = results_dir(exp_dir)
-    report(exp_dir, exp, study, data.describe_judge(exp))
+    rebuild(ExperimentDir(exp_dir))
 
 
 @app.command("report")
@@ -244,9 +258,11 @@ def report(
     directories on disk."""
     _guarded(lambda: _rebuild(exp_dir))
     if html:
+        from .expdir import ExperimentDir
         from .ui import stdout
 
-        stdout.print(f"report: {(Path(exp_dir) / 'report.html').absolute()}", markup=False, soft_wrap=True)
+        html_path = ExperimentDir(exp_dir).result("report.html").absolute()
+        stdout.print(f"report: {html_path}", markup=False, soft_wrap=True)
 
 
 @app.command("import-annotations")
@@ -257,16 +273,9 @@ def import_annotations(
     """Read AlpacaEval annotations of the runs' model_outputs.json (e.g. a GPT-4 judge) and add their win rate and LC win rate (ae_*) to the tables."""  # noqa: E501
 
     def body() -> None:
-        from .evaluation.alpaca_eval import import_annotations as read_annotations
-        from .stages.report import results_dir
-        from .ui import stdout
+        from .expdir import ExperimentDir
+        from .stages.report import annotate
 
-        exp, _ = results_dir(exp_dir)
-        summaries, unmatched = read_annotations(exp_dir, exp.name, files)
-        for generator, n in unmatched.items():
-            stdout.print(f"skipped {n} annotation rows of {generator!r}: no such run in {exp_dir}", markup=False)
-        if not summaries:
-            raise UserError(str(exp_dir), f"no annotation row names a run of experiment {exp.name!r}")
-        _rebuild(exp_dir)
+        annotate(ExperimentDir(exp_dir), files)
 
     _guarded(body)

@@ -115,3 +115,8 @@ class VllmSampler:
             self.llm = None
             gc.collect()
             torch.cuda.empty_cache()
+
+
+def engine_sampler(engine: str, location: str, tokenizer, bf16: bool) -> VllmSampler | None:
+    """The vLLM sampler of the model in `location` under `eval.engine: vllm`, else None (transformers' generate)."""
+    return VllmSampler(location, tokenizer, bf16) if engine == "vllm" else None

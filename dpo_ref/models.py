@@ -1,4 +1,5 @@
-"""Model specs -> loadable locations, content fingerprints for cache keys, and the device/dtype policy.
+"""Model specs -> loadable locations, content fingerprints for cache keys, and loading in a given dtype (the dtype
+and autocast policy is precision.py's: load through `precision.Regime.load`).
 
 A spec is one of:
 - `world:<name>`: a model of the embedded world;
@@ -145,7 +146,7 @@ def _gguf_file(spec: str, where: str) -> Path:
 def _rebuild_gguf(gguf: Path, out: Path) -> None:
     """Copy the GGUF weights into a plain model: transformers loads them de-quantized but flags the model as quantized,
     which forbids saving and training it. Saved in fp32, the dtype they load in and the one CPU training wants
-    (`load_model` casts to bf16 on a GPU)."""
+    (a bf16 regime loads a large one in bf16: precision.py)."""
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):
@@ -184,13 +185,6 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def use_bf16(precision: str) -> bool:
-    """`auto` means bf16 on a GPU that supports it and fp32 on CPU (CPU bf16 is slow and lossy for tiny models)."""
-    if precision == "auto":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return precision == "bf16"
-
-
 def load_tokenizer(ref: ModelRef) -> PreTrainedTokenizerBase:
     tok = AutoTokenizer.from_pretrained(ref.location)
     if tok.pad_token is None:
@@ -198,11 +192,12 @@ def load_tokenizer(ref: ModelRef) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_model(ref: ModelRef, bf16: bool = False, quantize: str | None = None, spread: bool = False) -> PreTrainedModel:
-    """The model in `ref.location`; `quantize="4bit"` (QLoRA training, CUDA only) loads its weights in 4-bit NF4 with
-    bitsandbytes, placed on this process's GPU as they load. `spread` (a reference to score): one too big for this
-    GPU is spread over every visible GPU with accelerate's big-model inference (`device_map="auto"`)."""
-    dtype = torch.bfloat16 if bf16 else torch.float32
+def load_model(ref: ModelRef, dtype: torch.dtype, quantize: str | None = None, spread: bool = False) -> PreTrainedModel:
+    """The model in `ref.location` with weights in `dtype`, on this process's device. `dtype` is the caller's to give
+    (`precision.Regime.load` gives its regime's), so that one rule decides it everywhere. `quantize="4bit"` (QLoRA
+    training, CUDA only) loads its weights in 4-bit NF4 with bitsandbytes, computing in `dtype`, placed on this
+    process's GPU as they load. `spread` (a reference to score): one too big for this GPU is spread over every
+    visible GPU with accelerate's big-model inference (`device_map="auto"`)."""
     if quantize == "4bit":
         from transformers import BitsAndBytesConfig
 

@@ -24,7 +24,7 @@ from transformers import AutoConfig
 from .cache import read_entry, write_entry
 from .chat import render_many, same_rendering, unconditional_head
 from .logprobs import sequence_logps
-from .models import ModelRef, load_model, load_tokenizer
+from .models import ModelRef, load_tokenizer
 from .precision import Regime, regime_for
 from .store import cache_root, content_hash, locked
 from .ui import console
@@ -119,7 +119,7 @@ class ReferenceEngine:
         return scores
 
     def _score(self, ref: ModelRef, regime: Regime, seqs: dict, batch_size: int, context, mode: str, key: str, shape):
-        model = load_model(ref, bf16=regime.bf16_weights, spread=True)
+        model = regime.load(ref, spread=True)
         scores = {}
         for split, rows in seqs.items():
             fits = [context is None or len(p) + len(c) <= context for p, c in rows]
@@ -159,7 +159,7 @@ def text_logps(
     """log p_ref(y|x) of arbitrary (prompt, response) texts, rendered with the reference's own template (a response
     that did not end without end-of-turn, as everywhere). Not cached: these are a policy's fresh samples (KL)."""
     tokenizer, regime = load_tokenizer(ref), regime_for(ref, precision)
-    model = load_model(ref, bf16=regime.bf16_weights, spread=True)
+    model = regime.load(ref, spread=True)
     with regime.autocast():
         seqs = render_many(tokenizer, prompts, responses, ended=ended)
         return sequence_logps(model, seqs, batch_size, desc=f"scoring samples under {ref.spec}")
@@ -183,7 +183,7 @@ class ReferenceScorer:
             return sequence_logps(policy, gens.sequences(), self.batch_size, desc=desc)
         if same_rendering(load_tokenizer(self.ref), self.policy_tokenizer):
             regime = regime_for(self.ref, self.precision)
-            model = load_model(self.ref, bf16=regime.bf16_weights, spread=True)
+            model = regime.load(self.ref, spread=True)
             with regime.autocast():
                 return sequence_logps(model, gens.sequences(), self.batch_size, desc=desc)
         return text_logps(self.ref, gens.prompts, gens.responses, gens.ended, self.batch_size, self.precision)

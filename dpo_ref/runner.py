@@ -8,26 +8,23 @@ running is skipped, then waited for before the report, so two commands on one di
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from . import data, launch
 from .config import Experiment, RunSpec, expand, load_experiment
-from .plan import STUDIES, check_study, plan_text, run_state
+from .expdir import ExperimentDir, Prepared, run_state, write_spec
+from .plan import STUDIES, check_study, plan_text
 from .stages.prepare import prepare
 from .stages.report import report
-from .stages.run import Prepared, execute_locked
-from .store import atomic_write_json, atomic_write_text
+from .stages.run import execute_locked
 from .ui import console, stdout
 from .validate import Models, check_inputs
 
 
 def read_experiment(path: Path, overrides: list[str]) -> Experiment:
     """The experiment file with its overrides, validated, with the data registry's cross-key checks."""
-    return load_experiment(path, overrides, checks=[data.check_judge])
+    return load_experiment(path, overrides, checks=[data.check_source, data.check_judge])
 
 
 def run_experiment(
@@ -36,7 +33,7 @@ def run_experiment(
     """Prepare `exp`, run every pending run and rebuild its report; returns the number of runs that failed."""
     check_study(exp, study, source)
     launch.check(exp, source, installed=not dry_run)  # a launch setup it cannot run is refused before anything
-    exp_dir = Path(out) / exp.name
+    exp_dir = ExperimentDir(Path(out) / exp.name)
     runs = expand(exp)
     if dry_run:
         launched = launch.dry_run(exp, exp_dir, study, source)  # the processes or jobs it would start
@@ -44,21 +41,20 @@ def run_experiment(
         return 0
     t_start = time.time()
     models = check_inputs(exp, source)  # data, prompts, models: refused before anything is written
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(exp_dir / "experiment.yaml", yaml.safe_dump(exp.model_dump(), sort_keys=False))
-    atomic_write_json(exp_dir / "command.json", {"study": study, "experiment_file": source, "argv": sys.argv})
+    write_spec(exp_dir, exp, study, source)
     if launch.submits(exp) and not prepare_only:  # prepare, runs and report run as jobs (slurm); this only submits
         return launch.submit(exp, exp_dir, study, source)
     pending = pending_runs(exp_dir, exp, runs, models)  # a run is done with these models' fingerprints
-    needs_similarity = STUDIES[study].similarity and not (exp_dir / "similarity.json").is_file()
+    needs_similarity = STUDIES[study].similarity and not exp_dir.similarity.is_file()
     prepared = {"status": "skipped", "computed": 0, "from_cache": 0}
     t_prepare = time.time()
     if pending or prepare_only or needs_similarity:
         prepared = prepare(exp, exp_dir, study, models)
     t_runs = time.time()
     if prepare_only:
-        lines = [f"prepared {exp_dir}; run each pending run anywhere that sees it, then `dporef report {exp_dir}`:"]
-        stdout.print("\n".join(lines + [f"  dporef run-one {exp_dir} {r.run_id}" for r in pending]), markup=False)
+        root = exp_dir.root
+        lines = [f"prepared {root}; run each pending run anywhere that sees it, then `dporef report {root}`:"]
+        stdout.print("\n".join(lines + [f"  dporef run-one {root} {r.run_id}" for r in pending]), markup=False)
         return 0
     launched = launch.run_pending(exp, exp_dir, pending, source) if pending else 0  # None: here, one by one
     failed = execute_all(exp_dir, pending) if launched is None else launched
@@ -71,12 +67,12 @@ def run_experiment(
     console.print(
         f"reference scoring passes: {scoring['computed']} computed, {scoring['from_cache']} from cache; "
         f"{len(runs) - len(pending)} of {len(runs)} runs already done; "
-        f"wall time {time.time() - t_start:.1f}s; results in {exp_dir}"
+        f"wall time {time.time() - t_start:.1f}s; results in {exp_dir.root}"
     )
     return failed
 
 
-def pending_runs(exp_dir: Path, exp: Experiment, runs: list[RunSpec], models: Models) -> list[RunSpec]:
+def pending_runs(exp_dir: ExperimentDir, exp: Experiment, runs: list[RunSpec], models: Models) -> list[RunSpec]:
     """The runs not done with `models`, saying which are done and which run again because damaged or outdated."""
     pending = []
     for run in runs:
@@ -90,7 +86,7 @@ def pending_runs(exp_dir: Path, exp: Experiment, runs: list[RunSpec], models: Mo
     return pending
 
 
-def execute_all(exp_dir: Path, pending: list[RunSpec]) -> int:
+def execute_all(exp_dir: ExperimentDir, pending: list[RunSpec]) -> int:
     """Run the pending runs here, one after another; a run another process holds is skipped and waited for at the
     end (then run here only if that process did not finish it). Returns the number of runs that failed."""
     opened = Prepared.open(exp_dir)

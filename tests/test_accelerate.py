@@ -147,7 +147,7 @@ def test_trl_builds_no_reference_model_on_dporefs_trainer(tiny_world, tmp_path):
     args = DPOConfig(output_dir=str(tmp_path), precompute_ref_log_probs=False, use_cpu=True, report_to=[])
     built = {}
     for trainer_class in (DPOTrainer, CachedReferenceDPOTrainer):
-        trainer = trainer_class(model=load_model(policy), args=args, train_dataset=pairs,
+        trainer = trainer_class(model=load_model(policy, torch.float32), args=args, train_dataset=pairs,
                                 processing_class=load_tokenizer(policy))  # fmt: skip
         built[trainer_class.__name__] = trainer.ref_model is not None
     assert built == {"DPOTrainer": True, "CachedReferenceDPOTrainer": False}

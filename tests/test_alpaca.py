@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from dpo_ref.cli import app
 from dpo_ref.errors import UserError
 from dpo_ref.evaluation.alpaca_eval import import_annotations
+from dpo_ref.expdir import ExperimentDir, RunFiles, RunState
 from dpo_ref.reporting.tables import COLUMNS, collect, results_caption
 
 ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
@@ -36,6 +37,11 @@ def exp_dir(tmp_path):
     (path / "run").mkdir(parents=True)
     (path / "run" / "run.yaml").write_text("run: {}\n")
     return path
+
+
+def imported(exp_dir, files) -> tuple[dict, dict]:
+    """The import's summaries of the one run of `exp_dir` (what the report stage writes into its alpaca_eval.json)."""
+    return import_annotations("exp", files, {"run": exp_dir / "run"})
 
 
 def annotate(outputs: list[dict], preference, annotator: str = ANNOTATOR) -> list[dict]:
@@ -66,7 +72,7 @@ def write(path, rows):
 def test_a_zero_preference_is_a_draw(exp_dir, tmp_path):
     prefs = [2.0, 1.0, 0, 0, None, float("nan")]  # AlpacaEval 1 files code a draw as 0
     path = write(tmp_path / "a.json", annotate(outputs(6), lambda i: prefs[i]))
-    summary = import_annotations(exp_dir, "exp", [path])[0]["run"]
+    summary = imported(exp_dir, [path])[0]["run"]
     assert (summary["n"], summary["unjudged"]) == (4, 2)
     assert summary["win_rate"] == pytest.approx((1 + 0 + 0.5 + 0.5) / 4)
 
@@ -75,9 +81,8 @@ def test_a_zero_preference_is_a_draw(exp_dir, tmp_path):
 def test_preferences_outside_0_and_1_to_2_are_refused(exp_dir, tmp_path, bad):
     path = write(tmp_path / "bad.json", annotate(outputs(3), lambda i: bad if i == 1 else 2.0))
     with pytest.raises(UserError) as e:
-        import_annotations(exp_dir, "exp", [path])
+        imported(exp_dir, [path])
     assert e.value.where == f"{path}: [1]" and "allowed: 1..2" in e.value.message and "0 (a draw)" in e.value.message
-    assert not (exp_dir / "run" / "alpaca_eval.json").exists()
 
 
 def test_the_summary_has_95_percent_intervals(exp_dir, tmp_path):
@@ -88,7 +93,7 @@ def test_the_summary_has_95_percent_intervals(exp_dir, tmp_path):
     from dpo_ref.evaluation.lc_minimal import lc_interval
 
     rows = annotate(outputs(10), lambda i: 1.0 if i in (2, 5, 8) else 2.0)
-    summary = import_annotations(exp_dir, "exp", [write(tmp_path / "a.json", rows)])[0]["run"]
+    summary = imported(exp_dir, [write(tmp_path / "a.json", rows)])[0]["run"]
     assert summary["win_rate"] == 0.7
     assert summary["win_rate_lo"] == pytest.approx(beta.ppf(0.025, 7, 4))
     assert summary["win_rate_hi"] == pytest.approx(beta.ppf(0.975, 8, 3))
@@ -96,14 +101,13 @@ def test_the_summary_has_95_percent_intervals(exp_dir, tmp_path):
     lengths = [len(r["output_2"]) for r in rows], [len(r["output_1"]) for r in rows]
     assert (summary["lc_win_rate_lo"], summary["lc_win_rate_hi"]) == lc_interval(wins, *lengths)
     assert summary["lc_win_rate_lo"] < summary["lc_win_rate"] < summary["lc_win_rate_hi"]
-    assert json.loads((exp_dir / "run" / "alpaca_eval.json").read_text())["win_rate_lo"] == summary["win_rate_lo"]
 
 
 def test_importing_the_same_annotations_twice_counts_each_row_once(exp_dir, tmp_path):
     rows = annotate(outputs(8), lambda i: [1.0, 2.0, 1.75][i % 3])
     first = write(tmp_path / "a.json", rows)
     copy = write(tmp_path / "copy.json", rows)
-    summary = import_annotations(exp_dir, "exp", [first, first, copy])[0]["run"]
+    summary = imported(exp_dir, [first, first, copy])[0]["run"]
     assert summary["n"] == 8 and summary["duplicates"] == 16
     assert summary["win_rate"] == pytest.approx(sum([0, 1, 0.75, 0, 1, 0.75, 0, 1]) / 8)
     assert summary["files"] == [str(first), str(copy)]
@@ -113,33 +117,31 @@ def test_two_annotators_for_one_run_are_refused(exp_dir, tmp_path):
     gpt4 = write(tmp_path / "gpt4.json", annotate(outputs(4), lambda i: 2.0, "alpaca_eval_gpt4"))
     turbo = write(tmp_path / "turbo.json", annotate(outputs(4), lambda i: 1.0))
     with pytest.raises(UserError) as e:
-        import_annotations(exp_dir, "exp", [gpt4, turbo])
+        imported(exp_dir, [gpt4, turbo])
     assert "run run" in e.value.message and f"alpaca_eval_gpt4, {ANNOTATOR}" in e.value.message
-    assert not (exp_dir / "run" / "alpaca_eval.json").exists()
 
 
 def test_the_summary_stores_absolute_paths(exp_dir, tmp_path, monkeypatch):
     write(tmp_path / "annotations.json", annotate(outputs(4), lambda i: 2.0))
     monkeypatch.chdir(tmp_path)
-    import_annotations(exp_dir, "exp", [Path("annotations.json")])
-    stored = json.loads((exp_dir / "run" / "alpaca_eval.json").read_text())
+    stored = imported(exp_dir, [Path("annotations.json")])[0]["run"]
     assert stored["files"] == [str((tmp_path / "annotations.json").resolve())]
 
 
 @pytest.mark.parametrize("kind, rule", [("builtin", True), ("instructions", True), ("reward-model", False)])
 def test_the_caption_says_that_lc_removes_signal_from_a_rule_judge(tmp_path, kind, rule):
     (tmp_path / "experiment.yaml").write_text(f"judge:\n  kind: {kind}\n  model: null\n")
-    caption = results_caption(tmp_path, [dict.fromkeys(COLUMNS)], "exp (sweep)", "the judge")
+    caption = results_caption(ExperimentDir(tmp_path), [dict.fromkeys(COLUMNS)], "exp (sweep)", "the judge")
     assert ("no length bias, so lc_win_rate" in caption and "the win rate is the headline" in caption) == rule
 
 
 def test_the_lc_method_reaches_the_results_column_and_the_caption(exp_dir, tmp_path):
-    import_annotations(exp_dir, "exp", [write(tmp_path / "a.json", annotate(outputs(8), lambda i: 1.0 + i / 8))])
-    rows = collect(exp_dir, ["run"])
+    summary = imported(exp_dir, [write(tmp_path / "a.json", annotate(outputs(8), lambda i: 1.0 + i / 8))])[0]["run"]
+    rows = collect({"run": RunFiles(RunState("done"), {"run": {}}, {"eval": {}}, {"status": "done"}, summary)})
     assert rows[0]["ae_lc_method"] == "minimal"
     assert (
         "ae_lc_win_rate (minimal): AlpacaEval's minimal GLM, df_gamed.csv and the eval set not being"
-        in results_caption(exp_dir, rows, "exp", "the judge")
+        in results_caption(ExperimentDir(exp_dir), rows, "exp", "the judge")
     )
 
 
@@ -180,6 +182,16 @@ def test_import_annotations_adds_ae_columns(finished, tmp_path):
     assert next(r for r in table if r["run_id"] == "sft")["ae_win_rate"] is None
     markdown = (finished / "results.md").read_text()
     assert "ae_lc_win_rate" in markdown and "no length bias" in markdown  # the world's gold reward is a rule
+
+
+@pytest.mark.slow
+def test_a_refused_import_writes_nothing(finished, tmp_path):
+    outputs = json.loads((finished / "sft" / "model_outputs.json").read_text())
+    gpt4 = write(tmp_path / "gpt4.json", annotate(outputs, lambda i: 2.0, "alpaca_eval_gpt4"))
+    turbo = write(tmp_path / "turbo.json", annotate(outputs, lambda i: 1.0))
+    result = CliRunner().invoke(app, ["import-annotations", str(finished), str(gpt4), str(turbo)])
+    assert result.exit_code == 2 and "import one annotator's files at a time" in result.output
+    assert not (finished / "sft" / "alpaca_eval.json").exists()
 
 
 @pytest.mark.slow

@@ -43,8 +43,8 @@ def test_analyze_matches_direct_per_token_computation(tmp_path, run_study, tiny_
     assert (run_dir / "analysis" / "histogram.png").is_file()
 
     # recompute the mean log-ratio of every vocabulary item directly, with plain forward passes
-    policy = load_model(resolve(str(run_dir / "policy")))
-    ref = load_model(resolve("world:sft", tiny_world))
+    policy = load_model(resolve(str(run_dir / "policy")), torch.float32)
+    ref = load_model(resolve("world:sft", tiny_world), torch.float32)
     tok = tiny_world.tokenizer()
     val = tokenize_pairs(tiny_world.preference_data(), tok, 1024)[0]["validation"]
     sums, counts = {}, {}

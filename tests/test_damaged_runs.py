@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from dpo_ref.cli import app
 from dpo_ref.config import RunSpec
-from dpo_ref.plan import run_status
+from dpo_ref.expdir import RunDir, read_run
 
 pytestmark = pytest.mark.slow  # end to end: trains on the embedded world
 
@@ -78,7 +78,7 @@ def test_the_report_shows_a_damaged_run_as_damaged(finished, tmp_path, damage):
     change, reason = DAMAGES[damage]
     change(exp_dir / RUN)
     spec = RunSpec.model_validate({"run_id": RUN, "objective": "dpo", "reference": "sft", "beta": 0.1, "seed": 0})
-    assert run_status(exp_dir / RUN, spec).reason == reason
+    assert read_run(RunDir(exp_dir / RUN), spec).state.reason == reason
 
     result = CliRunner().invoke(app, ["report", str(exp_dir)])
     assert result.exit_code == 0, result.output + repr(result.exception)

@@ -1,5 +1,7 @@
 """The degeneration rule: fires on constructed broken outputs, not on the SFT model's own samples."""
 
+import torch
+
 from dpo_ref.evaluation.metrics import degeneration
 from dpo_ref.generation import Generations, Sampling, generate
 from dpo_ref.models import load_model, load_tokenizer, resolve
@@ -25,7 +27,9 @@ def test_quiet_on_healthy_outputs_and_on_the_sft_model(tiny_world):
     assert degeneration(gens([[5, 6, 2]] * 10, [True] * 10)) is None
     world = tiny_world
     ref = resolve("world:sft", world)
-    samples = generate(load_model(ref), load_tokenizer(ref), world.eval_prompts(), Sampling(max_new_tokens=32), seed=0)
+    samples = generate(
+        load_model(ref, torch.float32), load_tokenizer(ref), world.eval_prompts(), Sampling(max_new_tokens=32), seed=0
+    )
     assert degeneration(samples) is None
 
 

@@ -12,9 +12,9 @@ from conftest import TINY_WORLD
 from typer.testing import CliRunner
 
 from dpo_ref.cli import app
+from dpo_ref.expdir import ExperimentDir, read_baseline
 from dpo_ref.models import resolve
 from dpo_ref.reporting.similarity import SIMILARITY_MEASURES, fit
-from dpo_ref.stages.prepare import read_baseline
 from dpo_ref.world import family
 
 
@@ -85,7 +85,7 @@ def test_swap_reference_over_a_family_fits_the_best_win_rate_on_each_measure(tmp
     fits = {f["measure"]: f for f in summary["similarity"]["fit"]["fits"]}
     assert set(fits) <= set(SIMILARITY_MEASURES) and "sft_ref_kl" in fits, summary["similarity"]["fit"]
     exp_dir = tmp_path / "rq3_swap_reference"
-    n_test = len(read_baseline(exp_dir, "test").prompts)
+    n_test = len(read_baseline(ExperimentDir(exp_dir), "test").prompts)
     assert all(s["sft_ref_kl_n"] == n_test for s in sims.values())  # one SFT sample per test prompt
     xs = [sims[name]["sft_ref_kl"] for name in best]
     assert fits["sft_ref_kl"]["n"] == 5, summary["similarity"]["fit"]

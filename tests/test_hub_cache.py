@@ -50,7 +50,7 @@ def test_model_hub_id_resolves_from_the_local_cache(hub, tmp_path):
 
     ref = resolve("org/tiny-llama")
     assert ref.location.endswith(COMMIT)
-    loaded = load_model(ref)
+    loaded = load_model(ref, torch.float32)
     ids = torch.tensor([[1, 2, 3]])
     assert torch.equal(loaded(ids).logits, model(ids).logits)
     assert load_tokenizer(ref).get_vocab() == tok.get_vocab()

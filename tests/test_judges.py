@@ -39,6 +39,23 @@ def test_reward_model_scores_equal_direct_forward_passes(reward_model_dir, tiny_
     assert np.ptp(rewards) > 0  # a random model still tells the responses apart
 
 
+def test_reward_model_scores_in_its_precision_regime(reward_model_dir, tiny_world):
+    """Under bf16 the small reward model keeps fp32 weights and scores under bf16 autocast, as every small model does;
+    its regime is part of its key, so rewards scored in one regime are never reused for another."""
+    from dpo_ref import precision
+
+    ref = resolve(str(reward_model_dir))
+    # by hand (conftest's config): embeddings 32 V; per layer attention 4 x 32 x 32 = 4096, MLP 3 x 32 x 64 = 6144,
+    # norms 64; 2 layers 20,608; final norm 32; the score head 32 x 1 = 32 (a causal LM's head would be 32 V)
+    assert precision.parameter_count(ref) == 32 * len(tiny_world.tokenizer()) + 20_672
+    fp32, bf16 = RewardModelJudge(ref, batch_size=2, precision="fp32"), RewardModelJudge(ref, 2, "bf16")
+    assert fp32.key.endswith(":fp32-weights") and bf16.key.endswith(":fp32-weights+bf16-autocast")
+    exact = fp32.rewards(PROMPTS, RESPONSES, [True] * len(PROMPTS))
+    rounded = bf16.rewards(PROMPTS, RESPONSES, [True] * len(PROMPTS))
+    assert not np.array_equal(rounded, exact)  # computed under autocast: bf16 rounding
+    assert rounded == pytest.approx(exact, abs=0.05)
+
+
 def test_reward_model_preference_is_the_bradley_terry_probability():
     prefs = RewardModelJudge.preferences([1.0, 0.0, -2.0], [0.0, 0.0, 1.0])
     assert prefs == pytest.approx([1 / (1 + math.exp(-1)), 0.5, 1 / (1 + math.exp(3))])

@@ -1,8 +1,9 @@
 """Launchers decide where each run's `run-one` executes, never what it computes: two local worker processes and
 SLURM jobs (through submitit's local executor) give the metrics of the in-process sweep, the workers overlap in time
 but never exceed their number, a failed run leaves the others running, a rerun submits only what is not done, and
-`--dry-run` shows the processes or sbatch scripts without writing anything."""
+`--dry-run` shows the processes or jobs without writing anything."""
 
+import ast
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from conftest import TINY_WORLD
 from typer.testing import CliRunner
 
 from dpo_ref.cli import app
-from dpo_ref.config import expand, load_experiment
+from dpo_ref.config import SlurmConfig, expand, load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = ROOT / "experiments" / "paper" / "rq1_sweep_beta_mistral.yaml"
@@ -84,7 +85,16 @@ def sbatch_options(script: str) -> dict[str, str]:
     return options
 
 
-def test_slurm_dry_run_of_a_paper_experiment_prints_the_scripts_and_touches_nothing(tmp_path, cache_dir):
+def dry_run_stages(text: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """A slurm dry run's stages: {stage: (its size, its `key: value` parameter lines as a mapping)}."""
+    parts = re.split(r"^--- (prepare|run|report): (.+) ---$", text, flags=re.M)
+    return {
+        stage: (size, dict(re.findall(r"^(\w+): (.*)$", body, flags=re.M)))
+        for stage, size, body in zip(parts[1::3], parts[2::3], parts[3::3])
+    }
+
+
+def test_slurm_dry_run_of_a_paper_experiment_prints_the_parameters_and_touches_nothing(tmp_path, cache_dir):
     exp = load_experiment(PAPER)
     cache_before = files_under(cache_dir)
     result = CliRunner().invoke(
@@ -93,24 +103,24 @@ def test_slurm_dry_run_of_a_paper_experiment_prints_the_scripts_and_touches_noth
     assert result.exit_code == 0, result.output
     assert files_under(tmp_path) == [] and files_under(cache_dir) == cache_before  # nothing written or downloaded
     text = result.stdout
-    parts = re.split(r"^--- (prepare|run|report) ---$", text, flags=re.M)
-    scripts = dict(zip(parts[1::2], parts[2::2]))
-    assert list(scripts) == ["prepare", "run", "report"] and all(
-        s.lstrip().startswith("#!/bin/bash") for s in scripts.values()
-    )
-    prep, runs, report = (sbatch_options(scripts[k]) for k in ("prepare", "run", "report"))
-    cfg = exp.launch.slurm
-    assert prep["gpus-per-node"] == str(cfg.prepare_gpus_per_node) and runs["gpus-per-node"] == str(cfg.gpus_per_node)
-    for options in (prep, runs):
-        assert options["time"] == str(cfg.time)
-        assert options["mem"] == f"{cfg.mem_gb:g}GB" and options["cpus-per-task"] == str(cfg.cpus_per_task)
-        assert options["requeue"] is True  # pre-empted jobs go back to the queue
-    n_runs = len(exp.objectives[0].betas) + 1  # and the SFT row
-    assert runs["array"] == f"0-{n_runs - 1}%{min(n_runs, cfg.array_parallelism)}"
-    assert runs["dependency"].startswith("afterok:") and report["dependency"].startswith("afterany:")
-    assert "gpus-per-node" not in report and "dependency" not in prep
     out_dir = tmp_path / exp.name / "slurm"
-    assert prep["output"] == f"{out_dir}/%j_0_log.out" and runs["output"] == f"{out_dir}/%A_%a_0_log.out"
+    assert "SlurmExecutor.update_parameters (not the literal sbatch scripts" in said(text)  # what it shows, honestly
+    assert f"logs in {out_dir}:" in said(text) and "#SBATCH" not in text
+    stages = dry_run_stages(text)
+    assert list(stages) == ["prepare", "run", "report"]
+    (_, prep), (size, runs), (_, report) = stages.values()
+    cfg = exp.launch.slurm
+    assert prep["gpus_per_node"] == "1" and runs["gpus_per_node"] == "8"  # the paper's prepare / run GPUs
+    for params in (prep, runs):
+        assert params["time"] == "2880" and params["mem"] == "512GB" and params["cpus_per_task"] == "32"
+        assert ast.literal_eval(params["additional_parameters"])["requeue"] is True  # pre-empted jobs requeue
+    assert ast.literal_eval(runs["additional_parameters"])["kill-on-invalid-dep"] == "yes"
+    n_runs = len(exp.objectives[0].betas) + 1  # and the SFT row
+    assert size == f"a job array of {n_runs} tasks, at most {min(n_runs, cfg.array_parallelism)} at once"
+    assert runs["array_parallelism"] == str(cfg.array_parallelism) and stages["prepare"][0] == "1 job"
+    assert runs["dependency"] == "afterok:<prepare job>" and report["dependency"] == "afterany:<runs array>"
+    assert "gpus_per_node" not in report and "dependency" not in prep
+    assert {p["job_name"] for p in (prep, runs, report)} == {f"dporef-{exp.name}-{s}" for s in stages}
     tasks = re.findall(r"^# task (\d+): .*?run-one (\S+) (\S+) --wait$", text, flags=re.M)
     assert [(int(i), run_id) for i, _, run_id in tasks] == list(enumerate(r.run_id for r in expand(exp)))
 
@@ -214,7 +224,7 @@ def test_slurm_through_submitits_local_executor(in_process, tmp_path):
     shutil.rmtree(exp_dir / RUNS[2])  # one run lost: only it would be submitted again
     plan = cli("sweep-beta", "--out", str(tmp_path), "--launcher", "slurm", "--dry-run", sets=sets)
     assert plan.exit_code == 0, plan.output
-    assert "1 runs pending" in plan.stdout and "#SBATCH --array" not in plan.stdout
+    assert "1 runs pending" in plan.stdout and dry_run_stages(plan.stdout)["run"][0] == "1 job"  # no array
     assert re.findall(r"^# task \d+: dporef run-one \S+ (\S+)$", plan.stdout, flags=re.M) == [RUNS[2]]
 
 
@@ -268,3 +278,26 @@ def test_an_sbatch_refusal_is_one_line(fake_slurm, tmp_path, tiny_world):
     assert "Traceback" not in result.output
     assert "launch.slurm: sbatch refused the prepare job: " in line and "invalid partition specified: nope" in line
     assert list(fake_slurm.iterdir()) == []
+
+
+@pytest.mark.parametrize(("gb", "want"), [(64, "64GB"), (64.0, "64GB"), (1.5, "1536MB"), (0.25, "256MB")])
+def test_slurm_mem_is_whole_gb_else_mb(gb, want):
+    from dpo_ref.launch import slurm
+
+    assert slurm.mem(gb) == want
+    assert slurm.parameters(SlurmConfig(mem_gb=gb), "x", "run")["mem"] == want
+    assert "mem" not in slurm.parameters(SlurmConfig(), "x", "run")  # unset: the cluster's default
+
+
+def test_slurm_parameters_are_what_submitits_public_api_accepts(fake_slurm, tmp_path):
+    """Every stage's parameters go through submitit's public `SlurmExecutor.update_parameters` (which rejects an
+    unknown name or a bad value); a fake `srun` on PATH lets the executor be built without SLURM."""
+    import submitit
+
+    from dpo_ref.launch import slurm
+
+    cfg = SlurmConfig(partition="gpu", account="lab", mem_gb=1.5, extra={"qos": "normal"})
+    for stage, dependency in (("prepare", None), ("run", "afterok:101"), ("report", "afterany:102")):
+        params = slurm.parameters(cfg, "x", stage) | ({"dependency": dependency} if dependency else {})
+        submitit.SlurmExecutor(folder=tmp_path / "jobs").update_parameters(**params)
+        assert params["mem"] == "1536MB" and params["additional_parameters"]["qos"] == "normal"

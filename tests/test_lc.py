@@ -109,12 +109,10 @@ def alpaca_eval_lc(rows: list[dict], glm: str) -> float:
 
 
 def imported(tmp_path, rows: list[dict]) -> dict:
-    exp_dir = tmp_path / "exp"
-    (exp_dir / "run").mkdir(parents=True)
-    (exp_dir / "run" / "run.yaml").write_text("run: {}\n")
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "annotations.json"
     path.write_text(json.dumps(rows))
-    summaries, unmatched = import_annotations(exp_dir, "exp", [path])
+    summaries, unmatched = import_annotations("exp", [path], {"run": tmp_path / "exp" / "run"})
     assert not unmatched
     return summaries["run"]
 

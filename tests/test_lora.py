@@ -85,7 +85,7 @@ def test_lora_trains_only_adapter_weights(lora_run, tiny_world):
     assert all(v.abs().max() > 0 for k, v in lora.items() if "lora_B" in k)
 
     # dporef's loader merges the adapter into its base: W + (alpha / r) B A on the targets, the rest untouched
-    merged = load_model(resolve(str(policy))).cpu().state_dict()
+    merged = load_model(resolve(str(policy)), torch.float32).cpu().state_dict()
     assert set(merged) == set(sft)
     for name, weight in merged.items():
         prefix = f"base_model.model.{name.removesuffix('.weight')}"

@@ -43,7 +43,7 @@ def test_gguf_rebuilt_once_matches_the_gguf_model(monkeypatch):
 
     gguf = models._gguf_file(SMOLLM2, "model")
     original = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    rebuilt = load_model(ref).cpu()  # both on the CPU: the same kernels, so the logits agree to rounding
+    rebuilt = load_model(ref, torch.float32).cpu()  # both on the CPU: the same kernels, so the logits agree to rounding
     assert rebuilt.dtype == original.dtype == torch.float32
     assert rebuilt.lm_head.weight.data_ptr() == rebuilt.model.embed_tokens.weight.data_ptr()  # still tied
     with torch.no_grad():
@@ -96,7 +96,7 @@ def test_init_builds_random_weights_once(tmp_path, monkeypatch):
     tokenizer.save_pretrained(source)
 
     ref = resolve(f"init:{source}")
-    model = load_model(ref)
+    model = load_model(ref, torch.float32)
     ids = load_tokenizer(ref)("abc", return_tensors="pt").input_ids.to(model.device)
     with torch.no_grad():
         assert torch.isfinite(model(ids).logits).all()
@@ -108,7 +108,7 @@ def test_init_builds_random_weights_once(tmp_path, monkeypatch):
     shutil.rmtree(ref.location)  # a rebuild, from another random state, gives the same weights
     torch.manual_seed(123)
     assert resolve(f"init:{source}") == ref
-    for a, b in zip(model.state_dict().values(), load_model(ref).state_dict().values(), strict=True):
+    for a, b in zip(model.state_dict().values(), load_model(ref, torch.float32).state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 

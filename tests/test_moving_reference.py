@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from dpo_ref.config import RunSpec, TrainConfig, load_experiment
 from dpo_ref.data.tokenize import tokenize_pairs
 from dpo_ref.errors import UserError
+from dpo_ref.expdir import ExperimentDir
 from dpo_ref.models import load_model, load_tokenizer, resolve
 from dpo_ref.moving import REFERENCE_STATE, MovingReference
 from dpo_ref.plan import plan_text
@@ -63,7 +64,7 @@ def trainer(pairs, tmp_path, cfg: TrainConfig, moving: MovingReference | None):
     args = dpo_config(cfg, RUN, tmp_path, 1, moving)
     ref = moving.model if moving else None
     return CachedReferenceDPOTrainer(
-        model=load_model(sft), ref_model=ref, args=args, train_dataset=train, processing_class=tok
+        model=load_model(sft, torch.float32), ref_model=ref, args=args, train_dataset=train, processing_class=tok
     )
 
 
@@ -73,7 +74,7 @@ def logged(t) -> list[tuple[float, float]]:
 
 def test_hard_update_every_step_makes_each_reference_the_previous_policy(pairs, tmp_path):
     sft = pairs[0]
-    moving = MovingReference(load_model(sft), alpha=1.0, sync_steps=1)
+    moving = MovingReference(load_model(sft, torch.float32), alpha=1.0, sync_steps=1)
     t = trainer(pairs, tmp_path, settings(), moving)
     watch = ReferenceIsPolicy(t.ref_model)
     t.add_callback(watch)
@@ -81,7 +82,7 @@ def test_hard_update_every_step_makes_each_reference_the_previous_policy(pairs, 
     assert watch.equal == [True] * STEPS
     assert [loss for loss, _ in logged(t)] == pytest.approx([math.log(2)] * STEPS, abs=1e-6)
     assert [margin for _, margin in logged(t)] == pytest.approx([0.0] * STEPS, abs=1e-6)
-    start = load_model(sft)
+    start = load_model(sft, torch.float32)
     moved = max(float((a - b).abs().max()) for a, b in zip(t.model.parameters(), start.parameters(), strict=True))
     assert moved > 1e-3  # the policy trained all the same
 
@@ -109,10 +110,10 @@ def test_checkpoint_choice_measures_a_moving_run_against_its_starting_point(pair
     reference is the policy after each sync) and the lowest one meaningless; measured against the starting point's
     cached scores it is the DPO loss of the policy against the SFT model, computed here by hand."""
     sft, tok, _, train = pairs
-    moving = MovingReference(load_model(sft), alpha=1.0, sync_steps=1)
+    moving = MovingReference(load_model(sft, torch.float32), alpha=1.0, sync_steps=1)
     validation = train.select(range(8))
     t = CachedReferenceDPOTrainer(
-        model=load_model(sft),
+        model=load_model(sft, torch.float32),
         ref_model=moving.model,
         args=dpo_config(settings(eval_steps=3), RUN, tmp_path, 1, moving),
         train_dataset=train,
@@ -129,7 +130,9 @@ def test_checkpoint_choice_measures_a_moving_run_against_its_starting_point(pair
 def test_a_reference_that_never_syncs_trains_as_the_fixed_one(pairs, tmp_path):
     sft = pairs[0]
     fixed = trainer(pairs, tmp_path / "fixed", settings(), None)
-    moving = trainer(pairs, tmp_path / "moving", settings(), MovingReference(load_model(sft), 0.6, STEPS + 1))
+    moving = trainer(
+        pairs, tmp_path / "moving", settings(), MovingReference(load_model(sft, torch.float32), 0.6, STEPS + 1)
+    )
     for t in (fixed, moving):
         t.train()
     assert fixed.ref_model is None and moving.ref_model is not None  # the fixed run read the cached columns
@@ -146,8 +149,8 @@ def test_soft_update_logs_the_losses_of_trls_own_tr_dpo(pairs, tmp_path):
     sft, tok, text, _ = pairs
     common = dict(max_steps=STEPS, logging_steps=1, seed=0, data_seed=0, use_cpu=True, report_to=[], bf16=False)
     stock = DPOTrainer(
-        model=load_model(sft),
-        ref_model=load_model(sft),
+        model=load_model(sft, torch.float32),
+        ref_model=load_model(sft, torch.float32),
         args=DPOConfig(
             output_dir=str(tmp_path / "trl"),
             beta=RUN.beta,
@@ -164,9 +167,9 @@ def test_soft_update_logs_the_losses_of_trls_own_tr_dpo(pairs, tmp_path):
         processing_class=tok,
     )
     # on the pairs as TRL tokenized them (no reference columns: a moving reference is scored live)
-    moving = MovingReference(load_model(sft), 0.6, 2)
+    moving = MovingReference(load_model(sft, torch.float32), 0.6, 2)
     ours = CachedReferenceDPOTrainer(
-        model=load_model(sft),
+        model=load_model(sft, torch.float32),
         ref_model=moving.model,
         args=dpo_config(settings(), RUN, tmp_path / "ours", 1, moving),
         train_dataset=stock.train_dataset,
@@ -187,8 +190,10 @@ def test_a_resumed_run_goes_on_from_the_reference_it_had(pairs, tmp_path):
     cfg = settings(checkpoint_steps=2)
 
     def attempt(out):
-        moving = MovingReference(load_model(sft), 0.6, 1)
-        return train_policy(load_model(sft), tok, train, None, cfg, RUN, out, tmp_path / "policy", moving)
+        moving = MovingReference(load_model(sft, torch.float32), 0.6, 1)
+        return train_policy(
+            load_model(sft, torch.float32), tok, train, None, cfg, RUN, out, tmp_path / "policy", moving
+        )
 
     whole = attempt(tmp_path / "whole")
     assert (tmp_path / "whole" / "checkpoint-4" / REFERENCE_STATE).is_file()
@@ -219,7 +224,7 @@ def test_moving_references_are_validated_and_named_in_the_plan(tmp_path):
     exp = experiment(tmp_path, "references: [{name: tr, model: world:sft, kind: moving, alpha: 1, sync_steps: 64}]\n")
     from dpo_ref.config import expand
 
-    text = plan_text(exp, expand(exp), tmp_path / "out")
+    text = plan_text(exp, expand(exp), ExperimentDir(tmp_path / "out"))
     assert "tr is moving (TR-DPO: ref <- 1 * policy + 0 * ref every 64 steps)" in text
     assert "second copy of the policy in memory" in text
 

@@ -9,6 +9,7 @@ import pytest
 from dpo_ref.config import load_experiment
 from dpo_ref.data import load_data
 from dpo_ref.errors import UserError
+from dpo_ref.expdir import ExperimentDir
 from dpo_ref.models import load_tokenizer, resolve
 from dpo_ref.stages.prepare import prepare
 
@@ -46,7 +47,7 @@ def lines(path):
 
 def test_local_files_hold_test_prompts_out_of_validation(tmp_path, pair_files, reward_model_dir, tiny_world):
     exp = experiment(tmp_path, pair_files, reward_model_dir)
-    prepare(exp, tmp_path / "out", "sweep-beta")
+    prepare(exp, ExperimentDir(tmp_path / "out"), "sweep-beta")
     test = {json.dumps(r["prompt"]) for r in lines(tmp_path / "out" / "baseline" / "test.jsonl")}
     validation = {json.dumps(r["prompt"]) for r in lines(tmp_path / "out" / "baseline" / "validation.jsonl")}
     source = {json.dumps(p) for p in usable_prompts(tiny_world)}

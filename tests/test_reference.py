@@ -33,7 +33,7 @@ def test_pair_scores_match_a_direct_forward_pass(world, tmp_path):
     ref = resolve("world:sft", world)
     pairs, tok = tokenized(world)
     scores = ReferenceEngine(cache_dir=tmp_path).pair_scores(ref, pairs, tok, max_length=64, batch_size=7)
-    model = load_model(ref)
+    model = load_model(ref, torch.float32)
     for i in (0, 5, 11):
         row = pairs["validation"][i]
         prompt = tok.convert_tokens_to_ids(list(row["prompt"] + "="))  # the world's template, by hand
@@ -73,7 +73,11 @@ def test_scores_equal_trl_reference_logps(world, tmp_path):
         gradient_checkpointing=None,
     )
     trainer = DPOTrainer(
-        load_model(ref), ref_model=load_model(ref), args=args, train_dataset=chats, processing_class=tok
+        load_model(ref, torch.float32),
+        ref_model=load_model(ref, torch.float32),
+        args=args,
+        train_dataset=chats,
+        processing_class=tok,
     )
     theirs = trainer.train_dataset
     assert len(ended) > 10
@@ -125,7 +129,7 @@ def test_scores_of_long_sequences_under_the_budget_equal_one_at_a_time(world):
     """600-token sequences: at most 3 per batch on a CPU whatever batch_size asks; each score is the sequence's own."""
     from dpo_ref.logprobs import CPU_BATCH_TOKENS, sequence_logps
 
-    model = load_model(resolve("world:sft", world))
+    model = load_model(resolve("world:sft", world), torch.float32)
     rng = np.random.default_rng(0)
     vocab = model.config.vocab_size
     seqs = [(rng.integers(3, vocab, 20).tolist(), rng.integers(3, vocab, 560 + 10 * k).tolist()) for k in range(7)]

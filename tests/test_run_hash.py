@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from dpo_ref.config import expand
-from dpo_ref.plan import run_hash
+from dpo_ref.expdir import run_hash
 from dpo_ref.runner import read_experiment
 
 DEFAULT = "experiments/rq1_sweep_beta/default.yaml"

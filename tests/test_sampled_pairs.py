@@ -5,10 +5,12 @@ tokenizer (`models.write_config_model`, which bench/config_model_sweep.py uses t
 import json
 
 import pytest
+import torch
 
 from dpo_ref.config import InstructionsConfig
 from dpo_ref.data import instructions
 from dpo_ref.data.sampled_pairs import build_instruction_pairs
+from dpo_ref.generation import generate
 from dpo_ref.models import load_tokenizer, resolve, write_config_model
 
 CFG = InstructionsConfig(n_train_prompts=24, n_validation_prompts=8, n_eval_prompts=6, max_new_tokens=12)
@@ -39,6 +41,30 @@ def test_pairs_are_best_and_worst_by_the_checks_and_built_once(init_model):
     # built once: a second call reads the cache (the recorded build time is the first build's)
     again = build_instruction_pairs(CFG, policy, tok, batch_size=16, precision="fp32")
     assert again[2] == stats and again[0]["train"]["chosen"] == pairs["train"]["chosen"]
+
+
+def test_pairs_are_sampled_in_the_policy_regime_which_keys_the_cache(init_model, monkeypatch):
+    """Under bf16 the small policy samples with fp32 weights under bf16 autocast, as it trains and is evaluated; the
+    regime is part of the cache key, so pairs sampled under fp32 are not reused under bf16."""
+    from dpo_ref.data import sampled_pairs
+    from dpo_ref.store import cache_root
+
+    seen = []
+
+    def recording(model, *args, **kwargs):
+        autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        seen.append((next(model.parameters()).dtype, autocast))
+        return generate(model, *args, **kwargs)
+
+    monkeypatch.setattr(sampled_pairs, "generate", recording)
+    policy = resolve(f"init:{init_model}")
+    tok = load_tokenizer(policy)
+    cfg = CFG.model_copy(update={"n_train_prompts": 4, "n_validation_prompts": 2, "n_eval_prompts": 1})
+    before = set((cache_root() / "pairs").glob("instructions-*"))
+    build_instruction_pairs(cfg, policy, tok, batch_size=16, precision="fp32")
+    build_instruction_pairs(cfg, policy, tok, batch_size=16, precision="bf16")
+    assert seen == [(torch.float32, None), (torch.float32, torch.bfloat16)]  # fp32 weights, then under autocast
+    assert len(set((cache_root() / "pairs").glob("instructions-*")) - before) == 2  # one entry per regime
 
 
 @pytest.mark.slow

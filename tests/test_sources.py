@@ -184,3 +184,41 @@ def test_conversation_must_end_with_the_response(tmp_path):
     path = _write_jsonl(tmp_path / "pairs.jsonl", [row, row])
     with pytest.raises(UserError, match="row 0: a conversation ends with a 'user' message"):
         load_source(str(path))
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+@pytest.mark.parametrize("name", ["wrld", "instruction", "pairs.txt"])
+def test_an_unknown_source_name_is_one_line_naming_data_source(tmp_path, monkeypatch, name, dry_run):
+    """A bare `data.source` that is no registered name, no existing file or directory and no hub id is a config
+    error (exit 2, one line, nothing written), also under --dry-run: not read as a file that is missing."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from dpo_ref.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({"name": "t", "objectives": [{"name": "dpo", "betas": [0.1]}], "data": name}))
+    args = ["sweep-beta", str(exp), "--out", str(tmp_path / "out")] + (["--dry-run"] if dry_run else [])
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        f"error: {exp}: data.source: {name!r} is not a source name, an existing local file or directory, or a hub "
+        "dataset id; allowed: world, instructions, a local file or directory, or a hub dataset id owner/name"
+    ]
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_sources_written_as_paths_or_hub_ids_pass_the_name_check(tmp_path, monkeypatch):
+    """What is not a bare unknown word passes the config check: files.py names what is wrong with it, if anything."""
+    from dpo_ref.config import Experiment
+    from dpo_ref.data import check_source
+
+    def exp(source):
+        return Experiment.model_validate({"name": "t", "objectives": [{"name": "dpo", "betas": [0.1]}], "data": source})
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mydata").mkdir()
+    for source in ["world", "instructions", "mydata", "owner/name", "prefs.jsonl", "./x", "~/x", "/abs/x"]:
+        assert check_source(exp(source)) is None, source
+    assert check_source(exp("wrld"))[0] == "data.source"

@@ -26,7 +26,7 @@ def test_one_text_under_two_tokenizers_matches_direct_forward_passes(world, tmp_
     lengths = {}
     for spec in ("world:sft", "world:strong-other"):
         ref = resolve(spec, world)
-        tok, model = load_tokenizer(ref), load_model(ref)
+        tok, model = load_tokenizer(ref), load_model(ref, torch.float32)
         p, c = render(tok, prompt, response)
         lengths[spec] = len(c)
         expected = direct_logp(model, p + c, len(p))
@@ -41,7 +41,7 @@ def test_reference_of_another_family_scores_the_same_texts(world, tmp_path):
     sft_tok = load_tokenizer(resolve("world:sft", world))
     pairs, _ = tokenize_pairs(world.preference_data(), sft_tok, 1024)  # nothing is cut at 1024
     other = resolve("world:strong-other", world)
-    tok, model = load_tokenizer(other), load_model(other)
+    tok, model = load_tokenizer(other), load_model(other, torch.float32)
     scores = ReferenceEngine(cache_dir=tmp_path).pair_scores(other, pairs, sft_tok, 1024, 16)["train"]
     val = pairs["train"]
     assert not all(list(val["chosen_ended"]) + list(val["rejected_ended"]))  # unfinished responses are among them
@@ -65,7 +65,7 @@ def test_swap_reference_end_to_end(tmp_path, world, run_study):
     assert set(sims) == {"sft", "strong-same", "strong-other"}
     # token_log_ratio by hand: plain forward passes of both models over the prepared training pairs, per token
     train = load_from_disk(str(tmp_path / "rq3_swap_reference" / "prepared" / "pairs"))["train"]
-    sft, same = (load_model(resolve(f"world:{n}", world)) for n in ("sft", "strong-same"))
+    sft, same = (load_model(resolve(f"world:{n}", world), torch.float32) for n in ("sft", "strong-same"))
     seqs = [
         (p, c) for p, pair in zip(train["prompt_ids"], zip(train["chosen_ids"], train["rejected_ids"])) for c in pair
     ]

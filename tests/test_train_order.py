@@ -58,8 +58,8 @@ def test_training_matches_stock_trl_step_by_step_with_micro_batches(tiny_world, 
     text = tiny_world.preference_data()["train"].select(range(32)).select_columns(["prompt", "chosen", "rejected"])
     args = dict(max_steps=4, logging_steps=1, seed=0, data_seed=0, use_cpu=True, report_to=[], disable_tqdm=True)
     stock = DPOTrainer(
-        model=load_model(sft),
-        ref_model=load_model(sft),
+        model=load_model(sft, torch.float32),
+        ref_model=load_model(sft, torch.float32),
         args=DPOConfig(
             output_dir=str(tmp_path / "trl"),
             beta=0.1,
@@ -80,7 +80,9 @@ def test_training_matches_stock_trl_step_by_step_with_micro_batches(tiny_world, 
     cfg = TrainConfig(learning_rate=1e-3, max_steps=4, batch_size=2, grad_accum=4, logging_steps=1, precision="fp32")
     run = RunSpec(run_id="dpo", objective="dpo", reference="sft", beta=0.1, seed=0)
     settings = dpo_config(cfg, run, tmp_path / "ours", 1)
-    ours = CachedReferenceDPOTrainer(model=load_model(sft), args=settings, train_dataset=pairs, processing_class=tok)
+    ours = CachedReferenceDPOTrainer(
+        model=load_model(sft, torch.float32), args=settings, train_dataset=pairs, processing_class=tok
+    )
     assert isinstance(ours.get_train_dataloader().batch_sampler.sampler, LengthSortedSteps)
     logged = []
     for trainer in (stock, ours):

@@ -102,7 +102,7 @@ def test_likelihood_reference_scores_the_tokens_the_policy_keeps(sft, tmp_path):
     max_length = len(PROMPT) + 1 + 3
     out, _ = tokenize_pairs(pairs(["hgfedcba"], ["hgfxx"]), tok, max_length)
     scores = ReferenceEngine(cache_dir=tmp_path).pair_scores(ref, out, tok, max_length, 4, unconditional=True)
-    model = load_model(ref)
+    model = load_model(ref, torch.float32)
     head = char_ids(tok, "=")  # the template's framing of an empty user turn
     # p_LM(y) of exactly the 3 characters the policy keeps (before: the unconditional render kept 3 + 12 + 1)
     assert scores["train"]["chosen"][0] == pytest.approx(direct_logp(model, head, char_ids(tok, "hgf")), abs=1e-5)
@@ -117,7 +117,7 @@ def test_reference_of_another_tokenizer_scores_the_kept_text(sft, tiny_world, tm
     out, _ = tokenize_pairs(pairs(["hgfedcba"], ["hgf"]), tok, max_length)
     engine = ReferenceEngine(cache_dir=tmp_path)
     scores = engine.pair_scores(other, out, tok, max_length, 4)["train"]
-    model = load_model(other)
+    model = load_model(other, torch.float32)
 
     def expected(text: str) -> float:  # the other template's text, written out, tokenized by the other tokenizer
         head = other_tok(f"<|user|>{PROMPT}<|assistant|>", add_special_tokens=False)["input_ids"]

@@ -7,15 +7,16 @@ import math
 
 import optuna
 import pytest
+import torch
 import yaml
 from conftest import TINY_WORLD
 from typer.testing import CliRunner
 
 from dpo_ref.cli import app
 from dpo_ref.evaluation.evaluate import validation_win_rate
+from dpo_ref.expdir import ExperimentDir, Prepared
 from dpo_ref.models import ModelRef, load_model, load_tokenizer
-from dpo_ref.stages.pruning import storage
-from dpo_ref.stages.run import Prepared
+from dpo_ref.tune.study import storage
 
 pytestmark = pytest.mark.slow
 
@@ -45,15 +46,15 @@ def test_trials_are_ordinary_runs_and_the_best_is_chosen_on_validation(tmp_path)
     outcomes = {}
     for t in summary["trials"]:
         status = read(exp_dir / t["run_id"] / "status.json")["status"]
-        assert status in ("done", "pruned")
+        assert status in ("done", "stopped")  # stopped: by its pruner
         outcomes[t["run_id"]] = (status, read(exp_dir / t["run_id"] / "metrics.json")["eval"]["val_win_rate"])
     finished = {run_id: v for run_id, (status, v) in outcomes.items() if status == "done"}
     assert summary["best"]["run_id"] == max(finished, key=finished.get)
     assert summary["runs"] == len(outcomes) and summary["train_seconds"] > 0
 
     # the pruner's checks judge what selection judges: the final policy's check equals its val_win_rate
-    prepared, best = Prepared.open(exp_dir), summary["best"]["run_id"]
-    policy = load_model(ModelRef(str(exp_dir / best / "policy"), str(exp_dir / best / "policy"), ""))
+    prepared, best = Prepared.open(ExperimentDir(exp_dir)), summary["best"]["run_id"]
+    policy = load_model(ModelRef(str(exp_dir / best / "policy"), str(exp_dir / best / "policy"), ""), torch.float32)
     check = validation_win_rate(policy, load_tokenizer(prepared.model("policy")), prepared.benchmark(), "check")
     assert check == pytest.approx(finished[best], abs=1e-9)
 
@@ -67,11 +68,11 @@ def test_trials_are_ordinary_runs_and_the_best_is_chosen_on_validation(tmp_path)
     assert len(read(exp_dir / "tune.json")["trials"]) == 5
 
     # a tune killed while trial 5 ran: the trial is left running in the journal, linked to its run, which never ended
-    study = optuna.load_study(study_name="tune-beta", storage=storage(exp_dir))
+    study = optuna.load_study(study_name="tune-beta", storage=storage(ExperimentDir(exp_dir)))
     stopped = study.ask({"beta": optuna.distributions.FloatDistribution(0.01, 3, log=True)})
     beta = float(f"{stopped.params['beta']:.3g}")
     links = read(exp_dir / "tune" / "trials.json")
-    link = {"trial": 5, "trial_id": stopped._trial_id, "study": "tune-beta", "beta": beta, "repeats": []}
+    link = {"trial": stopped.number, "study": "tune-beta", "beta": beta, "repeats": []}
     links[f"dpo-sft-b{beta:g}-s0"] = link | {"check_steps": [3]}
     (exp_dir / "tune" / "trials.json").write_text(json.dumps(links))
     resumed = tune(tmp_path, "--budget", "6", "--checks", "1")  # the budget is spent once the stopped trial ends
@@ -105,11 +106,9 @@ def test_a_trial_that_lags_at_its_check_is_pruned_and_never_best(tmp_path):
     (trial,) = [t for t in summary["trials"] if t["run_id"]]
     assert trial["state"] == "pruned" and summary["best"] is None  # the injected trials have no run to be best
     metrics = read(exp_dir / trial["run_id"] / "metrics.json")
-    assert metrics["pruned_at_step"] == 3 and metrics["steps"] == 3
-    assert [c["step"] for c in metrics["validation_checks"]] == [3] and metrics["validation_checks"][0][
-        "val_win_rate"
-    ] < 1
-    assert read(exp_dir / trial["run_id"] / "status.json")["status"] == "pruned"
+    assert metrics["stopped_at_step"] == 3 and metrics["steps"] == 3
+    assert [c["step"] for c in trial["checks"]] == [3] and trial["checks"][0]["val_win_rate"] < 1
+    assert read(exp_dir / trial["run_id"] / "status.json")["status"] == "stopped"
 
 
 @pytest.mark.parametrize(

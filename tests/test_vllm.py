@@ -43,7 +43,7 @@ def test_both_engines_give_the_same_logprobs_for_vllms_samples(tiny_world):
     finally:
         sampler.close()
     assert len(gens.responses) == len(prompts) and any(gens.ended)
-    model = load_model(sft)
+    model = load_model(sft, torch.float32)
     _, hf = sequence_logps(model, gens.sequences(), batch_size=16, per_token=True)
     for ours, theirs in zip(hf, vllm_logps):
         n = len(theirs)  # the tokens vLLM returned (the stop token is among them or was added after)

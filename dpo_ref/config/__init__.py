@@ -2,7 +2,7 @@
 
 from .launch import AccelerateConfig, LaunchConfig, SlurmConfig
 from .load import load_experiment, merge
-from .run import RunSpec, expand
+from .run import RunSpec, expand, find_run, reference_config
 from .schema import (
     DataConfig,
     EvalConfig,
@@ -32,6 +32,8 @@ __all__ = [
     "TrainConfig",
     "WorldConfig",
     "expand",
+    "find_run",
     "load_experiment",
     "merge",
+    "reference_config",
 ]

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from ..errors import UserError
 from ..objectives import OBJECTIVES
-from .schema import Experiment
+from .schema import Experiment, ReferenceConfig
 
 
 class RunSpec(BaseModel):
@@ -44,3 +45,16 @@ def expand(exp: Experiment) -> list[RunSpec]:
                         )
                     )
     return runs
+
+
+def find_run(exp: Experiment, run_id: str, where: str) -> RunSpec:
+    """The run called `run_id` in the experiment's grid."""
+    runs = {r.run_id: r for r in expand(exp)}
+    if run_id not in runs:
+        raise UserError(where, f"no run {run_id!r} in experiment {exp.name}; runs: {', '.join(runs)}")
+    return runs[run_id]
+
+
+def reference_config(exp: Experiment, name: str | None) -> ReferenceConfig | None:
+    """The reference called `name` (a run's `reference`), or None for reference-free runs and the SFT row."""
+    return next((r for r in exp.references if r.name == name), None)

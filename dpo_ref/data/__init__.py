@@ -5,6 +5,7 @@ content depends on; nothing outside this package asks which source an experiment
 - `world`: the embedded world's pairs, judged by the gold reward.
 - `instructions`: pairs dporef samples from the policy on prompts with checkable instructions, judged by the checks.
 - anything else: a local file or directory, or a hub dataset in the local cache (`files.py`); no built-in judge.
+- a bare name that is none of these (a typo such as `wrld`) is refused by the config check `check_source`.
 
 Whatever the source, the test prompts a table reports and the validation prompts every choice is made on (best beta,
 tune-beta, checkpoints) are disjoint (`load_data`), so no choice is ever made on the prompts it is reported on.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from datasets import DatasetDict
 
@@ -144,8 +146,31 @@ def describe_judge(exp: Experiment) -> str:
     return f"{text} (higher reward wins, ties 0.5)"
 
 
+def check_source(exp: Experiment) -> tuple[str, str] | None:
+    """`data.source` names a registered source, a local file or directory, or a hub dataset id (a config check, see
+    config.load_experiment; it needs no file read, so it holds under --dry-run too). A bare word that is none of these
+    (`wrld`, `instruction`) is refused here rather than read as a missing file. A source written as a path (a `/`, a
+    leading `~` or `.`, or a data file's extension) passes: whether that file exists and reads is
+    `validate.check_inputs`' question, with its own message."""
+    from .files import FORMATS  # the data files' extensions files.py reads
+
+    name = exp.data.source
+    path = Path(name).expanduser()
+    if name in SOURCES or path.exists():
+        return None
+    # written as a path or a hub dataset id (owner/name): files.py says what is wrong with it, if anything
+    if "/" in name or "\\" in name or name.startswith(("~", ".")) or path.suffix in FORMATS:
+        return None
+    return (
+        "data.source",
+        f"{name!r} is not a source name, an existing local file or directory, or a hub dataset id; allowed: "
+        f"{', '.join(SOURCES)}, a local file or directory, or a hub dataset id owner/name",
+    )
+
+
 def check_judge(exp: Experiment) -> tuple[str, str] | None:
-    """A `builtin` judge needs data that come with their own reward (a config check, see config.load_experiment)."""
+    """A config check (config.load_experiment, after `check_source`): a `builtin` judge needs data that come with
+    their own reward."""
     if exp.judge.kind == "builtin" and source(exp).scorer is None:
         return (
             "judge",

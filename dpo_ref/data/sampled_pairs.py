@@ -3,8 +3,9 @@
 The policy answers prompts with checkable instructions (instructions.py) `samples_per_prompt` times; the instruction
 checks score every sample, the best becomes `chosen` and the worst `rejected` (the UltraFeedback recipe, with a
 programmatic judge in GPT-4's place). Prompts whose samples all score the same carry no preference and are counted,
-not used. The same checks judge the evaluation (`judge: {kind: builtin}`). Built once per (policy, settings) into
-`$DPOREF_CACHE/pairs/`.
+not used. The same checks judge the evaluation (`judge: {kind: builtin}`). The policy samples in its precision regime
+(weights and autocast, as it trains and is evaluated), which is part of the cache key: built once per (policy,
+regime, settings) into `$DPOREF_CACHE/pairs/`.
 """
 
 from __future__ import annotations
@@ -19,23 +20,26 @@ from datasets import Dataset, DatasetDict
 from ..cache import intact_dir
 from ..config import InstructionsConfig
 from ..generation import Sampling, generate
-from ..models import ModelRef, load_model, use_bf16
+from ..models import ModelRef
+from ..precision import Regime, regime_for
 from ..store import atomic_dir, atomic_write_json, cache_root, content_hash, locked, read_json
 from ..ui import console
 from . import instructions
 
-VERSION = 2  # bump when the recipe changes: it is part of the cache key
+VERSION = 3  # bump when the recipe changes: it is part of the cache key (3: sampled under the regime's autocast)
 
 
 def build_instruction_pairs(
     cfg: InstructionsConfig, policy: ModelRef, tokenizer, batch_size: int, precision: str
 ) -> tuple[DatasetDict, list[str], dict]:
     """(pairs with splits train/validation, held-out evaluation prompts, statistics), from the cache when built."""
-    root = cache_root() / "pairs" / f"instructions-{content_hash([VERSION, policy.fingerprint, cfg.model_dump()])}"
+    regime = regime_for(policy, precision)
+    key = content_hash([VERSION, policy.fingerprint, regime.key, cfg.model_dump()])
+    root = cache_root() / "pairs" / f"instructions-{key}"
     with locked(root, on_wait=console.print):  # a second process waits for the first build, then reads it
         if not intact_dir(root, "instruction pairs"):
             with atomic_dir(root) as tmp:
-                _build(cfg, policy, tokenizer, batch_size, precision, Path(tmp))
+                _build(cfg, policy, tokenizer, batch_size, regime, Path(tmp))
     pairs = DatasetDict(
         {
             split: Dataset.from_list([json.loads(x) for x in (root / f"{split}.jsonl").read_text().splitlines()])
@@ -45,16 +49,18 @@ def build_instruction_pairs(
     return pairs, read_json(root / "eval_prompts.json"), read_json(root / "stats.json")
 
 
-def _build(cfg: InstructionsConfig, policy: ModelRef, tokenizer, batch_size: int, precision: str, out: Path) -> None:
+def _build(cfg: InstructionsConfig, policy: ModelRef, tokenizer, batch_size: int, regime: Regime, out: Path) -> None:
     t0 = time.time()
     n_pair_prompts = cfg.n_train_prompts + cfg.n_validation_prompts
     prompts = instructions.make_prompts(n_pair_prompts + cfg.n_eval_prompts, cfg.seed)
     pair_prompts, eval_prompts = prompts[:n_pair_prompts], prompts[n_pair_prompts:]
-    model = load_model(policy, bf16=use_bf16(precision))
+    model = regime.load(policy)
     sampling = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, batch_size=batch_size)
     k = cfg.samples_per_prompt
     repeated = [p for p in pair_prompts for _ in range(k)]
-    gens = generate(model, tokenizer, repeated, sampling, cfg.seed, desc="sampling pairs")
+    with regime.autocast():
+        gens = generate(model, tokenizer, repeated, sampling, cfg.seed, desc="sampling pairs")
+    del model
     scores = np.array(
         [instructions.score(p, r, e) for p, r, e in zip(gens.prompts, gens.responses, gens.ended)]
     ).reshape(-1, k)

@@ -41,8 +41,6 @@ from .lc_v1 import (
     read_json_file,
 )
 
-MODEL_OUTPUTS = "model_outputs.json"
-ANNOTATED = "alpaca_eval.json"
 NEEDED = ("output_1", "output_2", "generator_2", "preference")  # annotation keys the import reads
 ALLOWED = "1..2 (2 = output_2 preferred), 0 (a draw) or null (unjudged)"
 
@@ -200,35 +198,37 @@ def summarize(rows: list[Annotation], gamed: Gamed | None = None, eval_set: Eval
     }
 
 
-def import_annotations(exp_dir: Path, experiment: str, files: list[Path]) -> tuple[dict[str, dict], dict[str, int]]:
-    """Write `alpaca_eval.json` into each run the annotations name; return (per-run summary, rows per generator that
-    matched no run of this experiment). Every file is checked before anything is written."""
+def import_annotations(
+    experiment: str, files: list[Path], runs: dict[str, Path]
+) -> tuple[dict[str, dict], dict[str, int]]:
+    """Each run's summary of the annotations naming it (`runs`: run id -> its directory, for the runs that started),
+    and the rows per generator that matched no run of this experiment. Every file is read and checked before the
+    caller writes anything."""
     groups: dict[str, list[Annotation]] = {}
     for path in files:
         for row in _read(path):
             groups.setdefault(row.generator_2, []).append(row)
-    runs, unmatched = {}, {}
+    matched, unmatched = {}, {}
     for generator, rows in groups.items():
         exp_name, _, run_id = generator.partition("/")
-        if exp_name != experiment or not run_id or not (exp_dir / run_id / "run.yaml").is_file():
+        if exp_name != experiment or run_id not in runs:
             unmatched[generator] = len(rows)
             continue
         annotators = sorted({str(r.annotator) for r in rows})
         if len(annotators) > 1:
             raise UserError(
-                str(exp_dir / run_id),
+                str(runs[run_id]),
                 f"run {run_id} has annotations by {len(annotators)} annotators ({', '.join(annotators)}); "
                 "import one annotator's files at a time",
             )
-        runs[run_id] = rows
-    gamed_path = find_gamed() if runs else None
+        matched[run_id] = rows
+    gamed_path = find_gamed() if matched else None
     gamed = read_gamed(gamed_path) if gamed_path is not None else None
     eval_set_path = find_eval_set() if gamed is not None else None
     eval_set = read_eval_set(eval_set_path) if eval_set_path is not None else None
     summaries = {}
-    for run_id, rows in runs.items():
+    for run_id, rows in matched.items():
         kept, duplicates = _deduplicate(rows)
         sources = list(dict.fromkeys(str(r.file) for r in rows))
         summaries[run_id] = {**summarize(kept, gamed, eval_set), "duplicates": duplicates, "files": sources}
-        atomic_write_json(exp_dir / run_id / ANNOTATED, summaries[run_id])
     return summaries, unmatched

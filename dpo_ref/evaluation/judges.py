@@ -4,7 +4,11 @@ baseline's, from which the win rate and the LC win rate are computed.
 - `RuleJudge`: a programmatic reward the preference data comes with (the world's gold reward, the instruction
   checks of `data: instructions`). Preference = 1 if the policy's reward is higher, 0.5 on a tie, 0 otherwise.
 - `RewardModelJudge`: any Hugging Face sequence-classification reward model r(x, y) with one output. Preference =
-  sigmoid(r(x, y) - r(x, y_base)), the Bradley-Terry probability that the policy's response wins.
+  sigmoid(r(x, y) - r(x, y_base)), the Bradley-Terry probability that the policy's response wins. It scores in its
+  own precision regime (precision.py), as every other model runs: under bf16, a reward model below LARGE keeps fp32
+  weights under bf16 autocast (it had bf16 weights without autocast: on a GPU its rewards move by bf16 rounding),
+  a larger one bf16 weights under the same autocast. The regime is part of its key, so no baseline judged the
+  old way is reused.
 A GPT-4 judge runs outside dporef: every run exports its generations in AlpacaEval's format (alpaca_eval.py).
 """
 
@@ -17,7 +21,8 @@ import numpy as np
 import torch
 
 from ..chat import conversation
-from ..models import ModelRef, device, use_bf16
+from ..models import ModelRef, device
+from ..precision import regime_for
 from ..ui import progress
 from .metrics import preference
 
@@ -51,7 +56,7 @@ class RewardModelJudge:
 
     @property
     def key(self) -> str:
-        return f"reward-model:{self.model.fingerprint}"
+        return f"reward-model:{self.model.fingerprint}:{regime_for(self.model, self.precision).key}"
 
     @torch.no_grad()
     def rewards(self, prompts: Sequence, responses: Sequence[str], ended: Sequence[bool]) -> np.ndarray:
@@ -62,13 +67,14 @@ class RewardModelJudge:
         tok = AutoTokenizer.from_pretrained(self.model.location)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        dtype = torch.bfloat16 if use_bf16(self.precision) else torch.float32
-        rm = AutoModelForSequenceClassification.from_pretrained(self.model.location, dtype=dtype).to(device()).eval()
+        regime = regime_for(self.model, self.precision)
+        rm = AutoModelForSequenceClassification.from_pretrained(self.model.location, dtype=regime.dtype)
+        rm = rm.to(device()).eval()
         rm.config.pad_token_id = tok.pad_token_id  # the classifier reads the last non-pad token
         texts = [self._text(tok, p, r) for p, r in zip(prompts, responses)]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.zeros(len(texts))
-        with progress() as bar:
+        with progress() as bar, regime.autocast():
             task = bar.add_task(f"judging ({self.model.spec})", total=len(texts))
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]

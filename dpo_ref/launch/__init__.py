@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..config import Experiment, RunSpec
-from ..plan import not_done
+from ..expdir import ExperimentDir, not_done
 from . import accelerate, local, slurm
 
 
@@ -22,24 +21,27 @@ from . import accelerate, local, slurm
 class Launcher:
     """`check(exp, source, installed)`: refuse a setup it cannot run, before anything starts (`installed`: also
     the engines it needs are installed here). `dry_run(exp, exp_dir, study,
-    source)`: what it would start. Then either `run(exp, exp_dir, pending, source)`: execute the pending runs once
-    prepare ran here (returns the failed runs), or `submit(exp, exp_dir, study, source)`: make prepare, the runs and
+    source)`: what it would start. Then either `run(exp, exp_dir, pending, source, callback)`: execute the pending
+    runs once prepare ran here (returns the failed runs; `callback`: a Trainer callback factory `module:function`
+    each run trains with), or `submit(exp, exp_dir, study, source)`: make prepare, the runs and
     the report jobs of their own."""
 
     check: Callable[[Experiment, str, bool], object]
-    dry_run: Callable[[Experiment, Path, str, str], str | None]
-    run: Callable[[Experiment, Path, list[RunSpec], str], int] | None = None
-    submit: Callable[[Experiment, Path, str, str], int] | None = None
+    dry_run: Callable[[Experiment, ExperimentDir, str, str], str | None]
+    run: Callable[[Experiment, ExperimentDir, list[RunSpec], str, str | None], int] | None = None
+    submit: Callable[[Experiment, ExperimentDir, str, str], int] | None = None
 
 
-def _local_dry_run(exp: Experiment, exp_dir: Path, study: str, source: str) -> str | None:
+def _local_dry_run(exp: Experiment, exp_dir: ExperimentDir, study: str, source: str) -> str | None:
     if exp.launch.in_process:
         return None  # the plan says it all: runs one after another, here
     return local.dry_run(exp.launch, exp_dir, not_done(exp, exp_dir), source)
 
 
-def _local_run(exp: Experiment, exp_dir: Path, pending: list[RunSpec], source: str) -> int:
-    return local.run_processes(exp.launch, exp_dir, pending, source)
+def _local_run(
+    exp: Experiment, exp_dir: ExperimentDir, pending: list[RunSpec], source: str, callback: str | None
+) -> int:
+    return local.run_processes(exp.launch, exp_dir, pending, source, callback)
 
 
 LAUNCHERS = {
@@ -59,8 +61,9 @@ def check(exp: Experiment, source: str, installed: bool = True) -> None:
     launcher(exp).check(exp, source, installed)
 
 
-def dry_run(exp: Experiment, exp_dir: Path, study: str, source: str) -> str | None:
-    """The `--dry-run` lines of the launcher: the processes or sbatch scripts it would start (None: in process)."""
+def dry_run(exp: Experiment, exp_dir: ExperimentDir, study: str, source: str) -> str | None:
+    """The `--dry-run` lines of the launcher: the processes it would start, or the jobs and their submitit parameters
+    (None: in process)."""
     return launcher(exp).dry_run(exp, exp_dir, study, source)
 
 
@@ -69,12 +72,15 @@ def submits(exp: Experiment) -> bool:
     return launcher(exp).submit is not None
 
 
-def submit(exp: Experiment, exp_dir: Path, study: str, source: str) -> int:
+def submit(exp: Experiment, exp_dir: ExperimentDir, study: str, source: str) -> int:
     return launcher(exp).submit(exp, exp_dir, study, source)
 
 
-def run_pending(exp: Experiment, exp_dir: Path, pending: list[RunSpec], source: str) -> int | None:
-    """Execute the pending runs with the launcher; None when they are to run in this process (the runner's loop)."""
+def run_pending(
+    exp: Experiment, exp_dir: ExperimentDir, pending: list[RunSpec], source: str, callback: str | None = None
+) -> int | None:
+    """Execute the pending runs with the launcher; None when they are to run in this process (the runner's loop).
+    `callback`: a Trainer callback factory `module:function` each run trains with (`dporef run-one --callback`)."""
     if exp.launch.in_process:
         return None
-    return launcher(exp).run(exp, exp_dir, pending, source)
+    return launcher(exp).run(exp, exp_dir, pending, source, callback)

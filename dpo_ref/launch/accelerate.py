@@ -18,8 +18,8 @@ import yaml
 
 from ..config import AccelerateConfig, Experiment, RunSpec
 from ..errors import UserError, one_line
+from ..expdir import ExperimentDir, not_done
 from ..objectives import OBJECTIVES
-from ..plan import not_done
 from ..ui import console
 from . import local
 
@@ -86,16 +86,18 @@ def check(exp: Experiment, where: str, installed: bool = True, processes_: int |
     return n
 
 
-def command(cfg: AccelerateConfig, n: int, where: str, exp_dir: Path, run: RunSpec) -> list[str]:
+def command(
+    cfg: AccelerateConfig, n: int, where: str, exp_dir: ExperimentDir, run: RunSpec, callback: str | None = None
+) -> list[str]:
     """The `accelerate launch` of one run (the same Python, so the same environment); the untrained SFT row, which
     only evaluates, as a plain `run-one`."""
     if run.objective not in OBJECTIVES:
-        return local.command(exp_dir, run)
+        return local.command(exp_dir, run, callback)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file(cfg, where))]
-    return [*launch, "--num_processes", str(n), *cfg.args, *local.command(exp_dir, run)[1:]]
+    return [*launch, "--num_processes", str(n), *cfg.args, *local.command(exp_dir, run, callback)[1:]]
 
 
-def dry_run(exp: Experiment, exp_dir: Path, study: str, source: str) -> str:
+def dry_run(exp: Experiment, exp_dir: ExperimentDir, study: str, source: str) -> str:
     n = check(exp, source, installed=False)
     cfg = exp.launch.accelerate
     lines = [
@@ -106,11 +108,16 @@ def dry_run(exp: Experiment, exp_dir: Path, study: str, source: str) -> str:
     return "\n".join(lines)
 
 
-def run(exp: Experiment, exp_dir: Path, pending: list[RunSpec], source: str) -> int:
+def run(
+    exp: Experiment, exp_dir: ExperimentDir, pending: list[RunSpec], source: str, callback: str | None = None
+) -> int:
     """Run the pending runs one after another, each through `accelerate launch`; returns how many failed."""
     n = check(exp, source)
     console.print(f"running {len(pending)} runs one after another, each across {n} processes (accelerate launch)")
     at_once = local.Processes(
-        exp_dir, [f"{n} processes"], pinned=False, command=partial(command, exp.launch.accelerate, n, source)
+        exp_dir,
+        [f"{n} processes"],
+        pinned=False,
+        command=partial(command, exp.launch.accelerate, n, source, callback=callback),
     )
     return local.execute(at_once, pending)

@@ -15,25 +15,28 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
 
 from ..config import LaunchConfig, RunSpec
 from ..errors import UserError
-from ..store import read_json
+from ..expdir import ExperimentDir, read_status
 from ..ui import console
 
 STOP_SECONDS = 60  # how long an interrupted run may take to mark itself interrupted before it is killed
 
 
-def log_path(exp_dir: Path, run_id: str) -> Path:
+def log_path(exp_dir: ExperimentDir, run_id: str) -> Path:
     """Where a run's process output goes. Beside the run directory, not in it: `run-one` starts a run's directory
     afresh, which would delete a log opened there before it started."""
-    return Path(exp_dir) / "logs" / f"{run_id}.log"
+    return exp_dir.log(run_id)
 
 
-def command(exp_dir: Path, run: RunSpec) -> list[str]:
+def command(exp_dir: ExperimentDir, run: RunSpec, callback: str | None = None) -> list[str]:
+    """The run's `run-one` process; `callback`: a Trainer callback factory `module:function` it trains with."""
     # --wait: a run another command is running is waited for, then left alone when that one finished it
-    return [sys.executable, "-m", "dpo_ref", "run-one", str(exp_dir), run.run_id, "--wait"]
+    argv = [sys.executable, "-m", "dpo_ref", "run-one", str(exp_dir.root), run.run_id, "--wait"]
+    return argv + (["--callback", callback] if callback else [])
 
 
 def gpu_slots(cfg: LaunchConfig, where: str) -> list[str] | None:
@@ -55,7 +58,7 @@ def gpu_slots(cfg: LaunchConfig, where: str) -> list[str] | None:
     return slots
 
 
-def dry_run(cfg: LaunchConfig, exp_dir: Path, runs: list[RunSpec], where: str) -> str:
+def dry_run(cfg: LaunchConfig, exp_dir: ExperimentDir, runs: list[RunSpec], where: str) -> str:
     """The processes the launcher would start, with their GPUs."""
     gpus = gpu_slots(cfg, where)
     slots = (
@@ -73,8 +76,8 @@ def dry_run(cfg: LaunchConfig, exp_dir: Path, runs: list[RunSpec], where: str) -
 class Processes:
     """The pending runs of one experiment as child processes, one per free slot."""
 
-    def __init__(self, exp_dir: Path, slots: list[str], pinned: bool, command=command):
-        self.exp_dir, self.pinned, self.command = Path(exp_dir), pinned, command  # command(exp_dir, run): argv
+    def __init__(self, exp_dir: ExperimentDir, slots: list[str], pinned: bool, command=command):
+        self.exp_dir, self.pinned, self.command = exp_dir, pinned, command  # command(exp_dir, run): argv
         self.free: queue.Queue[str] = queue.Queue()
         for slot in slots:
             self.free.put(slot)
@@ -117,10 +120,8 @@ class Processes:
     def _status(self, run: RunSpec, code: int, log: Path) -> str:
         """The run's status.json when its process ended normally, else what its exit code says."""
         if code == 0:
-            try:
-                return str(read_json(self.exp_dir / run.run_id / "status.json")["status"])
-            except (OSError, ValueError, KeyError, TypeError):
-                return "failed"
+            status = read_status(self.exp_dir.run(run.run_id))
+            return "failed" if status == "pending" else status
         if code in (130, 143) or (code < 0 and self.stopping.is_set()):  # Ctrl-C, SIGTERM, or stopped by `stop`
             return "interrupted"
         errors = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error:")]
@@ -144,13 +145,15 @@ class Processes:
                 proc.kill()
 
 
-def run_processes(cfg: LaunchConfig, exp_dir: Path, pending: list[RunSpec], where: str) -> int:
+def run_processes(
+    cfg: LaunchConfig, exp_dir: ExperimentDir, pending: list[RunSpec], where: str, callback: str | None = None
+) -> int:
     """Run the pending runs in child processes (see the module); returns how many failed."""
     gpus = gpu_slots(cfg, where)
     slots = gpus or [str(i) for i in range(cfg.workers)]
     kind = f"one per GPU of {','.join(gpus)}" if gpus else f"{cfg.workers} at once"
     console.print(f"running {len(pending)} runs in `run-one` processes, {kind}; output in {log_path(exp_dir, '*')}")
-    return execute(Processes(exp_dir, slots, pinned=gpus is not None), pending)
+    return execute(Processes(exp_dir, slots, gpus is not None, partial(command, callback=callback)), pending)
 
 
 def execute(procs: Processes, pending: list[RunSpec]) -> int:

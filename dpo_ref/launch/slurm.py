@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import submitit
 from submitit.core.utils import FailedJobError
-from submitit.slurm.slurm import _convert_mem, _make_sbatch_string
 
-from .. import data
-from ..config import Experiment, RunSpec, SlurmConfig
+from ..config import Experiment, RunSpec, SlurmConfig, find_run
 from ..errors import UserError, one_line
-from ..plan import STUDIES, find_run, not_done
+from ..expdir import ExperimentDir, not_done, read_status
+from ..plan import STUDIES
 from ..stages.prepare import prepare
-from ..stages.report import report, results_dir
+from ..stages.report import rebuild, results_dir
 from ..stages.run import run_one
-from ..store import read_json
 from ..ui import console, quiet_libraries
 from ..validate import resolve_models
 from . import accelerate
@@ -34,11 +31,11 @@ from . import accelerate
 REPORT_MINUTES = 60  # the report reads files only: a short job without GPUs
 
 
-def folder(cfg: SlurmConfig, exp_dir: Path) -> Path:
-    return Path(cfg.folder).absolute() if cfg.folder else Path(exp_dir).absolute() / "slurm"
+def folder(cfg: SlurmConfig, exp_dir: ExperimentDir) -> Path:
+    return Path(cfg.folder).absolute() if cfg.folder else exp_dir.slurm.absolute()
 
 
-def prepare_stage(exp_dir: Path) -> str:
+def prepare_stage(exp_dir: ExperimentDir) -> str:
     exp, study = results_dir(exp_dir)
     return prepare(exp, exp_dir, study, resolve_models(exp))["status"]
 
@@ -53,28 +50,25 @@ def check(exp: Experiment, source: str, installed: bool = True) -> None:
         accelerate.check(exp, source, installed, processes_=accelerate_processes(exp))
 
 
-def _accelerated(exp: Experiment, exp_dir: Path, run_id: str) -> str:
+def _accelerated(exp: Experiment, exp_dir: ExperimentDir, run_id: str) -> str:
     """One run through `accelerate launch` in this job (its output in the job's log); its final status."""
-    n, where = accelerate_processes(exp), str(exp_dir / "experiment.yaml")
+    n, where = accelerate_processes(exp), str(exp_dir.spec)
     run = find_run(exp, run_id, where)
     code = subprocess.run(accelerate.command(exp.launch.accelerate, n, where, exp_dir, run)).returncode
-    try:
-        return str(read_json(exp_dir / run_id / "status.json")["status"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "failed" if code else "pending"
+    status = read_status(exp_dir.run(run_id))
+    return "failed" if code and status == "pending" else status
 
 
-def run_stage(exp_dir: Path, run_id: str) -> str:
+def run_stage(exp_dir: ExperimentDir, run_id: str) -> str:
     exp, _ = results_dir(exp_dir)
     status = _accelerated(exp, exp_dir, run_id) if exp.launch.slurm.accelerate else run_one(exp_dir, run_id)
     if status == "failed":  # the task fails too, so that SLURM's accounting shows it
-        raise RuntimeError(f"run {run_id} failed; its traceback is in {exp_dir / run_id / 'status.json'}")
+        raise RuntimeError(f"run {run_id} failed; its traceback is in {exp_dir.run(run_id).status}")
     return status
 
 
-def report_stage(exp_dir: Path) -> None:
-    exp, study = results_dir(exp_dir)
-    report(exp_dir, exp, study, data.describe_judge(exp))
+def report_stage(exp_dir: ExperimentDir) -> None:
+    rebuild(exp_dir)
 
 
 STAGES = {"prepare": prepare_stage, "run": run_stage, "report": report_stage}
@@ -84,16 +78,21 @@ class Stage(submitit.helpers.Checkpointable):
     """One stage of an experiment as a job, reading the experiment from its directory alone. Checkpointable: on a
     timeout or pre-emption submitit requeues the same call, which resumes (see the module)."""
 
-    def __init__(self, stage: str, exp_dir: Path, *args: str):
-        self.stage, self.exp_dir, self.args = stage, str(exp_dir), args
+    def __init__(self, stage: str, exp_dir: ExperimentDir, *args: str):
+        self.stage, self.exp_dir, self.args = stage, str(exp_dir.root), args
 
     def __call__(self):
         quiet_libraries()  # a job's log holds dporef's lines, not the libraries' progress bars
-        return STAGES[self.stage](Path(self.exp_dir), *self.args)
+        return STAGES[self.stage](ExperimentDir(Path(self.exp_dir)), *self.args)
+
+
+def mem(gb: float) -> str:
+    """`launch.slurm.mem_gb` as sbatch's `--mem` (and submitit's `mem` parameter): whole GB, else MB."""
+    return f"{int(gb)}GB" if gb == int(gb) else f"{max(1, round(gb * 1024))}MB"
 
 
 def parameters(cfg: SlurmConfig, name: str, stage: str) -> dict:
-    """The sbatch parameters of one stage's jobs, in submitit's SlurmExecutor's terms."""
+    """The sbatch parameters of one stage's jobs, as submitit's `SlurmExecutor.update_parameters` receives them."""
     gpus = {"prepare": cfg.prepare_gpus_per_node, "report": 0}.get(stage, cfg.gpus_per_node)
     gpus = cfg.gpus_per_node if gpus is None else gpus
     optional = {
@@ -101,7 +100,7 @@ def parameters(cfg: SlurmConfig, name: str, stage: str) -> dict:
         "account": cfg.account,
         "cpus_per_task": cfg.cpus_per_task,
         "gpus_per_node": gpus or None,
-        "mem": _convert_mem(cfg.mem_gb) if cfg.mem_gb else None,
+        "mem": mem(cfg.mem_gb) if cfg.mem_gb else None,
     }
     return {
         "job_name": f"dporef-{name}-{stage}",
@@ -117,38 +116,45 @@ def parameters(cfg: SlurmConfig, name: str, stage: str) -> dict:
     }
 
 
-def _work(exp: Experiment, exp_dir: Path, study: str) -> tuple[list[RunSpec], bool]:
+def _work(exp: Experiment, exp_dir: ExperimentDir, study: str) -> tuple[list[RunSpec], bool]:
     """(pending runs, whether a prepare job is needed)."""
     pending = not_done(exp, exp_dir)
-    needs_similarity = STUDIES[study].similarity and not (Path(exp_dir) / "similarity.json").is_file()
+    needs_similarity = STUDIES[study].similarity and not exp_dir.similarity.is_file()
     return pending, bool(pending) or needs_similarity
 
 
-def dry_run(exp: Experiment, exp_dir: Path, study: str, source: str) -> str:
-    """The sbatch scripts the launcher would submit (job ids are known only once submitted)."""
-    cfg, exp_dir = exp.launch.slurm, Path(exp_dir).absolute()
+def dry_run(exp: Experiment, exp_dir: ExperimentDir, study: str, source: str) -> str:
+    """The jobs the launcher would submit: per stage, the parameters it gives submitit's
+    `SlurmExecutor.update_parameters` (dependency included), the array's size and its tasks' commands. Not the
+    literal sbatch scripts: submitit writes those itself when it submits (and job ids are known only then)."""
+    cfg, exp_dir = exp.launch.slurm, ExperimentDir(exp_dir.root.absolute())
     pending, needed = _work(exp, exp_dir, study)
     if not needed:
         return "launcher slurm: every run is done; nothing would be submitted (the report is rebuilt here)"
     where = folder(cfg, exp_dir)
-    submit = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(where))}"
-    scripts = [("prepare", None, None)]
-    if pending:
-        scripts.append(("run", "afterok:<prepare job>", len(pending) if len(pending) > 1 else None))  # 1: no array
-    scripts.append(("report", f"afterany:<{'runs array' if pending else 'prepare job'}>", None))
-    out = [f"launcher slurm: {len(pending)} runs pending; the sbatch scripts it would submit, logs in {where}:"]
-    for stage, dependency, count in scripts:
+    stages = [("prepare", None, "1 job")]
+    if pending:  # one pending run: one job, not an array
+        size = f"a job array of {len(pending)} tasks, at most {min(len(pending), cfg.array_parallelism)} at once"
+        stages.append(("run", "afterok:<prepare job>", size if len(pending) > 1 else "1 job"))
+    stages.append(("report", f"afterany:<{'runs array' if pending else 'prepare job'}>", "1 job"))
+    out = [
+        f"launcher slurm: {len(pending)} runs pending; the jobs it would submit through submitit, each stage with "
+        f"the parameters given to submitit's SlurmExecutor.update_parameters (not the literal sbatch scripts, which "
+        f"submitit writes at submission); logs in {where}:"
+    ]
+    for stage, dependency, size in stages:
         params = parameters(cfg, exp.name, stage) | ({"dependency": dependency} if dependency else {})
-        out += [f"--- {stage} ---", _make_sbatch_string(command=submit, folder=where, map_count=count, **params)]
+        out.append(f"--- {stage}: {size} ---")
+        out += [f"{key}: {value!r}" if isinstance(value, dict) else f"{key}: {value}" for key, value in params.items()]
         if stage == "run":
             out += [f"# task {i}: {_task(exp, exp_dir, r, source)}" for i, r in enumerate(pending)]
     return "\n".join(out)
 
 
-def _task(exp: Experiment, exp_dir: Path, run: RunSpec, source: str) -> str:
+def _task(exp: Experiment, exp_dir: ExperimentDir, run: RunSpec, source: str) -> str:
     if exp.launch.slurm.accelerate:
         return shlex.join(accelerate.command(exp.launch.accelerate, accelerate_processes(exp), source, exp_dir, run))
-    return f"dporef run-one {exp_dir} {run.run_id}"
+    return f"dporef run-one {exp_dir.root} {run.run_id}"
 
 
 def _executor(cfg: SlurmConfig, where: Path, params: dict, source: str):
@@ -170,7 +176,7 @@ def _executor(cfg: SlurmConfig, where: Path, params: dict, source: str):
     return executor
 
 
-def _submit(exp: Experiment, exp_dir: Path, stage: str, calls: list[Stage], after, source: str) -> list:
+def _submit(exp: Experiment, exp_dir: ExperimentDir, stage: str, calls: list[Stage], after, source: str) -> list:
     """Submit one stage's jobs after the jobs `after` = (kind, jobs): on SLURM as a dependency; with the local
     executor, which has none, by waiting for them first (and, after `afterok`, submitting nothing when one failed)."""
     cfg = exp.launch.slurm
@@ -189,10 +195,10 @@ def _submit(exp: Experiment, exp_dir: Path, stage: str, calls: list[Stage], afte
         raise UserError(f"{source}: launch.slurm", f"sbatch refused the {stage} job: {one_line(str(e), 300)}") from None
 
 
-def submit(exp: Experiment, exp_dir: Path, study: str, source: str) -> int:
+def submit(exp: Experiment, exp_dir: ExperimentDir, study: str, source: str) -> int:
     """Submit what is not done; nothing when every run is done (the report is then rebuilt here). On SLURM it
     returns once submitted; with `cluster: local` once every job ended. Returns the number of runs that failed."""
-    exp_dir = Path(exp_dir).absolute()
+    exp_dir = ExperimentDir(exp_dir.root.absolute())
     pending, needed = _work(exp, exp_dir, study)
     if not needed:
         console.print(f"every run of {exp.name} is done: nothing submitted; rebuilding the report here")
@@ -210,7 +216,7 @@ def submit(exp: Experiment, exp_dir: Path, study: str, source: str) -> int:
     last = _submit(exp, exp_dir, "report", [Stage("report", exp_dir)], ("afterany", tasks or prep), source)
     console.print(f"  report: job {last[0].job_id}")
     if exp.launch.slurm.cluster == "slurm":
-        console.print(f"once they ended, `dporef report {exp_dir}` or this command again gathers the results")
+        console.print(f"once they ended, `dporef report {exp_dir.root}` or this command again gathers the results")
         return 0
     jobs = [("prepare", prep[0]), *((f"run {r.run_id}", j) for r, j in zip(pending, tasks)), ("report", last[0])]
     failed = [name for name, job in jobs if job.exception() is not None]

@@ -14,6 +14,7 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from ..expdir import ExperimentDir
 from ..store import atomic_write_text
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}
@@ -57,13 +58,13 @@ def _image(path: Path) -> str:
     return f'<p><img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}"></p>'
 
 
-def write_html(exp_dir: Path, title: str, results_md: str, rows: list[dict], extra: dict, images: list[Path]) -> Path:
+def write_html(
+    exp_dir: ExperimentDir, title: str, results_md: str, rows: list[dict], extra: dict, images: list[Path]
+) -> Path:
     """Write <exp_dir>/report.html from what the report just wrote; returns its path."""
     import markdown
 
-    exp_dir = Path(exp_dir)
-    command = exp_dir / "command.json"
-    spec = exp_dir / "experiment.yaml"
+    command, spec = exp_dir.command, exp_dir.spec
     stages = extra.get("stage_seconds") or {}
     timing = [[k, f"{v:.1f}"] for k, v in stages.items()]
     runs = [
@@ -92,6 +93,6 @@ def write_html(exp_dir: Path, title: str, results_md: str, rows: list[dict], ext
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{STYLE}</style></head><body>{''.join(parts)}{CHECK}</body></html>"
     )
-    path = exp_dir / "report.html"
+    path = exp_dir.result("report.html")
     atomic_write_text(path, page)
     return path

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import yaml
 
-from ..evaluation.alpaca_eval import ANNOTATED
 from ..evaluation.lc_minimal import LC_INTERVAL_NOTE
+from ..expdir import REPORT_FILES, ExperimentDir, RunFiles
 from ..store import atomic_write_json, atomic_write_text
 from . import similarity as sim_fit
 from .format import to_markdown
@@ -68,45 +67,28 @@ def shown_columns(rows: list[dict]) -> list[str]:
     return SHOWN + [c for c in IMPORTED + ["damage"] if any(r.get(c) is not None for r in rows)]
 
 
-def _load(path: Path, parse):
-    """(parse(text of `path`), None); (None, None) without such a file; (None, why) when it cannot be read."""
-    if not path.is_file():
-        return None, None
-    try:
-        return parse(path.read_text()), None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as e:
-        return None, f"{path.name} unreadable ({type(e).__name__})"
-
-
-def _numbers(text: str) -> dict:
-    m = json.loads(text)
+def _numbers(m: dict) -> dict:
     numbers = {k: v for k, v in m["eval"].items() if k in COLUMNS}
     numbers |= {"flags": ", ".join(m.get("flags") or []) or None}
     return numbers | {k: m.get(k) for k in ("train_loss", "steps", "train_seconds", "eval_seconds")}
 
 
-def _annotations(text: str) -> dict:
-    ae = json.loads(text)
+def _annotations(ae: dict) -> dict:
     return {c: ae.get(c.removeprefix("ae_")) for c in IMPORTED + IMPORTED_BOUNDS}
 
 
-def collect(exp_dir: Path, run_ids: list[str], damaged: dict[str, str] | None = None) -> list[dict]:
-    """One row per run, in grid order: its spec and status, plus its metrics when it finished. A run named in
-    `damaged` (run id -> why; see plan.run_status) or with a file that cannot be read is shown as `damaged`, with the
-    reason and no numbers, never a crash: the report of the other runs still gets written."""
+def collect(runs: dict[str, RunFiles]) -> list[dict]:
+    """One row per run (run id -> what expdir.read_run found), in grid order: its spec and status, plus its metrics
+    when it finished. A damaged run (a file missing or unreadable) is shown as `damaged`, with the reason and no
+    numbers, never a crash: the report of the other runs still gets written."""
     rows = []
-    for run_id in run_ids:
-        run_dir = exp_dir / run_id
-        spec, bad_spec = _load(run_dir / "run.yaml", lambda t: dict(yaml.safe_load(t)["run"]))
-        status, bad_status = _load(run_dir / "status.json", lambda t: str(json.loads(t)["status"]))
-        numbers, bad_numbers = _load(run_dir / "metrics.json", _numbers)
-        ae, bad_ae = _load(run_dir / ANNOTATED, _annotations)
-        row = dict.fromkeys(COLUMNS) | (spec or {}) | {"run_id": run_id, "status": status or "pending"}
-        why = (damaged or {}).get(run_id) or bad_spec or bad_status or bad_numbers or bad_ae
-        if why:
-            row |= {"status": "damaged", "damage": why}
-        else:
-            row |= (numbers or {}) | (ae or {})
+    for run_id, files in runs.items():
+        spec = (files.spec or {}).get("run") or {}
+        row = dict.fromkeys(COLUMNS) | spec | {"run_id": run_id, "status": files.state.status}
+        if files.state.status == "damaged":
+            row["damage"] = files.state.reason
+        elif files.metrics is not None:
+            row |= _numbers(files.metrics) | (_annotations(files.annotations) if files.annotations else {})
         rows.append({c: row.get(c) for c in COLUMNS})
     return rows
 
@@ -131,9 +113,9 @@ AE_LC = {
 }
 
 
-def results_caption(exp_dir: Path, rows: list[dict], title: str, judge: str) -> str:
+def results_caption(exp_dir: ExperimentDir, rows: list[dict], title: str, judge: str) -> str:
     """The caption of results.md: who judges, what the LC columns mean for that judge, how ae_lc_win_rate was fitted."""
-    spec = exp_dir / "experiment.yaml"
+    spec = exp_dir.spec
     kind = (yaml.safe_load(spec.read_text()) or {}).get("judge", {}).get("kind") if spec.is_file() else None
     methods = sorted({r["ae_lc_method"] for r in rows if r.get("ae_lc_method")})
     return (
@@ -149,7 +131,7 @@ def results_caption(exp_dir: Path, rows: list[dict], title: str, judge: str) -> 
 
 
 def write_report(
-    exp_dir: Path,
+    exp_dir: ExperimentDir,
     rows: list[dict],
     title: str,
     tables: tuple[str, ...] = (),
@@ -165,13 +147,7 @@ def write_report(
     `comparison` (reporting.uncertainty.indistinguishable) the settings not distinguishable from the best one;
     `bounds` (reporting.uncertainty.setting_intervals) each setting's intervals over its seeds."""
     caption = results_caption(exp_dir, rows, title, judge)
-    paths = [
-        exp_dir / "results.csv",
-        exp_dir / "results.md",
-        exp_dir / "results.json",
-        exp_dir / "results.png",
-        exp_dir / "frontier.png",
-    ]
+    paths = [exp_dir.result(name) for name in REPORT_FILES[:5]]  # results.csv .md .json .png, frontier.png
     atomic_write_text(paths[0], to_csv(rows))
     agg = aggregate(rows, bounds)
     views = {"grid": lambda: beta_grid_table(agg), "best": lambda: best_table(agg, similarity)}
@@ -189,7 +165,7 @@ def write_report(
     atomic_write_json(paths[2], summary)
     plot_beta(agg, paths[3], title, comparison)
     plot_frontier(agg, paths[4], title)
-    if fitted and sim_fit.plot(fitted, exp_dir / "similarity.png", title):
-        paths.append(exp_dir / "similarity.png")
+    if fitted and sim_fit.plot(fitted, exp_dir.result("similarity.png"), title):
+        paths.append(exp_dir.result("similarity.png"))
     paths.append(write_html(exp_dir, title, markdown, rows, extra or {}, paths[3:]))
     return paths

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..expdir import RunDir
 from ..logprobs import sequence_logps
 from ..store import atomic_write_text
 from .plots import pyplot, save_png
@@ -35,7 +36,7 @@ def per_item(ids: np.ndarray, ratios: np.ndarray) -> dict[int, tuple[float, int]
     return {int(t): (float(sums[t] / counts[t]), int(counts[t])) for t in np.flatnonzero(counts)}
 
 
-def write_analysis(out: Path, items: dict, tokenizer, min_count: int, top: int, title: str) -> dict:
+def write_analysis(run_dir: RunDir, items: dict, tokenizer, min_count: int, top: int, title: str) -> dict:
     rows = sorted(
         (
             {"id": t, "token": tokenizer.convert_ids_to_tokens(t), "mean_log_ratio": m, "count": n}
@@ -47,7 +48,7 @@ def write_analysis(out: Path, items: dict, tokenizer, min_count: int, top: int, 
     writer = csv.DictWriter(buf, fieldnames=["id", "token", "mean_log_ratio", "count"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(out / "tokens.csv", buf.getvalue())
+    atomic_write_text(run_dir.analysis_file("tokens.csv"), buf.getvalue())
     frequent = [r for r in rows if r["count"] >= min_count]
     eos = next((r for r in rows if r["id"] == tokenizer.eos_token_id), None)
     rank = next((i + 1 for i, r in enumerate(frequent) if r["id"] == tokenizer.eos_token_id), None)
@@ -70,8 +71,8 @@ def write_analysis(out: Path, items: dict, tokenizer, min_count: int, top: int, 
         f"\nMost up-weighted (seen >= {min_count} times):\n",
         *table(frequent[::-1][:top]),
     ]
-    atomic_write_text(out / "tokens.md", "\n".join(md) + "\n")
-    _histogram(out / "histogram.png", [r["mean_log_ratio"] for r in rows], eos, title)
+    atomic_write_text(run_dir.analysis_file("tokens.md"), "\n".join(md) + "\n")
+    _histogram(run_dir.analysis_file("histogram.png"), [r["mean_log_ratio"] for r in rows], eos, title)
     return {
         "items": len(rows),
         "frequent": len(frequent),

@@ -12,8 +12,6 @@ on the test prompts with one family-wise error for the whole comparison.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from ..evaluation.estimators import (
@@ -26,6 +24,7 @@ from ..evaluation.estimators import (
 from ..evaluation.judges import RewardModelJudge, RuleJudge
 from ..evaluation.lc_minimal import LcFit
 from ..evaluation.metrics import preference
+from ..expdir import EVALUATED, ExperimentDir
 from ..store import read_jsonl
 from .plots import setting_label
 
@@ -34,30 +33,21 @@ SHARES = ("win_rate", "val_win_rate", "eos_rate", "rank_acc_reward", "rank_acc_p
 METRICS = ("win_rate", "lc_win_rate", "val_win_rate", "reward", "length", "eos_rate", "kl", "kl_sft")
 METRICS += ("rank_acc_reward", "rank_acc_policy")
 INTERVAL_COLUMNS = [f"{m}_{end}" for m in METRICS for end in ("lo", "hi")]
-FINISHED = ("done", "degenerate")
 BEST_RULE = (
     "the highest mean win rate on the validation prompts (the validation pairs' prompts, judged like the test "
     "prompts); the held-out test prompts never take part in the choice, and a degenerate setting is never best"
 )
 
 
-def _rows(exp_dir: Path, *names: str) -> list[list[dict]]:
-    return [read_jsonl(exp_dir / name) for name in names]
-
-
-def per_item(exp_dir: Path, run_id: str, judge_kind: str) -> dict[str, np.ndarray] | None:
+def per_item(exp_dir: ExperimentDir, run_id: str, judge_kind: str) -> dict[str, np.ndarray] | None:
     """A run's values item by item, one array per metric whose mean the metric is (the LC win rate: its GLM's
     pseudo-values, and `lc` the fit behind them and its interval); None when the files are missing, or its samples
     and the baseline's are not on the same prompts."""
-    run = Path(run_id)
+    run = exp_dir.run(run_id)
     try:
-        gens, base, val, val_base, pairs = _rows(
-            exp_dir,
-            run / "generations.jsonl",
-            Path("baseline", "test.jsonl"),
-            run / "validation.jsonl",
-            Path("baseline", "validation.jsonl"),
-            run / "ranking.jsonl",
+        gens, base, val, val_base, pairs = map(
+            read_jsonl,
+            [run.generations, exp_dir.baseline("test"), run.validation, exp_dir.baseline("validation"), run.ranking],
         )
         if [g["prompt"] for g in gens] != [b["prompt"] for b in base]:
             return None
@@ -93,11 +83,11 @@ def run_interval(items: dict, metric: str) -> tuple[float, float]:
     return (win_rate_interval if metric in SHARES else mean_interval)(items[metric])
 
 
-def add_run_intervals(exp_dir: Path, rows: list[dict], judge_kind: str) -> dict[str, dict]:
+def add_run_intervals(exp_dir: ExperimentDir, rows: list[dict], judge_kind: str) -> dict[str, dict]:
     """Fill each finished row's `<metric>_lo` / `<metric>_hi`; returns the items of every run that has them."""
     samples = {}
     for row in rows:
-        items = per_item(exp_dir, row["run_id"], judge_kind) if row["status"] in FINISHED else None
+        items = per_item(exp_dir, row["run_id"], judge_kind) if row["status"] in EVALUATED else None
         if items is None:
             continue
         samples[row["run_id"]] = items
@@ -115,7 +105,7 @@ def group_settings(rows: list[dict]) -> dict[tuple, list[dict]]:
     keep their numbers, marked as such."""
     out: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r["status"] in FINISHED:
+        if r["status"] in EVALUATED:
             out.setdefault(setting_key(r), []).append(r)
     return out
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
@@ -24,41 +23,31 @@ from ..cache import intact_dir
 from ..config import Experiment, expand
 from ..data.tokenize import prompt_key, tokenize_pairs, unique_prompts
 from ..evaluation.evaluate import PromptSet, sampling, win_rate
-from ..evaluation.judges import Judge, RewardModelJudge, RuleJudge
+from ..evaluation.judges import Judge
 from ..evaluation.metrics import kl_estimates
-from ..generation import Generations, generate
+from ..expdir import (
+    BASELINES,
+    ExperimentDir,
+    PreparedDir,
+    baseline_intact,
+    columns,
+    generation_rows,
+    make_judge,
+    read_baseline,
+    write_baseline,
+)
+from ..generation import generate
+from ..generation_vllm import engine_sampler
 from ..logprobs import sequence_logps
-from ..models import ModelRef, load_model, load_tokenizer
+from ..models import ModelRef, load_tokenizer
 from ..plan import STUDIES, scoring_needs
 from ..precision import regime_for
 from ..reference import ReferenceEngine, ReferenceScorer, similarity
-from ..store import (
-    atomic_dir,
-    atomic_write_json,
-    atomic_write_jsonl,
-    content_hash,
-    file_hash,
-    locked,
-    read_json,
-    read_jsonl,
-)
+from ..store import atomic_dir, atomic_write_json, content_hash, locked, read_json
 from ..ui import console
 from ..validate import Models, resolve_models
 
 PREPARE_VERSION = "3"  # bump when what prepare writes changes, so old directories are rebuilt (3: strength)
-
-
-def columns(name: str, unconditional: bool) -> tuple[str, str]:
-    """The (chosen, rejected) column names of one reference scoring pass in prepared/pairs."""
-    prefix = "p_lm" if unconditional else f"ref:{name}"
-    return f"{prefix}:chosen", f"{prefix}:rejected"
-
-
-def make_judge(exp: Experiment, judge_model: ModelRef | None) -> Judge:
-    rule = data.judge_scorer(exp)
-    if rule is not None:
-        return RuleJudge(*rule)
-    return RewardModelJudge(judge_model, exp.judge.batch_size, exp.train.precision)
 
 
 def prepare_key(exp: Experiment, models: Models, study: str) -> str:
@@ -79,68 +68,24 @@ def prepare_key(exp: Experiment, models: Models, study: str) -> str:
     )
 
 
-def write_generations(path: Path, gens: Generations, rewards: list[float], extra: dict | None = None) -> None:
-    """One judged sample per line; `extra` (name -> one value per sample) adds columns."""
-    extra = extra or {}
-    rows = [
-        {**row, "reward": r, **{k: v[i] for k, v in extra.items()}}
-        for i, (row, r) in enumerate(zip(gens.rows(), rewards))
-    ]
-    atomic_write_jsonl(path, rows)
-
-
-def engine_sampler(exp: Experiment, location: str, tokenizer, bf16: bool):
-    """The vLLM sampler of the model in `location` under `eval.engine: vllm`, else None (transformers' generate)."""
-    if exp.eval.engine != "vllm":
-        return None
-    from ..generation_vllm import VllmSampler
-
-    return VllmSampler(location, tokenizer, bf16)
-
-
-def baseline(exp: Experiment, exp_dir: Path, name: str, prompts: list, policy: ModelRef, judge: Judge) -> None:
+def baseline(exp: Experiment, exp_dir: ExperimentDir, name: str, prompts: list, policy: ModelRef, judge: Judge) -> None:
     """The SFT model's samples (baseline seed) on `prompts`, judged once per experiment, judge and config."""
     regime = regime_for(policy, exp.train.precision)
     key = content_hash([policy.fingerprint, regime.key, exp.eval.model_dump(), judge.key, prompts])
-    path, meta_path = exp_dir / "baseline" / f"{name}.jsonl", exp_dir / "baseline" / f"{name}.meta.json"
-    if not baseline_intact(exp_dir, name, key):
-        seed, tokenizer = exp.eval.baseline_seed, load_tokenizer(policy)
-        sample = engine_sampler(exp, policy.location, tokenizer, regime.bf16_weights)
-        model = load_model(policy, bf16=regime.bf16_weights) if sample is None else None
-        with regime.autocast():
-            gens = (sample or partial(generate, model, tokenizer))(
-                prompts, sampling(exp.eval), seed, desc=f"sampling SFT ({name})"
-            )
-        if sample is not None:
-            sample.close()
-        del model
-        rewards = judge.rewards(gens.prompts, gens.responses, gens.ended).tolist()
-        write_generations(path, gens, rewards)
-        atomic_write_json(meta_path, {"key": key, "policy": exp.policy, "seed": seed, "sha256": file_hash(path, 64)})
-
-
-def baseline_intact(exp_dir: Path, name: str, key: str | None = None) -> bool:
-    """Whether a baseline file is there with the checksum its meta file recorded (and, given, the content key); a
-    changed one is named in one line (the caller samples it again)."""
-    path, meta_path = exp_dir / "baseline" / f"{name}.jsonl", exp_dir / "baseline" / f"{name}.meta.json"
-    if not (path.is_file() and meta_path.is_file()):
-        return False
-    try:
-        meta = read_json(meta_path)
-    except ValueError:
-        meta = {}
-    if key is not None and meta.get("key") != key:
-        return False
-    if meta.get("sha256") != file_hash(path, 64):
-        console.print(f"[yellow]baseline {path} does not match its checksum; sampling it again")
-        return False
-    return True
-
-
-def read_baseline(exp_dir: Path, name: str) -> PromptSet:
-    """The prompts of one baseline file and the SFT baseline's judged rewards and lengths on them."""
-    rows = read_jsonl(exp_dir / "baseline" / f"{name}.jsonl")
-    return PromptSet([r["prompt"] for r in rows], [r["reward"] for r in rows], [r["length"] for r in rows])
+    if baseline_intact(exp_dir, name, key):
+        return
+    seed, tokenizer = exp.eval.baseline_seed, load_tokenizer(policy)
+    sample = engine_sampler(exp.eval.engine, policy.location, tokenizer, regime.bf16_weights)
+    model = regime.load(policy) if sample is None else None
+    with regime.autocast():
+        gens = (sample or partial(generate, model, tokenizer))(
+            prompts, sampling(exp.eval), seed, desc=f"sampling SFT ({name})"
+        )
+    if sample is not None:
+        sample.close()
+    del model
+    rewards = judge.rewards(gens.prompts, gens.responses, gens.ended).tolist()
+    write_baseline(exp_dir, name, generation_rows(gens, rewards), {"key": key, "policy": exp.policy, "seed": seed})
 
 
 def _print_counts(split: str, report, engine: ReferenceEngine, dropped: int) -> None:
@@ -187,7 +132,7 @@ def _strength(exp: Experiment, ref: ModelRef, prompts: list, judge: Judge, basel
     """The reference's own win rate against the SFT baseline: its samples (its tokenizer and chat template, the
     evaluation's sampling and seed) on the test prompts, judged as a policy's are."""
     regime = regime_for(ref, exp.train.precision)
-    model, tokenizer = load_model(ref, bf16=regime.bf16_weights), load_tokenizer(ref)
+    model, tokenizer = regime.load(ref), load_tokenizer(ref)
     with regime.autocast():
         gens = generate(model, tokenizer, prompts, sampling(exp.eval), exp.eval.seed, desc=f"sampling {ref.spec}")
     del model
@@ -195,7 +140,7 @@ def _strength(exp: Experiment, ref: ModelRef, prompts: list, judge: Judge, basel
 
 
 def _similarity(
-    exp: Experiment, exp_dir: Path, models: Models, pairs, engine: ReferenceEngine, tokenizer, judge
+    exp: Experiment, exp_dir: ExperimentDir, models: Models, pairs, engine: ReferenceEngine, tokenizer, judge
 ) -> dict:
     """For each reference: how alike it is to the SFT policy before any training: on the training pairs, per policy
     token (`similarity`), and as KL(SFT || ref) estimated on the SFT policy's own samples at temperature 1 on the test
@@ -209,7 +154,7 @@ def _similarity(
         return engine.pair_scores(ref, pairs, tokenizer, *args)["train"]
 
     regime = regime_for(models.policy, exp.train.precision)
-    model = load_model(models.policy, bf16=regime.bf16_weights)
+    model = regime.load(models.policy)
     with regime.autocast():
         kl_sampling = sampling(exp.eval, temperature=1.0, top_p=1.0)
         gens = generate(model, tokenizer, prompts, kl_sampling, exp.eval.baseline_seed + 1, desc="sampling SFT for KL")
@@ -227,24 +172,23 @@ def _similarity(
     return out
 
 
-def prepare(exp: Experiment, exp_dir: Path, study: str, models: Models | None = None) -> dict:
+def prepare(exp: Experiment, exp_dir: ExperimentDir, study: str, models: Models | None = None) -> dict:
     """Write everything the runs of `exp` read (see the module docstring), under the experiment's prepare lock: a
     second process waits, then reuses what the first wrote. `models`: resolved already (`resolve_models`). Returns
     what it did: `status` (built or reused) and the reference scoring passes computed and served from the cache."""
     models = models or resolve_models(exp)
-    with locked(exp_dir / "prepared", on_wait=console.print):
+    with locked(exp_dir.prepared, on_wait=console.print):
         return _prepare(exp, exp_dir, study, models)
 
 
-def _prepare(exp: Experiment, exp_dir: Path, study: str, models: Models) -> dict:
+def _prepare(exp: Experiment, exp_dir: ExperimentDir, study: str, models: Models) -> dict:
     key = prepare_key(exp, models, study)
-    root = exp_dir / "prepared"
-    written = [root / "plan.json"] + ([exp_dir / "similarity.json"] if STUDIES[study].similarity else [])
-    intact = intact_dir(root, "prepared data")  # first: a damaged plan.json is never read
-    same_key = intact and all(p.is_file() for p in written) and read_json(root / "plan.json").get("key") == key
-    baselines = all([baseline_intact(exp_dir, "test"), baseline_intact(exp_dir, "validation")])
+    written = [exp_dir.plan] + ([exp_dir.similarity] if STUDIES[study].similarity else [])
+    intact = intact_dir(exp_dir.prepared, "prepared data")  # first: a damaged plan.json is never read
+    same_key = intact and all(p.is_file() for p in written) and read_json(exp_dir.plan).get("key") == key
+    baselines = all([baseline_intact(exp_dir, name) for name in BASELINES])
     if same_key and baselines:
-        console.print(f"prepared inputs reused: {root}")
+        console.print(f"prepared inputs reused: {exp_dir.prepared}")
         return {"status": "reused", "computed": 0, "from_cache": 0}
     tokenizer = load_tokenizer(models.policy)
     loaded = data.load_data(exp, models.world, models.policy, tokenizer)
@@ -260,7 +204,7 @@ def _prepare(exp: Experiment, exp_dir: Path, study: str, models: Models) -> dict
         baseline(exp, exp_dir, name, prompt_list, models.policy, judge)
     if STUDIES[study].similarity:
         sims = _similarity(exp, exp_dir, models, pairs, engine, tokenizer, judge)
-        atomic_write_json(exp_dir / "similarity.json", sims)
+        atomic_write_json(exp_dir.similarity, sims)
     plan = {
         "key": key,
         "models": models.as_dict(),
@@ -268,7 +212,8 @@ def _prepare(exp: Experiment, exp_dir: Path, study: str, models: Models) -> dict
         "prompts": loaded.prompt_counts,  # test and validation prompts: disjoint, and how
         "reference_scoring": {"computed": engine.computed, "from_cache": engine.cached},
     }
-    with atomic_dir(root, replace=True) as tmp:
-        pairs.save_to_disk(str(tmp / "pairs"))
-        atomic_write_json(tmp / "plan.json", plan)
+    with atomic_dir(exp_dir.prepared, replace=True) as tmp:
+        staged = PreparedDir(tmp)
+        pairs.save_to_disk(str(staged.pairs))
+        atomic_write_json(staged.plan, plan)
     return {"status": "built", "computed": engine.computed, "from_cache": engine.cached}

@@ -1,0 +1,162 @@
+"""Every name inside an experiment directory, in one place: no other module joins a path under one.
+
+<exp_dir>/experiment.yaml      the experiment as validated (what every later stage and process reads)
+          command.json         the study command that made the directory, its argv (and tune-beta's settings)
+          prepared/plan.json   prepare's record: resolved models, tokenization counts, its content key
+          prepared/pairs/      the tokenized pairs with one pair of columns per reference scoring pass
+          baseline/NAME.jsonl  the SFT baseline's judged samples on the test / validation prompts (+ NAME.meta.json)
+          similarity.json      how alike each reference is to the policy (swap-reference)
+          <run_id>/            one run (RunDir)
+          results.{csv,md,json,png}, frontier.png, similarity.png, report.html   the report
+          logs/<run_id>.log    a run's output under the local and accelerate launchers
+          slurm/               the slurm launcher's job files and logs (unless launch.slurm.folder)
+          tune/                tune-beta's Optuna journal and trial links; tune.json, tune.md its summary
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPORT_FILES = ("results.csv", "results.md", "results.json", "results.png", "frontier.png", "similarity.png")
+REPORT_FILES += ("report.html",)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run's directory: what run-one writes there (see stages/run.py) and what the report reads back."""
+
+    root: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.root.name
+
+    @property
+    def spec(self) -> Path:  # run.yaml: the run's spec and config hash
+        return self.root / "run.yaml"
+
+    @property
+    def status(self) -> Path:  # status.json: running -> done | degenerate | stopped | diverged | failed | interrupted
+        return self.root / "status.json"
+
+    @property
+    def metrics(self) -> Path:  # metrics.json: training history and the evaluation
+        return self.root / "metrics.json"
+
+    @property
+    def generations(self) -> Path:  # the policy's judged samples on the test prompts, with their KL log-ratios
+        return self.root / "generations.jsonl"
+
+    @property
+    def validation(self) -> Path:  # its judged samples on the validation prompts
+        return self.root / "validation.jsonl"
+
+    @property
+    def ranking(self) -> Path:  # per validation pair: implicit rewards and log-probs
+        return self.root / "ranking.jsonl"
+
+    @property
+    def model_outputs(self) -> Path:  # the test samples in AlpacaEval's format
+        return self.root / "model_outputs.json"
+
+    @property
+    def annotations(self) -> Path:  # AlpacaEval annotations imported for the run (dporef import-annotations)
+        return self.root / "alpaca_eval.json"
+
+    @property
+    def policy(self) -> Path:  # the trained policy (under LoRA its adapter)
+        return self.root / "policy"
+
+    @property
+    def trainer(self) -> Path:  # checkpoints while it trains, for a rerun to resume from
+        return self.root / "trainer"
+
+    @property
+    def analysis(self) -> Path:  # dporef analyze: tokens.csv, tokens.md, histogram.png
+        return self.root / "analysis"
+
+    def analysis_file(self, name: str) -> Path:
+        return self.analysis / name
+
+
+@dataclass(frozen=True)
+class PreparedDir:
+    """prepare's outputs, sealed as one directory (store.atomic_dir): built in a temporary one, then renamed."""
+
+    root: Path
+
+    @property
+    def plan(self) -> Path:  # the resolved models, tokenization counts, the content key it was built for
+        return self.root / "plan.json"
+
+    @property
+    def pairs(self) -> Path:  # the tokenized pairs with their reference columns (datasets.save_to_disk)
+        return self.root / "pairs"
+
+
+@dataclass(frozen=True)
+class ExperimentDir:
+    """An experiment's results directory (`--out/<name>`), shared by every stage, process and job of a study."""
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    def run(self, run_id: str) -> RunDir:
+        return RunDir(self.root / run_id)
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "experiment.yaml"
+
+    @property
+    def command(self) -> Path:
+        return self.root / "command.json"
+
+    @property
+    def prepared(self) -> Path:  # sealed as one directory (store.atomic_dir): plan.json and pairs/
+        return self.root / "prepared"
+
+    @property
+    def plan(self) -> Path:
+        return PreparedDir(self.prepared).plan
+
+    @property
+    def pairs(self) -> Path:
+        return PreparedDir(self.prepared).pairs
+
+    def baseline(self, name: str) -> Path:  # name: test or validation
+        return self.root / "baseline" / f"{name}.jsonl"
+
+    def baseline_meta(self, name: str) -> Path:  # its content key and checksum
+        return self.root / "baseline" / f"{name}.meta.json"
+
+    @property
+    def similarity(self) -> Path:
+        return self.root / "similarity.json"
+
+    def result(self, name: str) -> Path:
+        """A report file (REPORT_FILES)."""
+        if name not in REPORT_FILES:
+            raise ValueError(f"{name} is not a report file ({', '.join(REPORT_FILES)})")
+        return self.root / name
+
+    def log(self, run_id: str) -> Path:
+        return self.root / "logs" / f"{run_id}.log"
+
+    @property
+    def slurm(self) -> Path:
+        return self.root / "slurm"
+
+    @property
+    def tune_journal(self) -> Path:  # tune-beta's Optuna study (a JournalFileBackend log)
+        return self.root / "tune" / "optuna.journal"
+
+    @property
+    def tune_trials(self) -> Path:  # tune-beta: run id -> trial
+        return self.root / "tune" / "trials.json"
+
+    def tune_summary(self, suffix: str) -> Path:  # tune.json or tune.md
+        return self.root / f"tune.{suffix}"
