@@ -62,13 +62,13 @@ def test_set_overrides_nested_keys_and_list_items(tmp_path):
 @pytest.mark.parametrize(
     "data, where, says",
     [
-        (base() | {"trian": {}}, "exp.yaml: trian", "unknown key; allowed: name, world"),
+        (base() | {"trian": {}}, "exp.yaml: trian", "unknown key; did you mean train? allowed: name, world"),
         (
             base() | {"train": {"learning_rat": 1}},
             "exp.yaml: train.learning_rat",
-            "unknown key; allowed: learning_rate",
+            "unknown key; did you mean learning_rate? allowed: learning_rate",
         ),
-        (base() | {"train": {"batch_size": "big"}}, "exp.yaml: train.batch_size", "valid integer"),
+        (base() | {"train": {"batch_size": "big"}}, "exp.yaml: train.batch_size", "an integer, got a string ('big')"),
         ({"name": "t", "objectives": [{"name": "dpo", "betas": [0.1, -1]}]}, "objectives.0.betas", "> 0"),
         (
             {"name": "t", "objectives": [{"name": "dop", "betas": [0.1]}]},
@@ -156,3 +156,13 @@ def test_extends_errors_name_the_file_that_is_wrong(tmp_path):
     with pytest.raises(UserError) as bad:
         load_experiment(a)
     assert bad.value.where == f"{b}: train.learning_rate"
+    # a list the child replaces is the child's, whatever the base's list held
+    b.write_text(yaml.safe_dump(base()))
+    a.write_text("extends: b.yaml\nobjectives: [{name: dpo, beta: [0.1]}]\n")
+    with pytest.raises(UserError) as typo:
+        load_experiment(a)
+    assert typo.value.where == f"{a}: objectives.0.beta" and "did you mean betas?" in typo.value.message
+    # a bad value from --set is the --set's, not the file's that held a good one
+    with pytest.raises(UserError) as bad_set:
+        load_experiment(b, ["train.learning_rate=0"])
+    assert bad_set.value.where == "--set train.learning_rate=0"

@@ -14,7 +14,8 @@ SBATCH_VALUE = str | int | float | bool
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # as config.schema.Strict: no unknown key, no NaN, strict types (a boolean or a string is never a number)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, strict=True)
 
 
 class AccelerateConfig(_Strict):

@@ -1,4 +1,4 @@
-"""The YAML experiment as pydantic models: unknown keys rejected, ranges checked.
+"""The YAML experiment as pydantic models: unknown keys rejected, types strict, ranges checked.
 
 Every field's `description` is its documentation: the README's YAML reference and `dporef ... --help` are built from
 the same text.
@@ -23,8 +23,10 @@ MOVING_DEFAULTS = {"alpha": 0.6, "sync_steps": 512}  # TRL's ref_model_mixup_alp
 
 
 class Strict(BaseModel):
-    # a NaN or infinite number is never a setting (quoted ones included: pydantic would parse "nan")
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # a NaN or infinite number is never a setting (quoted ones included: pydantic would parse "nan"); types are
+    # strict: a boolean or a string is never a number (`true` is not 1, "3" not 3), a number never a boolean; an
+    # integer is still a float (`learning_rate: 1`)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, strict=True)
 
 
 class ReferenceConfig(Strict):

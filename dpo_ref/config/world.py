@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class WorldConfig(BaseModel):
     """Everything a world is built from; its hash (with WORLD_VERSION) names the world's cache directory."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # a boolean or a string is never a number
 
     seed: int = Field(0, description="Seed of every random choice: prompts, demonstrations, init, samples, labels.")
     n_train_pairs: int = Field(4096, ge=1, description="Preference pairs in the train split.")
