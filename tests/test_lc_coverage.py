@@ -47,7 +47,7 @@ def test_pseudo_values_carry_the_sandwich_variance_and_the_one_step_mean():
     q, policy, base = glm_sample(np.random.default_rng(3), 40, 100, 0.8, 0.5, ties=True)
     d = base - policy
     x = np.column_stack([np.tanh(d / d.std(ddof=1)), np.ones(40)])
-    w = glm_fit(x, q, np.ones(40))
+    w = glm_fit(x, q, np.ones(40)).w
     cov, step = hand_sandwich(x, q, w)
     lc = sigmoid(w[1])
     pseudo = lc_pseudo_values(q, policy, base)

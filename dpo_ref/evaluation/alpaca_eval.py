@@ -25,17 +25,16 @@ import numpy as np
 from ..errors import UserError
 from ..store import atomic_write_json
 from .estimators import win_rate_interval
-from .lc_minimal import lc_interval, lc_win_rate
+from .lc_minimal import LcFit
 from .lc_v1 import (
     DOWNLOAD,
     EVAL_SET_FILE,
     GAMED_FILE,
     EvalSet,
     Gamed,
+    LcFitV1,
     find_eval_set,
     find_gamed,
-    lc_interval_v1,
-    lc_win_rate_v1,
     read_eval_set,
     read_gamed,
     read_json_file,
@@ -97,6 +96,26 @@ def _win(value, where: str) -> float:
     return float(value) - 1.0
 
 
+# the text fields of an annotation row and whether each may be null (AlpacaEval's annotations.json)
+TEXT_FIELDS = {
+    "output_1": False,
+    "output_2": False,
+    "generator_2": False,
+    "generator_1": True,
+    "instruction": True,
+    "annotator": True,
+}
+
+
+def _check_types(row: dict, where: str) -> None:
+    """Each text field a string (or absent/null where allowed): a number or a list there is an error in the file."""
+    for key, nullable in TEXT_FIELDS.items():
+        value = row.get(key)
+        if not isinstance(value, str) and not (nullable and value is None):
+            allowed = "a string" + (" or null" if nullable else "")
+            raise UserError(f"{where}.{key}", f"{type(value).__name__} {value!r:.60} is not text; allowed: {allowed}")
+
+
 def _read(path: Path) -> list[Annotation]:
     rows = read_json_file(path, "annotations")
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
@@ -107,17 +126,15 @@ def _read(path: Path) -> list[Annotation]:
         missing = [k for k in NEEDED if k not in row]
         if missing:
             raise UserError(where, f"missing {', '.join(missing)}; annotation rows need {', '.join(NEEDED)}")
-        if not (isinstance(row["output_1"], str) and isinstance(row["output_2"], str)):
-            raise UserError(where, "output_1 and output_2 must be strings (the two responses)")
-        annotator = row.get("annotator")
+        _check_types(row, where)
         out.append(
             Annotation(
                 row.get("instruction"),
                 row["output_1"],
                 row["output_2"],
-                str(row.get("generator_1", "?")),
-                str(row["generator_2"]),
-                None if annotator is None else str(annotator),
+                row.get("generator_1") or "?",
+                row["generator_2"],
+                row.get("annotator"),
                 _win(row["preference"], where),
                 Path(path).resolve(),
             )
@@ -149,11 +166,13 @@ def length_controlled(rows: list[Annotation], gamed: Gamed | None, eval_set: Eva
             order = sorted(range(len(rows)), key=indices.__getitem__)
             wins, len_2, len_1 = _columns([rows[i] for i in order])
             difficulty = [gamed.difficulty[indices[i]] for i in order]
-            lo, hi = lc_interval_v1(wins, len_2, len_1, gamed, difficulty)
+            fit = LcFitV1.of(wins, len_2, len_1, gamed, difficulty)
+            lo, hi = fit.interval()
             return {
-                "lc_win_rate": lc_win_rate_v1(wins, len_2, len_1, gamed, difficulty),
+                "lc_win_rate": fit.estimate,
                 "lc_win_rate_lo": lo,
                 "lc_win_rate_hi": hi,
+                "lc_converged": fit.converged,  # False: liblinear stopped at its iteration limit in the final fit
                 "lc_method": "v1",
                 "lc_data": str(gamed.path),
             }
@@ -162,11 +181,13 @@ def length_controlled(rows: list[Annotation], gamed: Gamed | None, eval_set: Eva
             f"lacks or {gamed.path} gives no difficulty, e.g. {unplaced[0].instruction!r:.80}"
         )
     wins, len_2, len_1 = _columns(rows)
-    lo, hi = lc_interval(wins, len_2, len_1)
+    fit = LcFit.of(wins, len_2, len_1)
+    lo, hi = fit.interval()
     return {
-        "lc_win_rate": lc_win_rate(wins, len_2, len_1),
+        "lc_win_rate": fit.estimate,
         "lc_win_rate_lo": lo,
         "lc_win_rate_hi": hi,
+        "lc_converged": fit.converged,
         "lc_method": "minimal",
         "lc_note": note,
     }

@@ -12,10 +12,11 @@ The GLM is
 
     logit q_i = phi * tanh(std_delta_len_i) + psi * instruction_difficulty_i + theta * not_gamed_baseline_i
 
-(the model's rows: std_delta_len = (len(output_1) - len(output_2)) / its sample s.d., in characters; not_gamed 1),
-fitted by lc_minimal.glm_fit on the model's judged rows (weight 1) and the gamed baselines' rows (weight
-0.2 / 2 each: AlpacaEval's regularize_to_baseline_lambda, split over its two gamed baselines). LC is the mean over the
-model's rows (judged or not) of sigmoid(psi * difficulty_i + theta).
+(the model's rows: std_delta_len = (len(output_1) - len(output_2)) / its sample s.d., in characters, a zero s.d. as
+lc_minimal.tanh_std_delta says; not_gamed 1), fitted by lc_minimal.glm_fit on the model's judged rows (weight 1) and
+the gamed baselines' rows (weight 0.2 / 2 each: AlpacaEval's regularize_to_baseline_lambda, split over its two gamed
+baselines). LC is the mean over the model's rows (judged or not) of sigmoid(psi * difficulty_i + theta). LcFitV1
+says how degenerate samples (every prompt lost or won, fewer than 5, identical lengths) come out.
 
 df_gamed.csv knows instructions by `index` only, their place in AlpacaEval's eval set. AlpacaEval takes a row's place
 in the annotations for that index (`df_annotations.reset_index()`), right only for a complete file in eval-set order.
@@ -147,35 +148,60 @@ def _number(text: str) -> float:
     return math.nan if low == "" else float(low)
 
 
-def _fit(preference, policy_lengths, baseline_lengths, gamed: Gamed, difficulty) -> tuple:
-    """(rows, preferences, weights, coefficients) of AlpacaEval's v1 fit: the gamed rows, then the judged rows."""
-    q = np.asarray(preference, dtype=np.float64)
-    x = np.column_stack([tanh_std_delta(baseline_lengths, policy_lengths), difficulty, np.ones_like(q)])
-    judged = ~np.isnan(q)
-    rows, prefs = np.vstack([gamed.x, x[judged]]), np.concatenate([gamed.q, q[judged]])
-    weights = np.concatenate([np.full(len(gamed.q), REGULARIZE_TO_BASELINE / 2), np.ones(int(judged.sum()))])
-    return rows, prefs, weights, glm_fit(rows, prefs, weights)
+@dataclass(frozen=True)
+class LcFitV1:
+    """One fit of AlpacaEval's v1 GLM: the gamed rows then the model's judged rows (`rows`, `prefs`, `weights`), its
+    coefficients (phi, psi, theta) and the difficulty of each of the model's rows (judged or not). `estimate` is
+    `length_controlled_v1`, `interval()` its 95% interval, `converged` False when liblinear's final fit stopped at its
+    iteration limit (lc_minimal.GlmFit). The gamed baselines keep the fit finite where the minimal GLM's is not
+    (every preference a loss or a win: AlpacaEval's near-0 and near-1 values, which dporef matches) and let it run
+    below 5 judged rows. Where AlpacaEval raises, dporef defines the value as lc_minimal.py's docstring says for the
+    length term: 0 for identical lengths or a single row, so the fit reads the other terms."""
+
+    rows: np.ndarray
+    prefs: np.ndarray
+    weights: np.ndarray
+    w: np.ndarray
+    difficulty: np.ndarray
+    converged: bool
+
+    @classmethod
+    def of(cls, preference, policy_lengths, baseline_lengths, gamed: Gamed, difficulty) -> LcFitV1:
+        q = np.asarray(preference, dtype=np.float64)
+        difficulty = np.asarray(difficulty, dtype=np.float64)
+        x = np.column_stack([tanh_std_delta(baseline_lengths, policy_lengths), difficulty, np.ones_like(q)])
+        judged = ~np.isnan(q)
+        rows, prefs = np.vstack([gamed.x, x[judged]]), np.concatenate([gamed.q, q[judged]])
+        weights = np.concatenate([np.full(len(gamed.q), REGULARIZE_TO_BASELINE / 2), np.ones(int(judged.sum()))])
+        fit = glm_fit(rows, prefs, weights)
+        return cls(rows, prefs, weights, fit.w, difficulty, fit.converged)
+
+    @property
+    def estimate(self) -> float:
+        return float(np.mean(sigmoid(self.w[1] * self.difficulty + self.w[2])))
+
+    def interval(self) -> tuple[float, float]:
+        """95% interval of the estimate by the delta method: its gradient in (phi, psi, theta) times the sandwich of
+        every fitted row (gamed rows with their weights), on the logit scale of the LC, with the small-sample handling
+        of lc_minimal.lc_interval (one-step correction of the L1 shrinkage, HC3, t). An LC saturated to 0 or 1 in
+        floating point has no spread left to estimate: the point itself."""
+        fitted = sigmoid(self.w[1] * self.difficulty + self.w[2])
+        lc, slope = fitted.mean(), fitted * (1 - fitted)
+        if not 0 < lc < 1:
+            return float(lc), float(lc)
+        gradient = np.array([0.0, np.mean(slope * self.difficulty), np.mean(slope)]) / (lc * (1 - lc))  # of logit(LC)
+        spread = sandwich(self.rows, self.prefs, self.weights, self.w)
+        return logit_interval(
+            math.log(lc / (1 - lc)), spread.shift @ gradient, spread.se(spread.terms @ gradient), spread.dof
+        )
 
 
 def lc_win_rate_v1(preference, policy_lengths, baseline_lengths, gamed: Gamed, difficulty) -> float:
     """`length_controlled_v1` in [0, 1]: preference in [0, 1] per row (NaN: unjudged), lengths in characters,
     `difficulty` each row's instruction difficulty (df_gamed's, by the row's eval-set index)."""
-    w = _fit(preference, policy_lengths, baseline_lengths, gamed, difficulty)[3]
-    return float(np.mean(sigmoid(w[1] * np.asarray(difficulty) + w[2])))
+    return LcFitV1.of(preference, policy_lengths, baseline_lengths, gamed, difficulty).estimate
 
 
 def lc_interval_v1(preference, policy_lengths, baseline_lengths, gamed: Gamed, difficulty) -> tuple[float, float]:
-    """95% interval of `lc_win_rate_v1` by the delta method: its gradient in (phi, psi, theta) times the sandwich of
-    every fitted row (gamed rows with their weights), on the logit scale of the LC, with the small-sample handling
-    of lc_minimal.lc_interval (one-step correction of the L1 shrinkage, HC3, t)."""
-    rows, prefs, weights, w = _fit(preference, policy_lengths, baseline_lengths, gamed, difficulty)
-    difficulty = np.asarray(difficulty, dtype=np.float64)
-    fitted = sigmoid(w[1] * difficulty + w[2])
-    lc, slope = fitted.mean(), fitted * (1 - fitted)
-    if not 0 < lc < 1:  # saturated in floating point: no spread left to estimate
-        return float(lc), float(lc)
-    gradient = np.array([0.0, np.mean(slope * difficulty), np.mean(slope)]) / (lc * (1 - lc))  # of logit(LC)
-    spread = sandwich(rows, prefs, weights, w)
-    return logit_interval(
-        math.log(lc / (1 - lc)), spread.shift @ gradient, spread.se(spread.terms @ gradient), spread.dof
-    )
+    """95% interval of `lc_win_rate_v1` (LcFitV1.interval)."""
+    return LcFitV1.of(preference, policy_lengths, baseline_lengths, gamed, difficulty).interval()
