@@ -221,18 +221,20 @@ def analyze(
     run_dir: Annotated[
         Path, typer.Argument(help="A finished training run, e.g. runs/rq1_sweep_beta/dpo-sft-b0.01-s0.")
     ],
-    min_count: Annotated[int, typer.Option(help="Only list vocabulary items seen at least this many times.")] = 100,
-    top: Annotated[int, typer.Option(help="How many most up- and down-weighted items to list.")] = 15,
+    min_count: Annotated[
+        int, typer.Option(min=1, help="Only list vocabulary items seen at least this many times.")
+    ] = 100,
+    top: Annotated[int, typer.Option(min=1, help="How many most up- and down-weighted items to list.")] = 15,
 ) -> None:
     """Token-level log p_theta/p_ref over validation responses, averaged per vocabulary item: histogram and most moved tokens, EOS singled out."""  # noqa: E501
 
     def body() -> None:
-        from .expdir import RunDir
+        from .expdir import ExperimentDir
         from .stages.report import analyze_run
         from .ui import stdout
 
         quiet_libraries()
-        run = RunDir(run_dir)
+        run = ExperimentDir(run_dir.parent).run(run_dir.name)  # a run inside its experiment: no link followed
         summary = analyze_run(run, min_count, top)
         stdout.print(run.analysis_file("tokens.md").read_text(), markup=False)
         stdout.print(f"{summary['items']} vocabulary items; files in {run.analysis}", markup=False)

@@ -9,6 +9,7 @@ running is skipped, then waited for before the report, so two commands on one di
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import data, launch
@@ -25,6 +26,16 @@ from .validate import Models, check_inputs
 def read_experiment(path: Path, overrides: list[str]) -> Experiment:
     """The experiment file with its overrides, validated, with the data registry's cross-key checks."""
     return load_experiment(path, overrides, checks=[data.check_source, data.check_judge])
+
+
+@contextmanager
+def said_if_interrupted(what: str, resume: str):
+    """Ctrl-C or SIGTERM during `what`: one line saying so and how to resume, then stop as before (exit 130 / 143)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/] while {what}; {resume}", soft_wrap=True)
+        raise
 
 
 def run_experiment(
@@ -49,7 +60,9 @@ def run_experiment(
     prepared = {"status": "skipped", "computed": 0, "from_cache": 0}
     t_prepare = time.time()
     if pending or prepare_only or needs_similarity:
-        prepared = prepare(exp, exp_dir, study, models)
+        resume = "run the same command again: prepare reuses every reference score, baseline and model it finished"
+        with said_if_interrupted(f"preparing {exp_dir.root}", resume):
+            prepared = prepare(exp, exp_dir, study, models)
     t_runs = time.time()
     if prepare_only:
         root = exp_dir.root
@@ -63,7 +76,8 @@ def run_experiment(
     stage_seconds = stages | {"total (report excluded)": time.time() - t_start}
     extra = {"reference_scoring": scoring, "prepared": prepared["status"], "wall_seconds": time.time() - t_start}
     extra["stage_seconds"] = stage_seconds
-    report(exp_dir, exp, study, data.describe_judge(exp), extra=extra)
+    with said_if_interrupted("writing the report", f"`dporef report {exp_dir.root}` rebuilds it from the runs"):
+        report(exp_dir, exp, study, data.describe_judge(exp), extra=extra)
     console.print(
         f"reference scoring passes: {scoring['computed']} computed, {scoring['from_cache']} from cache; "
         f"{len(runs) - len(pending)} of {len(runs)} runs already done; "

@@ -11,6 +11,9 @@
           logs/<run_id>.log    a run's output under the local and accelerate launchers
           slurm/               the slurm launcher's job files and logs (unless launch.slurm.folder)
           tune/                tune-beta's Optuna journal and trial links; tune.json, tune.md its summary
+
+Every path is built by `inside`, which follows no symbolic link below the directory's root: a run directory linked to
+another experiment's run would otherwise be written through (the root itself may be a link, e.g. to a scratch disk).
 """
 
 from __future__ import annotations
@@ -18,8 +21,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
+
 REPORT_FILES = ("results.csv", "results.md", "results.json", "results.png", "frontier.png", "similarity.png")
 REPORT_FILES += ("report.html",)
+
+
+def inside(root: Path, *parts: str) -> Path:
+    """`root / parts`, each part a plain name and no step below `root` a symbolic link (one line otherwise)."""
+    path = Path(root)
+    for part in parts:
+        if part in ("", ".", "..") or "/" in part or "\\" in part:
+            raise UserError(str(root), f"{part!r} is not a name inside the results directory")
+        path = path / part
+        if path.is_symlink():
+            raise UserError(
+                str(path),
+                "is a symbolic link; dporef follows no link inside a results directory (it could read or write "
+                "another experiment's files): replace it with a directory or file of its own, or remove it",
+            )
+    return path
 
 
 @dataclass(frozen=True)
@@ -34,50 +55,50 @@ class RunDir:
 
     @property
     def spec(self) -> Path:  # run.yaml: the run's spec and config hash
-        return self.root / "run.yaml"
+        return inside(self.root, "run.yaml")
 
     @property
     def status(self) -> Path:  # status.json: running -> done | degenerate | stopped | diverged | failed | interrupted
-        return self.root / "status.json"
+        return inside(self.root, "status.json")
 
     @property
     def metrics(self) -> Path:  # metrics.json: training history and the evaluation
-        return self.root / "metrics.json"
+        return inside(self.root, "metrics.json")
 
     @property
     def generations(self) -> Path:  # the policy's judged samples on the test prompts, with their KL log-ratios
-        return self.root / "generations.jsonl"
+        return inside(self.root, "generations.jsonl")
 
     @property
     def validation(self) -> Path:  # its judged samples on the validation prompts
-        return self.root / "validation.jsonl"
+        return inside(self.root, "validation.jsonl")
 
     @property
     def ranking(self) -> Path:  # per validation pair: implicit rewards and log-probs
-        return self.root / "ranking.jsonl"
+        return inside(self.root, "ranking.jsonl")
 
     @property
     def model_outputs(self) -> Path:  # the test samples in AlpacaEval's format
-        return self.root / "model_outputs.json"
+        return inside(self.root, "model_outputs.json")
 
     @property
     def annotations(self) -> Path:  # AlpacaEval annotations imported for the run (dporef import-annotations)
-        return self.root / "alpaca_eval.json"
+        return inside(self.root, "alpaca_eval.json")
 
     @property
     def policy(self) -> Path:  # the trained policy (under LoRA its adapter)
-        return self.root / "policy"
+        return inside(self.root, "policy")
 
     @property
     def trainer(self) -> Path:  # checkpoints while it trains, for a rerun to resume from
-        return self.root / "trainer"
+        return inside(self.root, "trainer")
 
     @property
     def analysis(self) -> Path:  # dporef analyze: tokens.csv, tokens.md, histogram.png
-        return self.root / "analysis"
+        return inside(self.root, "analysis")
 
     def analysis_file(self, name: str) -> Path:
-        return self.analysis / name
+        return inside(self.root, "analysis", name)
 
 
 @dataclass(frozen=True)
@@ -88,11 +109,11 @@ class PreparedDir:
 
     @property
     def plan(self) -> Path:  # the resolved models, tokenization counts, the content key it was built for
-        return self.root / "plan.json"
+        return inside(self.root, "plan.json")
 
     @property
     def pairs(self) -> Path:  # the tokenized pairs with their reference columns (datasets.save_to_disk)
-        return self.root / "pairs"
+        return inside(self.root, "pairs")
 
 
 @dataclass(frozen=True)
@@ -105,19 +126,19 @@ class ExperimentDir:
         object.__setattr__(self, "root", Path(self.root))
 
     def run(self, run_id: str) -> RunDir:
-        return RunDir(self.root / run_id)
+        return RunDir(inside(self.root, run_id))
 
     @property
     def spec(self) -> Path:
-        return self.root / "experiment.yaml"
+        return inside(self.root, "experiment.yaml")
 
     @property
     def command(self) -> Path:
-        return self.root / "command.json"
+        return inside(self.root, "command.json")
 
     @property
     def prepared(self) -> Path:  # sealed as one directory (store.atomic_dir): plan.json and pairs/
-        return self.root / "prepared"
+        return inside(self.root, "prepared")
 
     @property
     def plan(self) -> Path:
@@ -128,35 +149,35 @@ class ExperimentDir:
         return PreparedDir(self.prepared).pairs
 
     def baseline(self, name: str) -> Path:  # name: test or validation
-        return self.root / "baseline" / f"{name}.jsonl"
+        return inside(self.root, "baseline", f"{name}.jsonl")
 
     def baseline_meta(self, name: str) -> Path:  # its content key and checksum
-        return self.root / "baseline" / f"{name}.meta.json"
+        return inside(self.root, "baseline", f"{name}.meta.json")
 
     @property
     def similarity(self) -> Path:
-        return self.root / "similarity.json"
+        return inside(self.root, "similarity.json")
 
     def result(self, name: str) -> Path:
         """A report file (REPORT_FILES)."""
         if name not in REPORT_FILES:
             raise ValueError(f"{name} is not a report file ({', '.join(REPORT_FILES)})")
-        return self.root / name
+        return inside(self.root, name)
 
     def log(self, run_id: str) -> Path:
-        return self.root / "logs" / f"{run_id}.log"
+        return inside(self.root, "logs", f"{run_id}.log")
 
     @property
     def slurm(self) -> Path:
-        return self.root / "slurm"
+        return inside(self.root, "slurm")
 
     @property
     def tune_journal(self) -> Path:  # tune-beta's Optuna study (a JournalFileBackend log)
-        return self.root / "tune" / "optuna.journal"
+        return inside(self.root, "tune", "optuna.journal")
 
     @property
     def tune_trials(self) -> Path:  # tune-beta: run id -> trial
-        return self.root / "tune" / "trials.json"
+        return inside(self.root, "tune", "trials.json")
 
     def tune_summary(self, suffix: str) -> Path:  # tune.json or tune.md
-        return self.root / f"tune.{suffix}"
+        return inside(self.root, f"tune.{suffix}")

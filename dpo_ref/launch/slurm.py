@@ -29,6 +29,10 @@ from ..validate import resolve_models
 from . import accelerate
 
 REPORT_MINUTES = 60  # the report reads files only: a short job without GPUs
+NO_SLURM = (
+    "slurm: no SLURM on this machine (`srun` not found); submit from a login node, or set launch.slurm.cluster: "
+    "local to try the jobs here"
+)
 
 
 def folder(cfg: SlurmConfig, exp_dir: ExperimentDir) -> Path:
@@ -46,6 +50,10 @@ def accelerate_processes(exp: Experiment) -> int:
 
 
 def check(exp: Experiment, source: str, installed: bool = True) -> None:
+    """Refuse, before anything is written, a setup the jobs cannot run: with `installed` (not a dry run), SLURM
+    itself must be here when the jobs go to it (submitit's SlurmExecutor.affinity is -1 without `srun`)."""
+    if installed and exp.launch.slurm.cluster == "slurm" and submitit.SlurmExecutor.affinity() < 0:
+        raise UserError(f"{source}: launch.launcher", NO_SLURM)
     if exp.launch.slurm.accelerate:
         accelerate.check(exp, source, installed, processes_=accelerate_processes(exp))
 
@@ -167,11 +175,7 @@ def _executor(cfg: SlurmConfig, where: Path, params: dict, source: str):
     try:
         executor = submitit.SlurmExecutor(folder=where)
     except RuntimeError:
-        raise UserError(
-            f"{source}: launch.launcher",
-            "slurm: no SLURM on this machine (`srun` not found); submit from a login node, or set "
-            "launch.slurm.cluster: local to try the jobs here",
-        ) from None
+        raise UserError(f"{source}: launch.launcher", NO_SLURM) from None  # srun gone since `check`
     executor.update_parameters(**params)
     return executor
 
