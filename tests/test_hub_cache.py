@@ -61,10 +61,13 @@ def test_model_hub_id_resolves_from_the_local_cache(hub, tmp_path):
 def test_hub_fingerprint_names_the_snapshot_commit(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("DPOREF_CACHE", str(tmp_path / "cache"))
     refs = {}
+    header = json.dumps({"w": {"dtype": "U8", "shape": [16384], "data_offsets": [0, 16384]}}).encode()
     for commit in (COMMIT, LATER):  # a second download of org/tiny moved refs/main; the files did not change
         path = snapshot(hub, "model", "org/tiny", commit)
         (path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 32}))
-        (path / "model.safetensors").write_bytes(bytes(range(256)) * 64)
+        make_tokenizer(64).save_pretrained(path)
+        weights = len(header).to_bytes(8, "little") + header + bytes(range(256)) * 64  # a whole safetensors file
+        (path / "model.safetensors").write_bytes(weights)
         refs[commit] = resolve("org/tiny")
     assert refs[COMMIT].location.endswith(COMMIT) and refs[LATER].location.endswith(LATER)
     assert refs[COMMIT].fingerprint != refs[LATER].fingerprint

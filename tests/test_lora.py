@@ -166,3 +166,20 @@ def test_analyze_reads_a_lora_policy(lora_run):
     assert rows[0] == "id,token,mean_log_ratio,count" and len(rows) > 10
     # the adapters moved the policy: some token's mean log-ratio to the SFT reference is not 0
     assert any(abs(float(r.split(",")[2])) > 1e-6 for r in rows[1:] if r.count(",") == 3)
+
+
+def test_an_adapter_that_does_not_fit_its_base_is_refused_in_one_line(tiny_world, tmp_path):
+    """An adapter whose modules its base does not have: peft's error is one UserError naming the adapter and its
+    base, not a traceback."""
+    from peft import LoraConfig, get_peft_model
+
+    adapter = tmp_path / "adapter"
+    get_peft_model(tiny_world.model("sft"), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"])).save_pretrained(
+        adapter
+    )
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["target_modules"] = ["no_such_proj"]
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="the adapter does not load on its base") as refused:
+        resolve(str(adapter), where="policy")
+    assert refused.value.where == "policy" and str(adapter) in refused.value.message

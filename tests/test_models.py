@@ -120,11 +120,22 @@ def test_init_errors(tmp_path):
         resolve(f"init:{tmp_path}")
 
 
+def safetensors_header(size: int, length: int = 128) -> bytes:
+    """The 8-byte length and JSON header (padded with spaces, as safetensors pads it) of a safetensors file of `size`
+    bytes holding one uint8 tensor: the bytes after the header."""
+    n = size - 8 - length
+    header = json.dumps({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}}).encode()
+    return length.to_bytes(8, "little") + header.ljust(length)
+
+
 def _large_model(path: Path, patch: bytes) -> Path:
-    """A model directory with LARGE sparse weights, `patch` written in their middle, its mtime an hour ago."""
+    """A model directory with LARGE sparse weights (a whole safetensors file: its header, then zeros), `patch`
+    written in their middle, its mtime an hour ago; with a tokenizer, as every model directory needs."""
     path.mkdir()
     (path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 4096}))
+    make_tokenizer(64).save_pretrained(path)
     with open(path / "model.safetensors", "wb") as f:
+        f.write(safetensors_header(LARGE))
         f.truncate(LARGE)
         f.seek(LARGE // 2)
         f.write(patch)

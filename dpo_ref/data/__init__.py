@@ -21,7 +21,7 @@ from pathlib import Path
 from datasets import DatasetDict
 
 from ..config import Experiment
-from ..errors import UserError
+from ..errors import UserError, excerpt
 from . import instructions
 from .tokenize import load_prompts, prompt_key, unique_prompts
 
@@ -183,6 +183,25 @@ def check_judge(exp: Experiment) -> tuple[str, str] | None:
 HELD_OUT_SEED = 0  # which of a validation split's prompts become test prompts (data.test_share of them)
 
 
+def check_judged(exp: Experiment, prompts: list) -> None:
+    """The `eval.prompts` are prompts the experiment's programmatic judge can score (the world's gold reward needs
+    world prompts `<task> <letters>`, the instruction checks text); a reward model reads any chat."""
+    judge = judge_scorer(exp)
+    if judge is None:
+        return
+    name, scorer = judge
+    for i, prompt in enumerate(prompts):
+        try:
+            scorer(prompt, "", True)
+        except (ValueError, TypeError, AttributeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(
+                "eval.prompts",
+                f"{exp.eval.prompts}: row {i + 1}: the {name} judge cannot score the prompt {excerpt(prompt, 40)} "
+                f"({first}); allowed: prompts of the experiment's data, or judge kind reward-model",
+            ) from None
+
+
 def held_out_prompts(pairs: DatasetDict, share: float, source_name: str) -> list:
     """A fixed random `share` of the validation split's distinct prompts, at least one and never all: the test
     prompts of data that come without held-out prompts of their own (`load_data` then removes their pairs from the
@@ -212,12 +231,20 @@ def load_data(exp: Experiment, world, policy, tokenizer) -> PreferenceData:
     user's own files can hold), not dropped."""
     loaded = source(exp).load(exp, world, policy, tokenizer)
     held_out = load_prompts(exp.eval.prompts) if exp.eval.prompts else loaded.eval_prompts
+    if exp.eval.prompts:
+        check_judged(exp, held_out)
     test = held_out[: exp.eval.n_prompts] if exp.eval.n_prompts else held_out
     held = {prompt_key(p) for p in held_out}
     validation = loaded.pairs["validation"]
     keep = [i for i, p in enumerate(validation["prompt"]) if prompt_key(p) not in held]
     if not keep:
-        raise UserError("eval.prompts", "every validation pair's prompt is a test prompt; validation needs its own")
+        counts = f"train {len(loaded.pairs['train'])} pairs, validation 0 of {len(validation)} left"
+        raise UserError(
+            "eval.prompts",
+            f"{exp.eval.prompts or 'the held-out prompts'}: every validation pair's prompt is a test prompt, and "
+            f"those pairs are set aside ({counts}); validation needs its own: allowed are test prompts that leave "
+            "some validation prompts out",
+        )
     pairs = DatasetDict({**loaded.pairs, "validation": validation.select(keep)})
     counts = {
         "test_prompts": len(test),

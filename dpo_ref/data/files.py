@@ -7,6 +7,7 @@ conversations that differ before the response) are dropped and counted per split
 """
 
 import codecs
+import json
 import random
 import re
 from collections import Counter
@@ -18,7 +19,8 @@ from datasets import Dataset, DatasetDict
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from ..errors import UserError
+from ..errors import UserError, excerpt
+from ..store import cache_root
 
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 SHARDED = (".parquet", ".jsonl")  # formats whose splits may come in shards named `<split>-*`
@@ -29,6 +31,12 @@ ALLOWED = "a .jsonl/.json/.parquet/.csv file, a directory of split files, or a h
 VALIDATION_FRACTION = 0.05
 TEXT_KINDS = ("json", "csv")  # formats read as UTF-8 text
 CHUNK = 8 << 20  # bytes per read while a text file's encoding is checked
+# The longest JSON line (one record) read, and the most text one record of a JSON array may hold. 16 MiB is about 4M
+# tokens at 4 bytes a token: four times the longest context window of today's models (1M tokens), so no pair a model
+# can train on is refused, while a longer line is a damaged file (a lost newline, a binary blob) that would be held
+# in memory whole and tokenized for minutes before anything said what is wrong.
+MAX_RECORD_BYTES = 16 << 20
+WRITE_ERRNOS = {28, 30, 122, 27, 13, 1}  # ENOSPC, EROFS, EDQUOT, EFBIG, EACCES, EPERM: the cache cannot be written
 
 
 @dataclass
@@ -156,27 +164,137 @@ def _split_files(files: list[Path], split: str) -> list[Path]:
 
 
 def read_files(files: list[Path], where: str) -> Dataset:
-    """One table from files of one format (json, jsonl, parquet, csv); a file that does not parse is a UserError."""
+    """One table from files of one format (json, jsonl, parquet, csv); a file that does not parse is a UserError.
+
+    JSON is read here, record by record, so that a bad one is named by file and line (`read_json`); parquet and csv
+    through `datasets`, whose arrow cache goes under dporef's cache (`$DPOREF_CACHE/datasets`), never the user's
+    home."""
     kinds = {FORMATS[f.suffix] for f in files}
     if len(kinds) > 1:
         raise UserError(where, f"{files[0].parent}: one split in several file types ({', '.join(sorted(kinds))})")
     kind = kinds.pop()
     for f in files:
         _check_bytes(f, kind, where)
+    if kind == "json":
+        return _table([(f, line, row) for f in files for line, row in read_json(f, where)], files, where)
+    cache = cache_root() / "datasets"
     try:
-        return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
+        return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", cache_dir=str(cache))
     except (datasets.exceptions.DatasetGenerationError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, OSError) and cause.errno in WRITE_ERRNOS:  # the cache, not the data, is at fault
+            raise OSError(cause.errno, cause.strerror, cause.filename or str(cache)) from e
         raise UserError(where, f"{files[0]}: cannot read as {kind}: {e.__cause__ or e}") from None
 
 
+def read_json(path: Path, where: str) -> list[tuple[int, dict]]:
+    """(line, record) of every JSON object in a .json or .jsonl file: a JSON array of objects (a .json file; its item
+    numbers stand for lines), or one object per line, lines split at "\n" only (str.splitlines would also split at
+    \x1c, \x85, \u2028 ... inside a record), blank lines skipped. A line that is not a JSON object, or longer than
+    `MAX_RECORD_BYTES`, is a UserError naming `file:line`."""
+    if path.suffix == ".json":
+        text = path.read_text(encoding="utf-8-sig")
+        try:
+            whole = json.loads(text)
+        except ValueError:
+            whole = None  # JSON lines in a .json file
+        except RecursionError:
+            raise UserError(where, f"{path}: nested too deeply to be a record") from None
+        if isinstance(whole, list):
+            return [(i + 1, _record(path, i + 1, r, where, "item")) for i, r in enumerate(whole)]
+        if isinstance(whole, dict):
+            return [(1, _record(path, 1, whole, where, "item"))]
+    rows = []
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(iter(lambda: fh.readline(MAX_RECORD_BYTES + 1), b""), 1):
+            line = raw.rstrip(b"\r\n")
+            if len(line) > MAX_RECORD_BYTES:
+                raise UserError(
+                    where,
+                    f"{path}:{number}: a line of more than {MAX_RECORD_BYTES} bytes; a record is at most "
+                    f"{MAX_RECORD_BYTES >> 20} MiB (about 4M tokens)",
+                )
+            if b"\0" in line:
+                raise UserError(where, f"{path}:{number}: {_NUL}")
+            text = line.decode("utf-8").removeprefix("\ufeff") if number == 1 else line.decode("utf-8")
+            if not text.strip():
+                continue
+            try:
+                value = json.loads(text)
+            except ValueError as e:
+                what = f"{e.msg.removesuffix(' at')} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else e
+                raise UserError(where, f"{path}:{number}: cannot read as json: {what}") from None
+            except RecursionError:
+                raise UserError(where, f"{path}:{number}: nested too deeply to be a record") from None
+            rows.append((number, _record(path, number, value, where, "line")))
+    return rows
+
+
+_NUL = "a NUL byte; a text data file holds none (a binary or damaged file?)"
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def _record(path: Path, at: int, value, where: str, unit: str) -> dict:
+    """`value` when it is a JSON object of at most `MAX_RECORD_BYTES` of text, else a UserError naming it."""
+    name = f"{path}:{at}" if unit == "line" else f"{path}: item {at}"
+    if not isinstance(value, dict):
+        kind = "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)
+        raise UserError(where, f"{name}: a JSON {kind}, expected an object (a record with named fields)")
+    if unit != "line" and (size := _text_size(value)) > MAX_RECORD_BYTES:
+        raise UserError(where, f"{name}: {size} characters of text; a record is at most {MAX_RECORD_BYTES >> 20} MiB")
+    return value
+
+
+def _text_size(value) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(len(k) + _text_size(v) for k, v in value.items())
+    if isinstance(value, list):
+        return sum(_text_size(v) for v in value)
+    return 8
+
+
+def _table(rows: list[tuple[Path, int, dict]], files: list[Path], where: str) -> Dataset:
+    """The records as one table, a column per field (the union of every record's, first seen first; absent: null)."""
+    if not rows:
+        raise UserError(where, f"{files[0]}: no JSON records")
+    names = list(dict.fromkeys(k for _, _, r in rows for k in r))
+    columns = {k: [r.get(k) for _, _, r in rows] for k in names}
+    try:
+        return Dataset.from_dict(columns)
+    except (TypeError, ValueError, OverflowError) as e:  # pyarrow: ArrowInvalid, ArrowTypeError
+        for k in names:  # name the field, and two records that disagree on its type
+            first = next(((f, n, type(r[k])) for f, n, r in rows if r.get(k) is not None), None)
+            other = next(((f, n, type(r[k])) for f, n, r in rows if _clash(first, r.get(k))), None)
+            if first and other:
+                where_first, where_other = (f"{f}:{n}" for f, n, _ in (first, other))
+                raise UserError(
+                    where,
+                    f"{where_other}: field {excerpt(k)} is a JSON {_JSON_TYPES.get(other[2], other[2].__name__)}, "
+                    f"but a {_JSON_TYPES.get(first[2], first[2].__name__)} at {where_first}; one type per field",
+                ) from None
+        raise UserError(where, f"{files[0]}: cannot read as json: {e}") from None
+
+
+def _clash(first, value) -> bool:
+    """Whether `value` has another JSON type than the field's first value (numbers agree with numbers)."""
+    if first is None or value is None:
+        return False
+    numbers = (int, float)
+    a, b = first[2], type(value)
+    return not (a is b or (a in numbers and b in numbers and a is not bool and b is not bool))
+
+
 def _check_bytes(path: Path, kind: str, where: str) -> None:
-    """Refuse an empty file, and a text file that is not UTF-8 (naming the first bad byte's offset), before the
-    readers see it: they would stop with a traceback, or report an offset into some internal buffer."""
+    """Refuse an empty file, and a text file that is not UTF-8 (naming the first bad byte's offset) or holds a NUL
+    byte (naming its line), before the readers see it: they would stop with a traceback, or report an offset into
+    some internal buffer."""
     if path.stat().st_size == 0:
         raise UserError(where, f"{path}: empty file")
     if kind not in TEXT_KINDS:
         return
-    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    decoder, offset, lines = codecs.getincrementaldecoder("utf-8")(), 0, 0
     with open(path, "rb") as fh:
         while True:
             chunk = fh.read(CHUNK)
@@ -187,9 +305,13 @@ def _check_bytes(path: Path, kind: str, where: str) -> None:
                 raise UserError(
                     where, f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {at})"
                 ) from None
+            if (nul := chunk.find(b"\0")) >= 0:
+                line = lines + chunk.count(b"\n", 0, nul) + 1
+                raise UserError(where, f"{path}:{line}: {_NUL}")
             if not chunk:
                 return
             offset += len(chunk)
+            lines += chunk.count(b"\n")
 
 
 def _kind(feature) -> str | None:
@@ -220,7 +342,10 @@ def _carve(ds: Dataset, path: Path, where: str) -> tuple[Dataset, Dataset]:
 
 
 def _pair(row: dict, schema: str, at: str, where: str) -> tuple[str | None, dict]:
-    """(why the pair is dropped, or None; the pair as prompt/chosen/rejected)."""
+    """(why the pair is dropped, or None; the pair as prompt/chosen/rejected). A pair of more than `MAX_RECORD_BYTES`
+    of text (from parquet or csv: a JSON line that long is refused as it is read) is a UserError."""
+    if (size := _text_size(row)) > MAX_RECORD_BYTES:
+        raise UserError(where, f"{at}: {size} characters of text; a pair is at most {MAX_RECORD_BYTES >> 20} MiB")
     if schema == "strings":
         prompt, chosen, rejected = (row[c] or "" for c in COLUMNS)
         same_prefix = True

@@ -20,7 +20,7 @@ from datasets import Dataset, DatasetDict
 from ..cache import intact_dir
 from ..config import InstructionsConfig
 from ..generation import Sampling, generate
-from ..models import ModelRef
+from ..models import ModelRef, write_errors_named
 from ..precision import Regime, regime_for
 from ..store import atomic_dir, atomic_write_json, cache_root, content_hash, locked, read_json
 from ..ui import console
@@ -38,11 +38,13 @@ def build_instruction_pairs(
     root = cache_root() / "pairs" / f"instructions-{key}"
     with locked(root, on_wait=console.print):  # a second process waits for the first build, then reads it
         if not intact_dir(root, "instruction pairs"):
-            with atomic_dir(root) as tmp:
+            with atomic_dir(root) as tmp, write_errors_named(root):
                 _build(cfg, policy, tokenizer, batch_size, regime, Path(tmp))
+    # split on "\n" only: str.splitlines also splits on \x1c, \x85, \u2028 ... (json.dumps escapes them all, but
+    # one rule for every JSON-lines file dporef reads)
     pairs = DatasetDict(
         {
-            split: Dataset.from_list([json.loads(x) for x in (root / f"{split}.jsonl").read_text().splitlines()])
+            split: Dataset.from_list([json.loads(x) for x in (root / f"{split}.jsonl").read_text().split("\n") if x])
             for split in ("train", "validation")
         }
     )

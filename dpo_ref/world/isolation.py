@@ -12,18 +12,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..cache import intact_dir
+from ..models import write_errors_named
 from ..store import atomic_dir, locked
 from ..ui import console
 
 
 def build_once(root: Path, what: str, build: Callable[[Path], None]) -> Path:
     """`root`, built first by `build(tmp)` when it is not in the cache intact: a second process waits for the first
-    build and uses it; an interrupted build leaves nothing behind (the temporary directory is renamed at the end)."""
+    build and uses it; an interrupted or failed build leaves nothing behind (the temporary directory is renamed at the
+    end), and a write that fails in a library (a full disk: safetensors, tokenizers) is an OSError naming `root`."""
     with locked(root, on_wait=console.print):
         if not intact_dir(root, what):
             console.print(f"building {what} (once) into {root}")
             t0 = time.perf_counter()
-            with atomic_dir(root) as tmp, quiet(), preserved_global_rng(), single_threaded():
+            with atomic_dir(root) as tmp, write_errors_named(root), quiet(), preserved_global_rng(), single_threaded():
                 build(tmp)
             console.print(f"{what} built in {time.perf_counter() - t0:.0f}s")
     return root
