@@ -14,13 +14,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .store import atomic_write_json, damage
+from .store import atomic_write_json, check_file, damage
 from .ui import console
 
 
 def intact_dir(root: Path, what: str) -> bool:
-    """Whether the cache directory `root` is there and intact. A damaged one is removed (the caller rebuilds it)
-    with one line saying so."""
+    """Whether the cache directory `root` is there and intact, every byte hashed again against its manifest (an
+    in-place edit that keeps sizes and dates is found: its owner is about to read it). A damaged one is removed (the
+    caller rebuilds it) with one line saying so."""
     root = Path(root)
     if not root.is_dir():
         return False
@@ -41,24 +42,28 @@ def write_entry(path: Path, payload: Any, shape: Any) -> None:
     atomic_write_json(path, {"sha256": _checksum(payload), "shape": shape, "payload": payload})
 
 
+def _mismatch(entry: dict, shape: Any) -> str | None:
+    """Why a parsed entry is not what write_entry wrote for a reader expecting `shape`, or None."""
+    try:
+        same = entry.get("sha256") == _checksum(entry["payload"])
+    except ValueError:  # NaN or infinity in the payload: never what write_entry wrote
+        same = False
+    if not same:
+        return "checksum does not match"
+    return None if entry.get("shape") == shape else f"shape {entry.get('shape')}, expected {shape}"
+
+
 def read_entry(path: Path, shape: Any, what: str) -> Any | None:
     """The payload of a JSON cache entry, or None when there is none or it is damaged (unreadable, another checksum
-    or another shape than `shape`); a damaged one is named in one line and left for the caller to rebuild."""
-    path = Path(path)
-    if not path.is_file():
+    or another shape than `shape`); a damaged one is named in one line and left for the caller to rebuild. The bytes
+    are read once, and what is checked is what is returned."""
+    entry, problem = check_file(path, json.loads, lambda e: isinstance(e, dict) and "payload" in e)
+    if problem == "missing":
         return None
-    try:
-        entry = json.loads(path.read_text())
-        problem = None
-        if not isinstance(entry, dict) or "payload" not in entry:
-            problem = "not an entry"
-        elif entry.get("sha256") != _checksum(entry["payload"]):
-            problem = "checksum does not match"
-        elif entry.get("shape") != shape:
-            problem = f"shape {entry.get('shape')}, expected {shape}"
-    except (OSError, ValueError) as e:  # unreadable, torn, or not JSON
-        problem = f"unreadable: {type(e).__name__}"
+    if problem is None:
+        problem = _mismatch(entry, shape)
     if problem is None:
         return entry["payload"]
+    problem = "not an entry" if problem == "invalid" else problem
     console.print(f"[yellow]{what} {path} is damaged ({problem}); rebuilding it")
     return None

@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 
 from .errors import EXCERPT, UserError, one_line
 from .plan import STUDIES
+from .store import Unusable
 from .ui import quiet_libraries
 
 
@@ -107,6 +108,9 @@ def _guarded(action: Callable[[], int | None]) -> None:
         raise typer.Exit(2) from None
     except OSError as e:
         typer.echo(f"error: {_os_error(e)}", err=True)
+        raise typer.Exit(2) from None
+    except Unusable as e:  # a file dporef wrote, read back and found damaged where no caller named it
+        typer.echo(f"error: {e.where}: {e.message}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt as e:
         raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None

@@ -1,5 +1,6 @@
-"""A finished run is done only while every file it wrote is there and readable: a damaged one is shown as damaged in
-the report (never a crash, never its numbers) and runs again on the next study command."""
+"""A finished run is done only while every file it wrote is there, readable and as it wrote it (the checksums of
+status.json): a damaged one is shown as damaged in the report (never a crash, never its numbers) and runs again on the
+next study command."""
 
 import json
 import shutil
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 from dpo_ref.cli import app
 from dpo_ref.config import RunSpec
 from dpo_ref.expdir import RunDir, read_run
+from dpo_ref.store import seal
 
 pytestmark = pytest.mark.slow  # end to end: trains on the embedded world
 
@@ -60,7 +62,7 @@ DAMAGES = {  # what is done to the run's directory -> the reason the report must
         lambda d: (d / "generations.jsonl").write_text(
             "".join((d / "generations.jsonl").read_text().splitlines(keepends=True)[:-1])
         ),
-        "model_outputs.json and generations.jsonl hold different numbers of samples",
+        "generations.jsonl does not match its checksum in status.json",
     ),
     "model outputs deleted": (lambda d: (d / "model_outputs.json").unlink(), "model_outputs.json missing"),
     "policy weights changed": (
@@ -69,6 +71,20 @@ DAMAGES = {  # what is done to the run's directory -> the reason the report must
     ),
     "policy config deleted": (lambda d: (d / "policy" / "config.json").unlink(), "policy/: config.json missing"),
     "status garbled": (lambda d: (d / "status.json").write_text("{"), "status.json unreadable (JSONDecodeError)"),
+    "status edited": (  # a run made degenerate by hand: status.json holds the checksum of itself too
+        lambda d: (d / "status.json").write_text((d / "status.json").read_text().replace('"done"', '"degenerate"')),
+        "status.json does not match the checksum it records of itself",
+    ),
+    "metrics edited": (  # valid JSON of the same shape: only the checksum status.json recorded tells
+        lambda d: (d / "metrics.json").write_text(
+            (d / "metrics.json").read_text().replace('"win_rate": 0.', '"win_rate": 1.')
+        ),
+        "metrics.json does not match its checksum in status.json",
+    ),
+    "policy manifest sealed again": (  # a policy changed and its manifest rewritten to match: status.json still tells
+        lambda d: (flip_last_byte(next((d / "policy").glob("*.safetensors"))), seal(d / "policy")),
+        "policy/: .dporef-manifest.json does not match its checksum in status.json",
+    ),
 }
 
 
@@ -85,7 +101,7 @@ def test_the_report_shows_a_damaged_run_as_damaged(finished, tmp_path, damage):
     rows = {r["run_id"]: r for r in json.loads((exp_dir / "results.json").read_text())["rows"]}
     assert rows[RUN]["status"] == "damaged" and rows[RUN]["damage"] == reason
     assert rows[RUN]["win_rate"] is None and rows[RUN]["kl"] is None  # no numbers from a damaged run
-    assert rows[RUN]["beta"] == 0.1  # its spec is still shown, when run.yaml is readable
+    assert rows[RUN]["beta"] == 0.1  # its setting is still shown (from the experiment)
     want = {r["run_id"]: r for r in finished[1]["rows"]}
     assert rows["sft"] == want["sft"]  # the intact run is reported as before
     csv_row = next(line for line in (exp_dir / "results.csv").read_text().splitlines() if line.startswith(RUN))

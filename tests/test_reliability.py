@@ -164,3 +164,18 @@ def test_an_experiment_file_that_is_not_a_file_is_named_as_such(tmp_path, kind):
     result = invoke("sweep-beta", str(target), "--dry-run", "--out", str(tmp_path / "out"))
     assert result.exit_code == 2 and "not a regular file" in one_line(result)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_caption_warns_where_lc_cannot_be_trusted(tmp_path):
+    """A run that lost every prompt gets AlpacaEval's degenerate LC (0.5), and a fit that stopped at its iteration
+    limit an approximate one: the caption names both runs; a sweep with neither says nothing of it."""
+    from dpo_ref.reporting.tables import COLUMNS, results_caption
+
+    row = dict.fromkeys(COLUMNS)
+    lost = row | {"run_id": "dpo-b0.01", "win_rate": 0.0, "lc_win_rate": 0.5}
+    fine = row | {"run_id": "dpo-b0.1", "win_rate": 0.6, "lc_win_rate": 0.55}
+    caption = results_caption(ExperimentDir(tmp_path), [lost, fine], "exp", "the judge", ["dpo-b0.1"])
+    assert "lost or won every prompt (dpo-b0.01)" in caption
+    assert "The LC fit of dpo-b0.1 stopped at its iteration limit" in caption
+    quiet = results_caption(ExperimentDir(tmp_path), [fine], "exp", "the judge")
+    assert "every prompt" not in quiet and "iteration limit" not in quiet

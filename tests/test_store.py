@@ -2,6 +2,7 @@
 show a progress bar in bytes. Expected digests come from hashlib directly."""
 
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -144,3 +145,35 @@ def test_large_files_show_a_bar_in_mib(tmp_path, cache):
     file_hash(model, progress=progress)  # config.json is too small for a bar
     mib = PROGRESS_BYTES / MIB
     assert [d.tasks for d in displays] == [{"hashing big.bin (MiB)": [mib, mib]}] * 2
+
+
+def test_damage_reads_every_byte_and_only_fingerprints_trust_the_memo(tmp_path, cache, opened):
+    root = tmp_path / "entry"
+    with store.atomic_dir(root) as tmp:
+        (tmp / "weights.bin").write_bytes(b"w" * (2 * MEMO_BYTES))
+    weights = _aged(root / "weights.bin")
+    fingerprint = file_hash(root)  # memoised, as a model's fingerprint is
+    before = weights.stat()
+    with open(weights, "r+b") as f:  # in place: same inode, same size, and the date put back
+        f.write(b"x")
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    opened.clear()
+    assert store.damage(root) == "weights.bin changed"  # what is about to be read is hashed in full
+    assert opened == ["weights.bin"]
+    assert store.damage(root, memo=True) is None and file_hash(root) == fingerprint  # the memo cannot see it
+    assert opened.count("weights.bin") == 1  # neither read it (file_hash reads the small manifest again)
+
+
+def test_a_checked_read_parses_and_hashes_the_same_bytes(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text('{"eval": {"win_rate": 0.5}}')
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert store.check_file(path, json.loads, lambda m: "eval" in m, digest) == ({"eval": {"win_rate": 0.5}}, None)
+    assert store.check_file(path, json.loads, lambda m: "eval" in m, "0" * 64) == (None, "does not match its checksum")
+    assert store.check_file(path, json.loads, lambda m: "history" in m) == (None, "invalid")
+    assert store.check_file(tmp_path / "none.json", json.loads) == (None, "missing")
+    path.write_text('{"eval": ')
+    assert store.check_file(path, json.loads, None, digest) == (None, "unreadable (JSONDecodeError)")
+    with pytest.raises(store.Unusable) as err:
+        store.read_checked(path, json.loads, None, "run the study again")
+    assert str(err.value) == f"{path}: unreadable (JSONDecodeError); run the study again"

@@ -7,11 +7,15 @@ no stage imports another, they meet here.
 
 from __future__ import annotations
 
+import json
+import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
 import yaml
+from pydantic import ValidationError
 
 from .. import data
 from ..config import Experiment, RunSpec
@@ -22,11 +26,33 @@ from ..generation import Generations
 from ..models import ModelRef, load_tokenizer
 from ..objectives import OBJECTIVES
 from ..reference import ReferenceScorer
-from ..store import atomic_write_json, atomic_write_jsonl, atomic_write_text, damage, file_hash, read_json, read_jsonl
+from ..store import (
+    Unusable,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    check_file,
+    damage,
+    jsonl_rows,
+    read_checked,
+    sha256_bytes,
+)
 from ..ui import console
 from .layout import ExperimentDir
+from .runs import is_plan
 
 BASELINES = ("test", "validation")  # the SFT baseline's prompt sets: reported on, chosen on
+SPEC_TODO = "run the study command again (it writes experiment.yaml and command.json anew)"
+PREPARE_TODO = "run the study again"
+WHY = {"does not match its checksum": "changed", "invalid": "does not hold what prepare writes"}
+
+
+def _is_dict(value) -> bool:
+    return isinstance(value, dict)
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def write_spec(exp_dir: ExperimentDir, exp: Experiment, study: str, source: str, extra: dict | None = None) -> None:
@@ -38,11 +64,33 @@ def write_spec(exp_dir: ExperimentDir, exp: Experiment, study: str, source: str,
     atomic_write_json(exp_dir.command, command)
 
 
+def checked(path: Path, parse, valid, what_to_do: str, invalid: str = "does not hold what dporef writes"):
+    """A file dporef wrote, read back through `store.read_checked`: when it is missing, unreadable or not what dporef
+    writes, a user error (one line, exit code 2) naming it, what is wrong and `what_to_do`."""
+    try:
+        return read_checked(path, parse, valid, what_to_do, invalid)
+    except Unusable as e:
+        raise UserError(e.where, e.message) from None
+
+
+def read_experiment(exp_dir: ExperimentDir) -> Experiment:
+    """experiment.yaml, validated (a broken or edited one: a user error naming it and its first wrong key)."""
+    data = checked(exp_dir.spec, yaml.safe_load, _is_dict, SPEC_TODO, "does not hold an experiment (not a mapping)")
+    try:
+        return Experiment.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        message = f"does not hold a valid experiment ({key}: {first['msg']}); {SPEC_TODO}"
+        raise UserError(str(exp_dir.spec), message) from None
+
+
 def read_spec(exp_dir: ExperimentDir) -> tuple[Experiment, dict]:
     """(experiment, command) of a results directory, from the files the command that made it wrote."""
     if not (exp_dir.spec.is_file() and exp_dir.command.is_file()):
         raise UserError(str(exp_dir.root), "not an experiment results directory (no experiment.yaml / command.json)")
-    return Experiment.model_validate(yaml.safe_load(exp_dir.spec.read_text())), read_json(exp_dir.command)
+    exp = read_experiment(exp_dir)
+    return exp, checked(exp_dir.command, json.loads, lambda c: isinstance(_dict(c).get("study"), str), SPEC_TODO)
 
 
 def columns(name: str, unconditional: bool) -> tuple[str, str]:
@@ -71,31 +119,66 @@ def write_baseline(exp_dir: ExperimentDir, name: str, rows: list[dict], meta: di
     """A baseline file, then its meta file with the content key and the file's checksum (written last: a baseline
     without one is sampled again)."""
     atomic_write_jsonl(exp_dir.baseline(name), rows)
-    atomic_write_json(exp_dir.baseline_meta(name), {**meta, "sha256": file_hash(exp_dir.baseline(name), 64)})
+    atomic_write_json(exp_dir.baseline_meta(name), {**meta, "sha256": sha256_bytes(exp_dir.baseline(name))})
+
+
+def _baseline(exp_dir: ExperimentDir, name: str, key: str | None = None) -> tuple[list | None, str | None]:
+    """(rows, None) of a baseline file, read once and hashed in full against the checksum its meta file recorded (and,
+    given, with that content key), or (None, what is wrong) naming the file."""
+    path, meta_path = exp_dir.baseline(name), exp_dir.baseline_meta(name)
+    label = {p: p.relative_to(exp_dir.root).as_posix() for p in (path, meta_path)}  # baseline/NAME.jsonl ...
+    meta, problem = check_file(meta_path, json.loads, lambda m: _is_dict(m) and isinstance(m.get("sha256"), str))
+    if problem:
+        return None, f"{label[meta_path]} {WHY.get(problem, problem)}"
+    if key is not None and meta.get("key") != key:
+        return None, f"{label[path]} is for other settings"
+    rows, problem = check_file(path, jsonl_rows, _samples, meta["sha256"])
+    return rows, (None if problem is None else f"{label[path]} {WHY.get(problem, problem)}")
+
+
+def _samples(rows) -> bool:
+    """Judged samples, as the report and the runs read them: a prompt, and a finite reward and length in each row."""
+    number = lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    return bool(rows) and all(
+        isinstance(r, dict) and isinstance(r.get("prompt"), str) and number(r.get("reward")) and number(r.get("length"))
+        for r in rows
+    )
 
 
 def baseline_intact(exp_dir: ExperimentDir, name: str, key: str | None = None) -> bool:
     """Whether a baseline file is there with the checksum its meta file recorded (and, given, the content key); a
-    changed one is named in one line (the caller samples it again)."""
-    path, meta_path = exp_dir.baseline(name), exp_dir.baseline_meta(name)
-    if not (path.is_file() and meta_path.is_file()):
-        return False
-    try:
-        meta = read_json(meta_path)
-    except ValueError:
-        meta = {}
-    if key is not None and meta.get("key") != key:
-        return False
-    if meta.get("sha256") != file_hash(path, 64):
-        console.print(f"[yellow]baseline {path} does not match its checksum; sampling it again")
-        return False
-    return True
+    changed or broken one is named in one line (the caller samples it again)."""
+    _, problem = _baseline(exp_dir, name, key)
+    if problem and problem.endswith("changed"):
+        console.print(f"[yellow]baseline {exp_dir.baseline(name)} does not match its checksum; sampling it again")
+    elif problem and not problem.endswith(("missing", "is for other settings")):
+        console.print(f"[yellow]{exp_dir.root}: {problem}; sampling it again")
+    return problem is None
+
+
+def baseline_rows(exp_dir: ExperimentDir, name: str) -> list[dict]:
+    """The SFT baseline's judged samples of one baseline file, as its checksum says prepare wrote them; `Unusable`
+    (a ValueError) when they are not."""
+    rows, problem = _baseline(exp_dir, name)
+    if problem:
+        raise Unusable(str(exp_dir.baseline(name)), f"{problem}; {PREPARE_TODO}")
+    return rows
 
 
 def read_baseline(exp_dir: ExperimentDir, name: str) -> PromptSet:
-    """The prompts of one baseline file and the SFT baseline's judged rewards and lengths on them."""
-    rows = read_jsonl(exp_dir.baseline(name))
+    """The prompts of one baseline file and the SFT baseline's judged rewards and lengths on them (checked in full as
+    they are read: a user error when they are not what prepare wrote)."""
+    try:
+        rows = baseline_rows(exp_dir, name)
+    except Unusable as e:
+        raise UserError(e.where, e.message) from None
     return PromptSet([r["prompt"] for r in rows], [r["reward"] for r in rows], [r["length"] for r in rows])
+
+
+def _damaged(exp_dir: ExperimentDir) -> str | None:
+    """Why prepare's outputs (prepared/, the baselines) are not what it wrote, each byte read again, or None."""
+    problems = (_baseline(exp_dir, name)[1] for name in BASELINES)
+    return damage(exp_dir.prepared) or next((p for p in problems if p), None)
 
 
 @dataclass
@@ -107,21 +190,44 @@ class Prepared:
     plan: dict
     pairs: datasets.DatasetDict
 
+    checked_by_open: bool = field(default=True, repr=False)  # prepared/ and baselines hashed since the last run
+
     @classmethod
     def open(cls, exp_dir: ExperimentDir) -> Prepared:
+        """prepare's outputs for the runs: experiment.yaml and plan.json checked, prepared/ and the baselines hashed
+        in full against their checksums (an in-place edit that keeps sizes and dates is found), pairs/ opened."""
         if not (exp_dir.spec.is_file() and exp_dir.plan.is_file()):
             raise UserError(str(exp_dir.root), "not a prepared experiment (no experiment.yaml or prepared/plan.json)")
-        exp = Experiment.model_validate(yaml.safe_load(exp_dir.spec.read_text()))
-        problem = damage(exp_dir.prepared) or next(
-            (f"baseline/{n}.jsonl changed" for n in BASELINES if not baseline_intact(exp_dir, n)), None
-        )
+        exp = read_experiment(exp_dir)
+        problem = _damaged(exp_dir)
         if problem:
-            raise UserError(str(exp_dir.prepared), f"prepared inputs are damaged ({problem}); run the study again")
-        pairs = datasets.load_from_disk(str(exp_dir.pairs))
-        return cls(exp_dir, exp, read_json(exp_dir.plan), pairs)
+            raise UserError(str(exp_dir.prepared), f"prepared inputs are damaged ({problem}); {PREPARE_TODO}")
+        plan = checked(exp_dir.plan, json.loads, is_plan, PREPARE_TODO, "does not hold what prepare writes")
+        return cls(exp_dir, exp, plan, datasets.load_from_disk(str(exp_dir.pairs)))
+
+    def verify(self, run: RunSpec) -> None:
+        """Before `run` starts: the models it loads are where prepare found them, and prepared/ and the baselines are
+        still what prepare wrote (hashed in full again, unless `open` just did: a study's runs take hours, and each
+        reads them anew). A user error otherwise, before the run writes anything."""
+        self.model("policy")
+        if run.reference is not None:
+            self.model("references", run.reference)
+        if self.plan["models"]["judge"] is not None:
+            self.model("judge")
+        problem = None if self.checked_by_open else _damaged(self.exp_dir)
+        self.checked_by_open = False
+        if problem:
+            raise UserError(str(self.exp_dir.prepared), f"prepared inputs are damaged ({problem}); {PREPARE_TODO}")
 
     def model(self, role: str, name: str | None = None) -> ModelRef:
-        entry = self.plan["models"][role] if name is None else self.plan["models"][role][name]
+        """A model prepare resolved (`role`: policy, references (with `name`) or judge), where it still is."""
+        what = {"references": "reference"}.get(role, role)
+        entry = self.plan["models"][role] if name is None else self.plan["models"][role].get(name)
+        if entry is None:
+            raise UserError(str(self.exp_dir.plan), f"records no {what} model {name}; {PREPARE_TODO}")
+        if not Path(entry["location"]).exists():  # deleted, or a cache cleaned, since prepare
+            where = f"the {what} model {entry['spec']} ({entry['location']})"
+            raise UserError(str(self.exp_dir.plan), f"{where} no longer exists; {PREPARE_TODO}")
         return ModelRef(entry["spec"], entry["location"], entry["fingerprint"])
 
     def split(self, split: str, run: RunSpec) -> datasets.Dataset:

@@ -1,14 +1,17 @@
 """A run on disk: its content hash, its statuses, and the one reader of the files it wrote.
 
-A run is done when its status is finished, every file it wrote is there and readable, and its config hash (settings
-and the resolved models' fingerprints) matches, so re-running a command resumes after a crash, runs a damaged or
-outdated run again, and a finished experiment only rebuilds its tables. `read_run` is what both that decision and the
-report read, so the two never disagree on what a run holds.
+A run is done when its status is finished, every file it wrote is there, readable, holds what a run writes and has
+the bytes whose sha256 its status.json (written last) recorded, and its config hash (settings and the resolved models'
+fingerprints) matches, so re-running a command resumes after a crash, runs a damaged, edited or outdated run again,
+and a finished experiment only rebuilds its tables. `read_run` is what both that decision and the report read, so the
+two never disagree on what a run holds, and it passes on no value a table or a plot could fail on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -17,7 +20,7 @@ import yaml
 from .. import data
 from ..config import Experiment, RunSpec, expand, reference_config
 from ..objectives import OBJECTIVES
-from ..store import content_hash, damage, jsonl_rows, read_json
+from ..store import MANIFEST, Unusable, check_file, content_hash, damage, jsonl_rows, sha256_bytes
 from .layout import ExperimentDir, RunDir
 
 # statuses a rerun skips; their numbers are reported as they are (stopped: a training callback, such as tune-beta's
@@ -58,18 +61,38 @@ def run_hash(exp: Experiment, run: RunSpec, models: dict) -> str:
     return content_hash(parts)
 
 
+def is_plan(plan) -> bool:
+    """prepared/plan.json as prepare writes it: the resolved models (spec, location, fingerprint of the policy, each
+    reference and the judge, if any) and its content key."""
+    models = plan.get("models") if isinstance(plan, dict) else None
+    if not (isinstance(models, dict) and isinstance(plan.get("key"), str)):
+        return False
+    refs = models.get("references")
+    judge = models.get("judge")
+    return (
+        _model(models.get("policy"))
+        and isinstance(refs, dict)
+        and all(_model(r) for r in refs.values())
+        and (judge is None or _model(judge))
+    )
+
+
+def _model(entry) -> bool:
+    return isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("spec", "location", "fingerprint"))
+
+
 def prepared_models(exp_dir: ExperimentDir) -> dict | None:
-    """The models the last prepare of `exp_dir` resolved (prepared/plan.json), or None before any."""
-    try:
-        return read_json(exp_dir.plan)["models"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    """The models the last prepare of `exp_dir` resolved (prepared/plan.json), or None before any (or when it cannot
+    be read: the next prepare writes it again)."""
+    plan, _ = check_file(exp_dir.plan, json.loads, is_plan)
+    return plan["models"] if plan is not None else None
 
 
 @dataclass(frozen=True)
 class RunState:
     """Where a run stands on disk: `pending` (never started), its status.json's status, `damaged` (a finished run
-    with a file missing or unreadable) or `changed` (finished with other settings or models), with the reason."""
+    with a file missing, unreadable, not what a run writes, or not what the checksum status.json recorded) or `changed`
+    (finished with other settings or models), with the reason."""
 
     status: str
     reason: str | None = None
@@ -79,38 +102,96 @@ class RunState:
         return self.status in FINISHED
 
 
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    """A number a table and a plot can show: what an evaluation writes (NaN or infinity only if a file was edited)."""
+    return _number(value) and math.isfinite(value)
+
+
+def _optional(check):
+    return lambda value: value is None or check(value)
+
+
 def _metrics(m) -> bool:
-    """metrics.json holds an `eval` mapping with every measure of an evaluation (what the report tabulates)."""
+    """metrics.json holds an `eval` mapping with every measure of an evaluation (what the report tabulates), each a
+    number (`degenerate`: None or why), and the training numbers and flags the report shows, of their types."""
     from ..evaluation.evaluate import EvalResult  # here, not at the top: it loads TRL, and the CLI imports plan
 
-    measures = {f.name for f in fields(EvalResult)}
-    return isinstance(m, dict) and isinstance(m.get("eval"), dict) and measures <= set(m["eval"])
+    measures = {f.name for f in fields(EvalResult)} - {"degenerate"}
+    if not (isinstance(m, dict) and isinstance(m.get("eval"), dict) and measures <= set(m["eval"])):
+        return False
+    flags = m.get("flags")
+    return (
+        all(_finite(m["eval"][k]) for k in measures)
+        and _optional(lambda r: isinstance(r, str))(m["eval"].get("degenerate"))
+        and all(_optional(_number)(m.get(k)) for k in ("train_loss", "steps", "train_seconds", "eval_seconds"))
+        and (flags is None or (isinstance(flags, list) and all(isinstance(f, str) for f in flags)))
+    )
 
 
-def _dict_rows(rows) -> bool:
-    return bool(rows) and all(isinstance(r, dict) for r in rows)
+def _rows(kinds: dict):
+    """Whether a JSON-lines file holds one or more rows, each with `kinds` (key -> check of its value)."""
+
+    def valid(rows) -> bool:
+        return bool(rows) and all(isinstance(r, dict) and all(c(r.get(k)) for k, c in kinds.items()) for r in rows)
+
+    return valid
 
 
-def _is_dict(value) -> bool:
-    return isinstance(value, dict)
+def _text(value) -> bool:
+    return isinstance(value, str)
 
 
+def _flag(value) -> bool:
+    return isinstance(value, bool) or value in (0, 1)
+
+
+def _run_yaml(m) -> bool:
+    """run.yaml: the run's spec (a RunSpec, whose values a report shows) and its config hash."""
+    if not (isinstance(m, dict) and isinstance(m.get("run"), dict) and isinstance(m.get("config_hash"), str)):
+        return False
+    m["run"] = RunSpec.model_validate(m["run"]).model_dump()  # a ValidationError: not what a run writes
+    return True
+
+
+# what the report reads of each row (reporting/uncertainty.py): key -> check of its value
+GENERATED = {"prompt": _text, "reward": _finite, "length": _finite, "ended": _flag}
+GENERATED |= {"kl_log_ratio": _finite, "kl_sft_log_ratio": _finite}
+RANKED = dict.fromkeys(("reward_chosen", "reward_rejected", "logp_chosen", "logp_rejected"), _finite)
 # what a finished run wrote: RunDir attribute -> (parse its text, whether the parsed value is what a run writes)
 WRITTEN = {
-    "spec": (yaml.safe_load, lambda m: isinstance(m, dict) and isinstance(m.get("run"), dict)),
+    "spec": (yaml.safe_load, _run_yaml),
     "metrics": (json.loads, _metrics),
-    "generations": (jsonl_rows, _dict_rows),
-    "validation": (jsonl_rows, _dict_rows),
-    "ranking": (jsonl_rows, _dict_rows),
+    "generations": (jsonl_rows, _rows(GENERATED)),
+    "validation": (jsonl_rows, _rows({"prompt": _text, "reward": _finite})),
+    "ranking": (jsonl_rows, _rows(RANKED)),
     "model_outputs": (json.loads, lambda rows: isinstance(rows, list) and bool(rows)),
 }
 SMALL = ("spec", "metrics")  # what the report tabulates: kept in RunFiles (the rows are read where they are used)
+ANNOTATED = ("win_rate", "lc_win_rate", "win_rate_lo", "win_rate_hi", "lc_win_rate_lo", "lc_win_rate_hi")
+
+
+def _annotations(a) -> bool:
+    """alpaca_eval.json (`dporef import-annotations`): the numbers the report shows, each a number or absent."""
+    return (
+        isinstance(a, dict)
+        and all(_optional(_number)(a.get(k)) for k in ANNOTATED)
+        and _optional(_text)(a.get("lc_method"))
+    )
+
+
+def _is_status(s) -> bool:
+    return isinstance(s, dict) and isinstance(s.get("status"), str)
 
 
 @dataclass(frozen=True)
 class RunFiles:
     """What `read_run` found: the run's state, and for a finished, intact run its run.yaml, metrics.json and status.json
-    (and imported AlpacaEval annotations, when there are any) parsed."""
+    (and imported AlpacaEval annotations, when there are any) parsed. A damaged run has its spec from the experiment
+    (which setting it is), never a number from its files."""
 
     state: RunState
     spec: dict | None = None
@@ -119,29 +200,63 @@ class RunFiles:
     annotations: dict | None = None
 
 
-def _parse(path: Path, parse, valid) -> tuple[object, str | None]:
-    try:
-        value = parse(path.read_text())
-    except FileNotFoundError:
-        return None, f"{path.name} missing"
-    except (OSError, ValueError, UnicodeDecodeError, yaml.YAMLError) as e:
-        return None, f"{path.name} unreadable ({type(e).__name__})"
-    return (value, None) if valid(value) else (None, f"{path.name} does not hold what a finished run writes")
+def _checked(path: Path, name: str, sums: dict | None = None, invalid: str = "what a finished run writes"):
+    """(value, why not) of one of a run's files (`name`: its WRITTEN entry); with `sums` (status.json's checksums),
+    its bytes must be those it recorded."""
+    parse, valid = WRITTEN[name] if name in WRITTEN else (json.loads, _annotations)
+    expected = None if sums is None else sums.get(path.name)
+    if sums is not None and not isinstance(expected, str):
+        return None, f"status.json records no checksum of {path.name}"
+    value, problem = check_file(path, parse, valid, expected)
+    reasons = {"invalid": f"does not hold {invalid}", "does not match its checksum": f"{problem} in status.json"}
+    return value, (None if problem is None else f"{path.name} {reasons.get(problem, problem)}")
 
 
-def _incomplete(run_dir: RunDir, status: str, trained: bool) -> tuple[dict, str | None]:
-    """The parsed small files, and why a run whose status is `status` (a finished one) does not hold all it wrote, or
-    None: a diverged run wrote its run.yaml only; any other every file of WRITTEN, and a trained one an intact
-    `policy/`."""
-    names = ["spec"] if status == "diverged" else list(WRITTEN)
+def _files(run_dir: RunDir, status: str, trained: bool) -> dict[str, Path]:
+    """The files a finished run wrote, whose checksums its status.json records: a diverged run its run.yaml, any
+    other every file of WRITTEN, and a trained one the manifest of its sealed `policy/` (which holds theirs)."""
+    files = {getattr(run_dir, n).name: getattr(run_dir, n) for n in (["spec"] if status == "diverged" else WRITTEN)}
+    if trained and status != "diverged":
+        files[f"{run_dir.policy.name}/{MANIFEST}"] = run_dir.policy / MANIFEST
+    return files
+
+
+def finished_status(run_dir: RunDir, status: dict, trained: bool) -> dict:
+    """A finished run's status.json (written last): `status` and the sha256 of every file the run wrote, which
+    `read_run` checks them against (an edit, even one keeping sizes and dates, makes the run damaged), and of the
+    status itself (`status.json`: of its other keys, as JSON with sorted keys)."""
+    files = _files(run_dir, status["status"], trained)
+    sums = {name: sha256_bytes(path) for name, path in files.items() if path.is_file()}
+    return {**status, "sha256": {**sums, run_dir.status.name: _own_sum(status)}}
+
+
+def _own_sum(status: dict) -> str:
+    rest = {k: v for k, v in status.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, default=float).encode()).hexdigest()
+
+
+def _incomplete(run_dir: RunDir, status: dict, trained: bool) -> tuple[dict, str | None]:
+    """The parsed small files, and why a run whose status is a finished one does not hold all it wrote as it wrote
+    it (see `_files`), or None."""
+    sums = status.get("sha256")
+    if not isinstance(sums, dict):
+        return {}, "status.json records no checksums of the run's files"
+    if sums.get(run_dir.status.name) != _own_sum(status):
+        return {}, "status.json does not match the checksum it records of itself"
+    names = ["spec"] if status["status"] == "diverged" else list(WRITTEN)
     values = {}
     for name in names:
-        values[name], problem = _parse(getattr(run_dir, name), *WRITTEN[name])
+        values[name], problem = _checked(getattr(run_dir, name), name, sums)
         if problem:
             return {}, problem
-    if status != "diverged" and len(values["model_outputs"]) != len(values["generations"]):
+    if status["status"] != "diverged" and len(values["model_outputs"]) != len(values["generations"]):
         return {}, "model_outputs.json and generations.jsonl hold different numbers of samples"
-    problem = damage(run_dir.policy) if trained and status != "diverged" else None
+    problem = None
+    if trained and status["status"] != "diverged":
+        manifest = f"{run_dir.policy.name}/{MANIFEST}"
+        problem = damage(run_dir.policy, memo=True)  # the report reads the files above, never these bytes
+        if problem is None and sums.get(manifest) != sha256_bytes(run_dir.policy / MANIFEST):
+            problem = f"{MANIFEST} does not match its checksum in status.json"
     return {k: v for k, v in values.items() if k in SMALL}, (f"policy/: {problem}" if problem else None)
 
 
@@ -149,21 +264,35 @@ def read_run(run_dir: RunDir, run: RunSpec) -> RunFiles:
     """The run's state from its files alone (no config hash: what `dporef report` shows), with what it wrote."""
     if not run_dir.status.exists():
         return RunFiles(RunState("pending"))
-    status, problem = _parse(run_dir.status, json.loads, lambda s: isinstance(s, dict) and "status" in s)
+    status, problem = check_file(run_dir.status, json.loads, _is_status)
+    damaged = {"run": run.model_dump()}  # which setting it is, from the experiment
     if problem:
-        return RunFiles(RunState("damaged", problem))
+        problem = "does not hold what a run writes" if problem == "invalid" else problem
+        return RunFiles(RunState("damaged", f"status.json {problem}"), damaged)
     if status["status"] not in FINISHED:  # running, failed, interrupted: its spec, when it got as far as writing it
-        spec, _ = _parse(run_dir.spec, *WRITTEN["spec"])
-        return RunFiles(RunState(str(status["status"])), spec, status=status)
-    values, problem = _incomplete(run_dir, status["status"], trained=run.objective in OBJECTIVES)
+        spec, _ = _checked(run_dir.spec, "spec")
+        return RunFiles(RunState(status["status"]), spec, status=status)
+    values, problem = _incomplete(run_dir, status, trained=run.objective in OBJECTIVES)
     if problem:
-        return RunFiles(RunState("damaged", problem), status=status)
+        return RunFiles(RunState("damaged", problem), damaged, status=status)
     annotations = None
     if run_dir.annotations.is_file():
-        annotations, problem = _parse(run_dir.annotations, json.loads, _is_dict)
+        annotations, problem = _checked(run_dir.annotations, "annotations", invalid="what import-annotations writes")
         if problem:
-            return RunFiles(RunState("damaged", problem), status=status)
+            return RunFiles(RunState("damaged", problem), damaged, status=status)
     return RunFiles(RunState(status["status"]), values.get("spec"), values.get("metrics"), status, annotations)
+
+
+def run_rows(run_dir: RunDir, name: str) -> list[dict]:
+    """The rows of a finished run's `generations`, `validation` or `ranking` file, checked as `read_run` checks them
+    (what a run writes, the bytes status.json's checksum names), read once: `Unusable` when they are not."""
+    status, problem = check_file(run_dir.status, json.loads, _is_status)
+    sums = status.get("sha256") if status is not None else None
+    path = getattr(run_dir, name)
+    rows, problem = _checked(path, name, sums if isinstance(sums, dict) else {})
+    if problem:
+        raise Unusable(str(path), problem)
+    return rows
 
 
 def run_state(exp_dir: ExperimentDir, exp: Experiment, run: RunSpec, models: dict) -> RunState:
@@ -191,9 +320,5 @@ def not_done(exp: Experiment, exp_dir: ExperimentDir) -> list[RunSpec]:
 def read_status(run_dir: RunDir) -> str:
     """The status a run's status.json holds (a launcher's view of a run another process executed): `pending` when it
     has none yet, `failed` when it cannot be read."""
-    try:
-        return str(read_json(run_dir.status)["status"])
-    except FileNotFoundError:
-        return "pending"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "failed"
+    status, problem = check_file(run_dir.status, json.loads, _is_status)
+    return status["status"] if problem is None else "pending" if problem == "missing" else "failed"

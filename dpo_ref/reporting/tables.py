@@ -10,7 +10,7 @@ import yaml
 
 from ..evaluation.lc_minimal import LC_INTERVAL_NOTE
 from ..expdir import REPORT_FILES, ExperimentDir, RunFiles
-from ..store import atomic_write_json, atomic_write_text
+from ..store import atomic_write_json, atomic_write_text, check_file
 from . import similarity as sim_fit
 from .format import to_markdown
 from .html import write_html
@@ -79,8 +79,9 @@ def _annotations(ae: dict) -> dict:
 
 def collect(runs: dict[str, RunFiles]) -> list[dict]:
     """One row per run (run id -> what expdir.read_run found), in grid order: its spec and status, plus its metrics
-    when it finished. A damaged run (a file missing or unreadable) is shown as `damaged`, with the reason and no
-    numbers, never a crash: the report of the other runs still gets written."""
+    when it finished. A damaged run (a file missing, unreadable, or not as its checksum says it was written) is shown
+    as `damaged`, with the reason and its setting but no numbers, never a crash: the report of the other runs still
+    gets written (read_run checks every value it passes on, so none makes a table or a plot fail)."""
     rows = []
     for run_id, files in runs.items():
         spec = (files.spec or {}).get("run") or {}
@@ -113,10 +114,29 @@ AE_LC = {
 }
 
 
-def results_caption(exp_dir: ExperimentDir, rows: list[dict], title: str, judge: str) -> str:
-    """The caption of results.md: who judges, what the LC columns mean for that judge, how ae_lc_win_rate was fitted."""
-    spec = exp_dir.spec
-    kind = (yaml.safe_load(spec.read_text()) or {}).get("judge", {}).get("kind") if spec.is_file() else None
+def _lc_caveats(rows: list[dict], unconverged: list[str]) -> str:
+    """What the LC column cannot be trusted for here: runs that won or lost every prompt (AlpacaEval's GLM then gives
+    its own degenerate values, lc_minimal.py), and runs whose GLM fit stopped at its iteration limit."""
+    unanimous = [r["run_id"] for r in rows if r.get("win_rate") in (0.0, 1.0) and r.get("lc_win_rate") is not None]
+    out = ""
+    if unanimous:
+        out += (
+            f" LC of a run that lost or won every prompt ({', '.join(unanimous)}) is AlpacaEval's degenerate value "
+            "(0.5 for all losses from 5 prompts on): read its win rate instead."
+        )
+    if unconverged:
+        out += f" The LC fit of {', '.join(unconverged)} stopped at its iteration limit: its LC is approximate."
+    return out
+
+
+def results_caption(
+    exp_dir: ExperimentDir, rows: list[dict], title: str, judge: str, lc_unconverged: list[str] = ()
+) -> str:
+    """The caption of results.md: who judges, what the LC columns mean for that judge (and where they cannot be
+    trusted), how ae_lc_win_rate was fitted."""
+    exp, _ = check_file(exp_dir.spec, yaml.safe_load)  # read and checked by the report's caller; None if unreadable
+    judge_cfg = exp.get("judge") if isinstance(exp, dict) else None
+    kind = judge_cfg.get("kind") if isinstance(judge_cfg, dict) else None
     methods = sorted({r["ae_lc_method"] for r in rows if r.get("ae_lc_method")})
     return (
         f"{title}. Win rate: preference of {judge} for the policy's sample over the SFT baseline's sample on each "
@@ -125,6 +145,7 @@ def results_caption(exp_dir: ExperimentDir, rows: list[dict], title: str, judge:
         "rank acc.); over seeds, prompts and seeds as two levels."
         + (RULE_JUDGE_LC if kind in ("builtin", "instructions") else "")
         + f" {LC_INTERVAL_NOTE}"
+        + _lc_caveats(rows, list(lc_unconverged))
         + (" ae_*: AlpacaEval annotations (`dporef import-annotations`)." if _imported(rows) else "")
         + "".join(f" ae_lc_win_rate ({m}): {AE_LC[m]}." for m in methods if m in AE_LC)
     )
@@ -140,13 +161,14 @@ def write_report(
     judge: str = "the gold reward",
     comparison: dict | None = None,
     bounds: dict[tuple, dict] | None = None,
+    lc_unconverged: list[str] = (),
 ) -> list[Path]:
     """results.csv / .md / .json / .png, frontier.png, similarity.png (a fit of the best win rate on similarity and
     strength, with 5 references or more) and report.html under `exp_dir`; returns the paths written.
     `tables` adds study-specific views to results.md: "grid" (metric by beta) and "best" (best beta per method);
     `comparison` (reporting.uncertainty.indistinguishable) the settings not distinguishable from the best one;
     `bounds` (reporting.uncertainty.setting_intervals) each setting's intervals over its seeds."""
-    caption = results_caption(exp_dir, rows, title, judge)
+    caption = results_caption(exp_dir, rows, title, judge, lc_unconverged)
     paths = [exp_dir.result(name) for name in REPORT_FILES[:5]]  # results.csv .md .json .png, frontier.png
     atomic_write_text(paths[0], to_csv(rows))
     agg = aggregate(rows, bounds)

@@ -22,10 +22,9 @@ from ..evaluation.estimators import (
     win_rate_interval,
 )
 from ..evaluation.judges import RewardModelJudge, RuleJudge
-from ..evaluation.lc_minimal import LcFit
+from ..evaluation.lc_minimal import LcFit, sigmoid
 from ..evaluation.metrics import preference
-from ..expdir import EVALUATED, ExperimentDir
-from ..store import read_jsonl
+from ..expdir import EVALUATED, ExperimentDir, baseline_rows, run_rows
 from .plots import setting_label
 
 # metrics whose run interval is a share's (exact when every item is 0 or 1); the others' is a mean's (or the LC's)
@@ -33,6 +32,8 @@ SHARES = ("win_rate", "val_win_rate", "eos_rate", "rank_acc_reward", "rank_acc_p
 METRICS = ("win_rate", "lc_win_rate", "val_win_rate", "reward", "length", "eos_rate", "kl", "kl_sft")
 METRICS += ("rank_acc_reward", "rank_acc_policy")
 INTERVAL_COLUMNS = [f"{m}_{end}" for m in METRICS for end in ("lo", "hi")]
+SETTING = ("run_id", "objective", "reference", "beta", "seed")  # what a row says of its run besides its numbers
+AGREE = 1e-6  # relative: a run's number and the mean of its items, computed apart, agree to this
 BEST_RULE = (
     "the highest mean win rate on the validation prompts (the validation pairs' prompts, judged like the test "
     "prompts); the held-out test prompts never take part in the choice, and a degenerate setting is never best"
@@ -41,14 +42,13 @@ BEST_RULE = (
 
 def per_item(exp_dir: ExperimentDir, run_id: str, judge_kind: str) -> dict[str, np.ndarray] | None:
     """A run's values item by item, one array per metric whose mean the metric is (the LC win rate: its GLM's
-    pseudo-values, and `lc` the fit behind them and its interval); None when the files are missing, or its samples
-    and the baseline's are not on the same prompts."""
+    pseudo-values, and `lc` the fit behind them and its interval); None when the files are missing or not as written
+    (the checksums of status.json and of the baselines' meta files), or its samples and the baseline's are not on the
+    same prompts."""
     run = exp_dir.run(run_id)
     try:
-        gens, base, val, val_base, pairs = map(
-            read_jsonl,
-            [run.generations, exp_dir.baseline("test"), run.validation, exp_dir.baseline("validation"), run.ranking],
-        )
+        gens, val, pairs = (run_rows(run, name) for name in ("generations", "validation", "ranking"))
+        base, val_base = (baseline_rows(exp_dir, name) for name in ("test", "validation"))
         if [g["prompt"] for g in gens] != [b["prompt"] for b in base]:
             return None
         if [g["prompt"] for g in val] != [b["prompt"] for b in val_base]:
@@ -58,22 +58,60 @@ def per_item(exp_dir: ExperimentDir, run_id: str, judge_kind: str) -> dict[str, 
         lengths = np.array([g["length"] for g in gens], dtype=np.float64)
         base_lengths = np.array([b["length"] for b in base], dtype=np.float64)
         column = lambda rows, key: np.array([r[key] for r in rows], dtype=np.float64)  # noqa: E731
-        lc = LcFit.of(prefs, lengths, base_lengths)
-        return {
-            "win_rate": prefs,
-            "lc_win_rate": lc.pseudo_values(),
-            "val_win_rate": prefer([g["reward"] for g in val], [b["reward"] for b in val_base]),
-            "reward": column(gens, "reward"),
-            "length": lengths,
-            "eos_rate": column(gens, "ended"),
-            "kl": column(gens, "kl_log_ratio"),
-            "kl_sft": column(gens, "kl_sft_log_ratio"),
-            "rank_acc_reward": preference(column(pairs, "reward_chosen"), column(pairs, "reward_rejected")),
-            "rank_acc_policy": preference(column(pairs, "logp_chosen"), column(pairs, "logp_rejected")),
-            "lc": lc,
-        }
-    except (OSError, ValueError, KeyError, TypeError):
+        with np.errstate(all="ignore"):
+            lc = LcFit.of(prefs, lengths, base_lengths)
+            return {
+                "win_rate": prefs,
+                "lc_win_rate": lc.pseudo_values(),
+                "val_win_rate": prefer([g["reward"] for g in val], [b["reward"] for b in val_base]),
+                "reward": column(gens, "reward"),
+                "length": lengths,
+                "eos_rate": column(gens, "ended"),
+                "kl": column(gens, "kl_log_ratio"),
+                "kl_sft": column(gens, "kl_sft_log_ratio"),
+                "rank_acc_reward": preference(column(pairs, "reward_chosen"), column(pairs, "reward_rejected")),
+                "rank_acc_policy": preference(column(pairs, "logp_chosen"), column(pairs, "logp_rejected")),
+                "lc": lc,
+            }
+    except (OSError, ValueError, KeyError, TypeError, ArithmeticError, np.linalg.LinAlgError):
         return None
+
+
+def estimate(items: dict, metric: str) -> float:
+    """What a run's `metric` is from its items: their mean, or for the LC win rate its GLM's fitted value (the
+    evaluation's `lc_win_rate`), which its pseudo-values' mean only approximates."""
+    if metric != "lc_win_rate":
+        return float(np.mean(items[metric]))
+    lc = items["lc"]
+    return float(np.mean(lc.q)) if lc.w is None else float(sigmoid(lc.w[1]))
+
+
+def _same(value: float, expected: float) -> bool:
+    """Equal up to the rounding of summing the same numbers in another order (NaN equals NaN)."""
+    return (
+        value == expected
+        or (np.isnan(value) and np.isnan(expected))
+        or abs(value - expected) <= AGREE * max(1.0, abs(expected))
+    )
+
+
+def disagreement(row: dict, items: dict) -> str | None:
+    """Why a run's numbers (metrics.json) are not those of its samples (its other files), or None: files that passed
+    their checksums yet disagree (edited together) are damaged too; no interval is put beside a number it may not
+    hold."""
+    for metric in METRICS:
+        value, expected = row[metric], estimate(items, metric)
+        if not _same(value, expected):
+            return f"metrics.json's {metric} ({value:.6g}) is not what its samples give ({expected:.6g})"
+    return None
+
+
+def damaged(row: dict, reason: str) -> None:
+    """Show `row` as damaged, with `reason`: its setting stays, every number goes (as `tables.collect` shows one)."""
+    for key in row:
+        if key not in SETTING:
+            row[key] = None
+    row["status"], row["damage"] = "damaged", reason
 
 
 def run_interval(items: dict, metric: str) -> tuple[float, float]:
@@ -83,16 +121,33 @@ def run_interval(items: dict, metric: str) -> tuple[float, float]:
     return (win_rate_interval if metric in SHARES else mean_interval)(items[metric])
 
 
+def _interval(items: dict, metric: str, value: float) -> tuple[float | None, float | None]:
+    """`run_interval`, or (None, None) where there is none to show: items that are not all finite, an estimator that
+    fails on them, or an interval that does not hold the run's number (error bars cannot point inwards)."""
+    try:
+        with np.errstate(all="ignore"):
+            lo, hi = run_interval(items, metric) if np.isfinite(items[metric]).all() else (np.nan, np.nan)
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError):
+        return None, None
+    ok = np.isfinite([lo, hi]).all() and lo - AGREE <= value <= hi + AGREE
+    return (float(lo), float(hi)) if ok else (None, None)
+
+
 def add_run_intervals(exp_dir: ExperimentDir, rows: list[dict], judge_kind: str) -> dict[str, dict]:
-    """Fill each finished row's `<metric>_lo` / `<metric>_hi`; returns the items of every run that has them."""
+    """Fill each finished row's `<metric>_lo` / `<metric>_hi`; returns the items of every run that has them. A run
+    whose numbers disagree with its samples is shown as damaged (`disagreement`)."""
     samples = {}
     for row in rows:
         items = per_item(exp_dir, row["run_id"], judge_kind) if row["status"] in EVALUATED else None
         if items is None:
             continue
+        problem = disagreement(row, items)
+        if problem:
+            damaged(row, problem)
+            continue
         samples[row["run_id"]] = items
         for metric in METRICS:
-            row[f"{metric}_lo"], row[f"{metric}_hi"] = run_interval(items, metric)
+            row[f"{metric}_lo"], row[f"{metric}_hi"] = _interval(items, metric, row[metric])
     return samples
 
 
@@ -126,10 +181,11 @@ def setting_intervals(rows: list[dict], samples: dict, metrics: tuple[str, ...] 
                 bounds |= {f"{metric}_{e}": runs[0].get(f"{metric}_{e}") for e in ("lo", "hi")}
                 continue
             table = [samples[r["run_id"]][metric] for r in runs]
-            if len({len(t) for t in table}) > 1:  # not on the same items (an edited run): no joint interval
-                continue
+            if len({len(t) for t in table}) > 1 or not all(np.isfinite(t).all() for t in table):
+                continue  # not on the same items (an edited run), or not all numbers: no joint interval
             centre, half = float(np.mean([r[metric] for r in runs])), crossed_mean(table).half_width(CONFIDENCE)
-            bounds |= {f"{metric}_lo": centre - half, f"{metric}_hi": centre + half}
+            if np.isfinite([centre, half]).all():
+                bounds |= {f"{metric}_lo": centre - half, f"{metric}_hi": centre + half}
         out[key] = bounds
     return out
 

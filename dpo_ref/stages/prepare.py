@@ -13,6 +13,7 @@ Idempotent: when plan.json holds the same content key (models' fingerprints, dat
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from functools import partial
 
@@ -32,6 +33,7 @@ from ..expdir import (
     baseline_intact,
     columns,
     generation_rows,
+    is_plan,
     make_judge,
     read_baseline,
     write_baseline,
@@ -43,9 +45,9 @@ from ..models import ModelRef, load_tokenizer
 from ..plan import STUDIES, scoring_needs
 from ..precision import regime_for
 from ..reference import ReferenceEngine, ReferenceScorer, similarity
-from ..store import atomic_dir, atomic_write_json, content_hash, locked, read_json
+from ..store import atomic_dir, atomic_write_json, check_file, clean_stale, content_hash, locked
 from ..ui import console
-from ..validate import Models, resolve_models
+from ..validate import Models, check_pairs, resolve_models
 
 PREPARE_VERSION = "3"  # bump when what prepare writes changes, so old directories are rebuilt (3: strength)
 
@@ -177,21 +179,24 @@ def prepare(exp: Experiment, exp_dir: ExperimentDir, study: str, models: Models 
     second process waits, then reuses what the first wrote. `models`: resolved already (`resolve_models`). Returns
     what it did: `status` (built or reused) and the reference scoring passes computed and served from the cache."""
     models = models or resolve_models(exp)
-    with locked(exp_dir.prepared, on_wait=console.print):
+    with locked(exp_dir.prepared, on_wait=console.print):  # which also removes stale temporaries beside prepared/
+        clean_stale(exp_dir.baseline(BASELINES[0]).parent)  # and those of baselines killed while they were written
         return _prepare(exp, exp_dir, study, models)
 
 
 def _prepare(exp: Experiment, exp_dir: ExperimentDir, study: str, models: Models) -> dict:
     key = prepare_key(exp, models, study)
-    written = [exp_dir.plan] + ([exp_dir.similarity] if STUDIES[study].similarity else [])
     intact = intact_dir(exp_dir.prepared, "prepared data")  # first: a damaged plan.json is never read
-    same_key = intact and all(p.is_file() for p in written) and read_json(exp_dir.plan).get("key") == key
+    plan, _ = check_file(exp_dir.plan, json.loads, is_plan) if intact else (None, None)
+    similar = check_file(exp_dir.similarity, json.loads, lambda s: isinstance(s, dict))[1] is None
+    same_key = plan is not None and plan["key"] == key and (similar or not STUDIES[study].similarity)
     baselines = all([baseline_intact(exp_dir, name) for name in BASELINES])
     if same_key and baselines:
         console.print(f"prepared inputs reused: {exp_dir.prepared}")
         return {"status": "reused", "computed": 0, "from_cache": 0}
     tokenizer = load_tokenizer(models.policy)
     loaded = data.load_data(exp, models.world, models.policy, tokenizer)
+    check_pairs(exp, models, loaded)  # instruction pairs exist only now: every split must keep a pair
     for note in loaded.notes:
         console.print(note)
     engine = ReferenceEngine()

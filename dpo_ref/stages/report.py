@@ -4,6 +4,7 @@ results."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -12,7 +13,7 @@ from .. import data
 from ..config import Experiment, RunSpec, expand
 from ..errors import UserError
 from ..evaluation.alpaca_eval import import_annotations
-from ..expdir import ExperimentDir, Prepared, RunDir, read_run, read_spec
+from ..expdir import ExperimentDir, Prepared, RunDir, checked, read_run, read_spec
 from ..models import load_tokenizer, resolve
 from ..plan import STUDIES
 from ..precision import regime_for
@@ -26,9 +27,21 @@ from ..store import atomic_write_json, damage, read_json
 from ..ui import stdout
 
 
+def _is_mapping(value) -> bool:
+    return isinstance(value, dict)
+
+
+def _run_meta(meta) -> bool:
+    """run.yaml as a run writes it: its spec under `run`."""
+    return RunSpec.model_validate(meta["run"]) is not None
+
+
 def results_dir(exp_dir: ExperimentDir) -> tuple[Experiment, str]:
     """(experiment, study) of a results directory, from the files the command that made it wrote."""
     exp, command = read_spec(exp_dir)
+    if command["study"] not in STUDIES:
+        study = command["study"]
+        raise UserError(str(exp_dir.command), f"names no study dporef knows ({study!r}); run the study command again")
     return exp, command["study"]
 
 
@@ -46,9 +59,12 @@ def report(exp_dir: ExperimentDir, exp: Experiment, study: str, judge: str, extr
         extra = _last_timings(exp_dir)
     samples = add_run_intervals(exp_dir, rows, exp.judge.kind)
     comparison, bounds = indistinguishable(rows, samples), setting_intervals(rows, samples)
-    sim = read_json(exp_dir.similarity) if exp_dir.similarity.is_file() else None
+    again = "run the study command again to measure it"
+    sim = checked(exp_dir.similarity, json.loads, _is_mapping, again) if exp_dir.similarity.is_file() else None
     title = STUDIES[study].title
-    write_report(exp_dir, rows, f"{exp.name} ({title})", STUDIES[study].tables, extra, sim, judge, comparison, bounds)
+    unconverged = [run_id for run_id, items in samples.items() if not items["lc"].converged]
+    tables = STUDIES[study].tables
+    write_report(exp_dir, rows, f"{exp.name} ({title})", tables, extra, sim, judge, comparison, bounds, unconverged)
     stdout.print(rich_table(rows, shown_columns(rows), f"{exp.name}: {title} (95% intervals in brackets)"))
     if comparison is not None:
         stdout.print(describe(comparison).strip(), soft_wrap=True)
@@ -88,7 +104,8 @@ def analyze_run(run_dir: RunDir, min_count: int = 100, top: int = 15) -> dict:
     if not (run_dir.spec.is_file() and run_dir.policy.is_dir() and damage(run_dir.policy) is None):
         raise UserError(str(run_dir.root), "not a finished training run (needs run.yaml and an intact policy/)")
     prepared = Prepared.open(ExperimentDir(run_dir.root.parent))
-    run = RunSpec.model_validate(yaml.safe_load(run_dir.spec.read_text())["run"])
+    meta = checked(run_dir.spec, yaml.safe_load, _run_meta, "run the study command again to rerun it")
+    run = RunSpec.model_validate(meta["run"])
     policy_ref = prepared.model("policy")
     reference = policy_ref if run.reference is None else prepared.model("references", run.reference)
     tokenizer = load_tokenizer(policy_ref)

@@ -3,7 +3,8 @@
     <exp_dir>/<run_id>/run.yaml            the run's spec and config hash
                        status.json         running -> done | degenerate (both with `flags`) | diverged | failed
                                            | interrupted (Ctrl-C, SIGTERM) | stopped (a training callback, such
-                                           as tune-beta's pruner, stopped training early; evaluated there)
+                                           as tune-beta's pruner, stopped training early; evaluated there); a
+                                           finished one, written last, with the sha256 of every file the run wrote
                        metrics.json        training history and the evaluation
                        generations.jsonl   the policy's judged samples on the test prompts, with the log-ratios
                                            behind its KL estimates (to the reference and to the SFT policy)
@@ -36,12 +37,12 @@ from ..config import RunSpec, find_run, reference_config
 from ..errors import UserError
 from ..evaluation.alpaca_eval import export_model_outputs, generator_name
 from ..evaluation.evaluate import EvalSamples, ImplicitReward, evaluate_policy
-from ..expdir import ExperimentDir, Prepared, RunDir, generation_rows, prepared_models, run_hash, run_state
+from ..expdir import ExperimentDir, Prepared, RunDir, finished_status, generation_rows, run_hash, run_state
 from ..generation_vllm import engine_sampler
 from ..models import ModelRef, is_adapter, load_tokenizer
 from ..objectives import OBJECTIVES
 from ..precision import regime_for
-from ..store import Held, atomic_write_json, atomic_write_jsonl, atomic_write_text, lock_file, locked
+from ..store import Held, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_file, lock_file, locked
 from ..training_guards import run_flags
 from ..ui import console
 
@@ -54,10 +55,8 @@ CallbackFactory = Callable[[Prepared, RunSpec], TrainerCallback | None]
 def _clear_attempt(run_dir: RunDir, config_hash: str) -> None:
     """Remove an earlier attempt of the run, except the checkpoints in its `trainer/` when it ran with the same config
     hash: an interrupted run resumes from them (train.resume_point)."""
-    try:
-        same = yaml.safe_load(run_dir.spec.read_text())["config_hash"] == config_hash
-    except (OSError, yaml.YAMLError, TypeError, KeyError):
-        same = False
+    spec, _ = check_file(run_dir.spec, yaml.safe_load, lambda m: isinstance(m, dict))
+    same = spec is not None and spec.get("config_hash") == config_hash
     if not same:
         shutil.rmtree(run_dir.root)
         return
@@ -73,7 +72,7 @@ def _start(prepared: Prepared, run: RunSpec) -> float:
     (`execute_locked`), so what is there is an interrupted, damaged or outdated attempt, never one another process is
     writing."""
     exp, run_dir = prepared.exp, prepared.exp_dir.run(run.run_id)
-    config_hash = run_hash(exp, run, prepared_models(prepared.exp_dir))  # the models the runs read (plan.json)
+    config_hash = run_hash(exp, run, prepared.plan["models"])  # the models the runs read (plan.json)
     if run_dir.root.exists():
         _clear_attempt(run_dir, config_hash)
     run_dir.root.mkdir(parents=True, exist_ok=True)
@@ -224,7 +223,8 @@ def execute(prepared: Prepared, run: RunSpec, callbacks: Sequence[CallbackFactor
     atomic_write_json(run_dir.metrics, metrics)
     status = _status(result, metrics)
     finished = {"flags": list(flags), "started": started, "finished": time.time()}
-    atomic_write_json(run_dir.status, {**status, **finished})
+    # last, with the checksum of every file the run wrote: a later change to any of them makes the run damaged
+    atomic_write_json(run_dir.status, finished_status(run_dir, {**status, **finished}, objective is not None))
     for why in flags.values():
         console.print(f"[yellow]flagged[/]: {run.run_id}: {why}")
     if result.degenerate:
@@ -234,26 +234,38 @@ def execute(prepared: Prepared, run: RunSpec, callbacks: Sequence[CallbackFactor
 
 def execute_safely(prepared: Prepared, run: RunSpec, callbacks: Sequence[CallbackFactory] = ()) -> str:
     """`execute`, with a broken run marked on disk (diverged, or failed with its traceback) instead of raised, so one
-    run cannot lose the others and a launcher reads the outcome from status.json. Returns the final status."""
-    status_file = prepared.exp_dir.run(run.run_id).status
+    run cannot lose the others and a launcher reads the outcome from status.json. Returns the final status. When even
+    that mark cannot be written (a full or read-only disk), the first fault is raised (one line naming its file) and
+    the run stays `running`, never finished: the next command runs it again."""
+    run_dir = prepared.exp_dir.run(run.run_id)
     try:
         return execute(prepared, run, callbacks)
     except FloatingPointError as e:
-        atomic_write_json(status_file, {"status": "diverged", "error": str(e), **getattr(e, "details", {})})
+        diverged = {"status": "diverged", "error": str(e), **getattr(e, "details", {})}
+        _mark(run_dir, finished_status(run_dir, diverged, run.objective in OBJECTIVES), e)
         console.print(f"[red]diverged[/]: {run.run_id}: {e}")
         return "diverged"
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into one)
-        if status_file.parent.is_dir():
-            atomic_write_json(status_file, {"status": "interrupted", "interrupted": time.time()})
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (the CLI turns it into one)
+        if run_dir.root.is_dir():
+            _mark(run_dir, {"status": "interrupted", "interrupted": time.time()}, e)
         resume = f"run the same command again, or `dporef run-one {prepared.exp_dir.root} {run.run_id}`"
         console.print(f"[yellow]interrupted[/]: {run.run_id}; to resume, {resume}", soft_wrap=True)
         raise
     except UserError:
         raise
     except Exception as e:  # its traceback is kept on disk
-        atomic_write_json(status_file, {"status": "failed", "error": repr(e), "traceback": traceback.format_exc()})
+        _mark(run_dir, {"status": "failed", "error": repr(e), "traceback": traceback.format_exc()}, e)
         console.print(f"[red]failed[/]: {run.run_id}: {e!r}")
         return "failed"
+
+
+def _mark(run_dir: RunDir, status: dict, fault: BaseException) -> None:
+    """Write the run's outcome to status.json. When the disk refuses it too, raise `fault` when it is a disk fault
+    (what went wrong first, naming its file) or an interrupt, else the refusal (naming status.json)."""
+    try:
+        atomic_write_json(run_dir.status, status)
+    except OSError as refused:
+        raise (fault if isinstance(fault, OSError | KeyboardInterrupt) else refused) from None
 
 
 def execute_locked(
@@ -268,6 +280,7 @@ def execute_locked(
             if state.done:
                 console.print(f"[green]already done[/]: {run.run_id}")
                 return state.status
+            prepared.verify(run)  # what it reads is still what prepare wrote: a user error, before anything starts
             t0 = time.time()
             status = execute_safely(prepared, run, callbacks)
             console.print(f"finished {run.run_id}: {status} in {time.time() - t0:.1f}s")

@@ -24,13 +24,13 @@ import optuna
 from .. import data, launch
 from ..config import Experiment, RunSpec, expand
 from ..errors import UserError
-from ..expdir import ExperimentDir, Prepared, read_status, write_spec
+from ..expdir import ExperimentDir, Prepared, read_run, read_status, write_spec
 from ..plan import check_study, estimated_steps
 from ..runner import pending_runs
 from ..stages.prepare import prepare
 from ..stages.report import report
 from ..stages.run import execute_locked
-from ..store import atomic_write_json, atomic_write_text, read_json
+from ..store import atomic_write_json, atomic_write_text
 from ..ui import console, stdout
 from ..validate import check_inputs
 from .pruning import FACTORY, trial_pruning
@@ -81,9 +81,9 @@ def _execute(exp: Experiment, exp_dir: ExperimentDir, run: RunSpec, source: str)
 def _tell(study: optuna.Study, number: int, exp_dir: ExperimentDir, run: RunSpec, status: str) -> None:
     """The trial's outcome: its final validation win rate, pruned (its run stopped by the pruner; Optuna keeps its
     last intermediate value), or failed (diverged, degenerate, failed: never a best beta, as in the beta grids)."""
-    if status == "done":
-        value = read_json(exp_dir.run(run.run_id).metrics)["eval"]["val_win_rate"]
-        study.tell(number, value)
+    metrics = read_run(exp_dir.run(run.run_id), run).metrics if status == "done" else None  # checked, or None
+    if metrics is not None:
+        study.tell(number, metrics["eval"]["val_win_rate"])
     elif status == "stopped":
         study.tell(number, state=optuna.trial.TrialState.PRUNED)
     else:
