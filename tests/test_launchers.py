@@ -40,19 +40,28 @@ def files_under(path: Path) -> list[str]:
 @pytest.mark.parametrize(
     "sets, where, message",
     [
-        (["launch.launcher=ssh"], "launch.launcher", "unknown launcher 'ssh'; available: local, accelerate, slurm"),
-        (["launch.gpus=[0,1]", "launch.workers=2"], "launch", "set `gpus` (one process per GPU) or `workers`"),
-        (["launch.gpus=[0,0]"], "launch.gpus", "GPU ids are distinct integers >= 0"),
-        (["launch.slurm.nodes=2"], "launch.slurm.nodes", "run-one uses one node"),
-        (["launch.slurm.extra={dependency: afterok:1}"], "launch.slurm.extra", "'dependency' is set by dporef"),
-        (['launch.slurm.extra={qos: "a\\nb"}'], "launch.slurm.extra", "holds a line break"),
+        (
+            ["launch.launcher=ssh"],
+            "--set launch.launcher=ssh",
+            "unknown launcher 'ssh'; available: local, accelerate, slurm",
+        ),
+        (["launch.gpus=[0,1]", "launch.workers=2"], ": launch", "set `gpus` (one process per GPU) or `workers`"),
+        (["launch.gpus=[0,0]"], "--set launch.gpus=[0,0]", "GPU ids are distinct integers >= 0"),
+        (["launch.slurm.nodes=2"], "--set launch.slurm.nodes=2", "run-one uses one node"),
+        (
+            ["launch.slurm.extra={dependency: afterok:1}"],
+            "--set launch.slurm.extra={dependency: afterok:1}",
+            "'dependency' is set by dporef",
+        ),
+        (['launch.slurm.extra={qos: "a\\nb"}'], '--set launch.slurm.extra={qos: "a\\nb"}', "holds a line break"),
     ],
 )
 def test_bad_launch_settings_are_refused_in_one_line(tmp_path, sets, where, message):
     result = cli("sweep-beta", "--dry-run", "--out", str(tmp_path), sets=sets)  # refused before the dry run
     assert result.exit_code == 2, result.output
     (line,) = result.stderr.splitlines()
-    assert line.startswith("error: ") and f": {where}: " in line and message in line, line
+    # the location is the --set that gave the bad value (or, for two that clash, the key they share)
+    assert line.startswith("error: ") and f"{where}: " in line and message in line, line
 
 
 def test_the_launcher_flag_overrides_the_yaml(tmp_path):
