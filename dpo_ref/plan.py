@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import data
 from .config import Experiment, RunSpec, reference_config
+
+if TYPE_CHECKING:
+    from .expdir import ExperimentDir
 from .errors import UserError
-from .expdir import ExperimentDir, is_done, prepared_models
 from .objectives import OBJECTIVES
 
 
@@ -85,6 +88,9 @@ def scoring_needs(exp: Experiment, runs: list[RunSpec]) -> list[tuple[str, str, 
 def plan_text(exp: Experiment, runs: list[RunSpec], exp_dir: ExperimentDir) -> str:
     """The expanded plan `--dry-run` prints: runs, references to score, steps per run. A run is shown done when it
     is done with the models the last prepare resolved (a dry run resolves nothing)."""
+    # here, not at the top: the experiment directory's readers load TRL, and the CLI imports plan
+    from .expdir import is_done, prepared_models
+
     n_pairs = data.source(exp).n_train_pairs(exp)
     steps = estimated_steps(exp, n_pairs) if n_pairs is not None else None
     judge = exp.judge.kind + (f" {exp.judge.model}" if exp.judge.model else "")
