@@ -2,6 +2,8 @@
 
 import os
 import random
+import shutil
+import subprocess
 import tempfile
 
 import numpy as np
@@ -107,3 +109,29 @@ def gold(prompt: str, response: str, ended: bool) -> float:
     target = TARGETS[task](letters)
     hits = sum(response[i] == target[i] for i in range(min(len(response), len(target))))
     return hits / len(target) - 0.1 * max(0, len(response) - len(target)) - (0.0 if ended else 0.5)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size) -> a fresh tmpfs of that size under tmp_path (a full disk on demand); mount.read_only(path) remounts
+    it read-only. Skipped where mounting is not permitted."""
+    mounted = []
+
+    def run(*args):
+        if shutil.which("mount") is None:
+            pytest.skip("no `mount` command here: cannot make a small or read-only file system")
+        done = subprocess.run(args, capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"mounting is not permitted here ({done.stderr.strip()}): needs root or CAP_SYS_ADMIN")
+
+    def mount(size: str):
+        path = tmp_path / f"fs{len(mounted)}"
+        path.mkdir()
+        run("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path))
+        mounted.append(path)
+        return path
+
+    mount.read_only = lambda path: run("mount", "-o", "remount,ro", str(path))
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", str(path)], check=True)

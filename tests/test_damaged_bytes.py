@@ -485,31 +485,6 @@ def test_concurrent_writers_and_cleaners_never_break_each_other(tmp_path):
 # --- 5. a full or read-only disk: one line naming the file, nothing left that looks finished
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """mount(size) -> a fresh tmpfs of that size under tmp_path; mount.read_only(path) remounts it read-only."""
-    mounted = []
-
-    def run(*args):
-        if shutil.which("mount") is None:
-            pytest.skip("no `mount` command here: cannot make a small or read-only file system")
-        done = subprocess.run(args, capture_output=True, text=True)
-        if done.returncode:
-            pytest.skip(f"mounting is not permitted here ({done.stderr.strip()}): needs root or CAP_SYS_ADMIN")
-
-    def mount(size: str):
-        path = tmp_path / f"fs{len(mounted)}"
-        path.mkdir()
-        run("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path))
-        mounted.append(path)
-        return path
-
-    mount.read_only = lambda path: run("mount", "-o", "remount,ro", str(path))
-    yield mount
-    for path in mounted:
-        subprocess.run(["umount", str(path)], check=True)
-
-
 def fill(directory: Path) -> Path:
     """Fill the file system of `directory` to its last byte; returns the filler file."""
     filler = directory / "filler"

@@ -8,8 +8,6 @@ no CAP_SYS_ADMIN) those tests are skipped with the reason. The ENOTDIR tests nee
 import errno
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,31 +20,6 @@ from dpo_ref.store import atomic_dir, atomic_write_bytes, atomic_write_text
 
 SHORT = TINY_WORLD + ["train.max_steps=2", "eval.max_new_tokens=12", "objectives.0.betas=[0.1]"]
 DISK_FOR_ONE_ROW = 400 << 10  # the world's policies (134k parameters, fp32) are ~536 kB; the rest is ~200 kB
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """mount(size) -> a fresh tmpfs of that size under tmp_path; remount(path) makes it read-only."""
-    mounted = []
-
-    def run(*args):
-        if shutil.which("mount") is None:
-            pytest.skip("no `mount` command here: cannot make a small or read-only file system")
-        done = subprocess.run(args, capture_output=True, text=True)
-        if done.returncode:
-            pytest.skip(f"mounting is not permitted here ({done.stderr.strip()}): needs root or CAP_SYS_ADMIN")
-
-    def mount(size: str):
-        path = tmp_path / f"fs{len(mounted)}"
-        path.mkdir()
-        run("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path))
-        mounted.append(path)
-        return path
-
-    mount.read_only = lambda path: run("mount", "-o", "remount,ro", str(path))
-    yield mount
-    for path in mounted:
-        subprocess.run(["umount", str(path)], check=True)
 
 
 def snapshot(root):
