@@ -1,8 +1,9 @@
-"""The README's YAML reference, generated from the pydantic field descriptions.
+"""The docs site's YAML reference (docs/reference.md), generated from the pydantic field descriptions.
 
-`python -m dpo_ref.docs` prints it; `python -m dpo_ref.docs README.md` rewrites the README's section in place.
+`python -m dpo_ref.docs` prints it; `python -m dpo_ref.docs docs/reference.md` rewrites the page's generated part
+(between the START and END markers) in place.
 
-A test checks the README holds exactly this text, so the documentation cannot drift from the code.
+A test checks docs/reference.md holds exactly this text, so the documentation cannot drift from the code.
 """
 
 import sys
@@ -69,7 +70,8 @@ def yaml_reference() -> str:
 START, END = "<!-- yaml-reference:start -->\n", "<!-- yaml-reference:end -->"
 
 
-def update_readme(path: Path) -> None:
+def update_page(path: Path) -> None:
+    """Rewrite the generated part of `path` (docs/reference.md) between START and END."""
     text = path.read_text()
     head, rest = text.split(START, 1)
     path.write_text(head + START + yaml_reference() + "\n" + END + rest.split(END, 1)[1])
@@ -77,6 +79,6 @@ def update_readme(path: Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1:
-        update_readme(Path(sys.argv[1]))
+        update_page(Path(sys.argv[1]))
     else:
         print(yaml_reference())

@@ -30,6 +30,7 @@ from .moving import REFERENCE_STATE, MovingReference, MovingReferenceCheckpoints
 from .objectives import OBJECTIVES, PolicyLogps, ReferenceLogps
 from .precision import use_bf16
 from .store import atomic_dir, read_json
+from .tracking import Tracking
 from .training_guards import Diverged, DivergenceGuard
 from .trl_adapter import DPOTrainerAdapter
 from .ui import console, progress
@@ -42,6 +43,7 @@ class CachedReferenceDPOTrainer(DPOTrainerAdapter):
         self.objective = OBJECTIVES[objective]
         self.gamma = gamma
         self.guard = guard  # told every training loss, so a non-finite one stops training at its step
+        self.tokens_seen = 0  # the `num_tokens` metric: prompt and response tokens trained on so far
         super().__init__(*args, **kw)
 
     def train_sampler(self, dataset):
@@ -80,6 +82,7 @@ class CachedReferenceDPOTrainer(DPOTrainerAdapter):
         if mode == "train" and self.guard is not None:  # gathered: every process takes the same decision
             step_loss = self.accelerator.gather(loss.detach().reshape(1)).mean().item()
             self.guard.observe(self.state.global_step + 1, "loss", step_loss)
+        self.record_token_metrics(mode, out, inputs, shift_mask)
         metrics = {
             "rewards/chosen": chosen_reward,
             "rewards/rejected": rejected_reward,
@@ -93,6 +96,26 @@ class CachedReferenceDPOTrainer(DPOTrainerAdapter):
         for name, value in metrics.items():
             self.record_metric(mode, name, self.accelerator.gather_for_metrics(value.detach()).mean().item())
         return (loss, out) if return_outputs else loss
+
+    def record_token_metrics(self, mode: str, out, inputs, shift_mask: torch.Tensor) -> None:
+        """The per-token metrics stock DPOTrainer logs beside the rewards (same names, same definitions): entropy
+        and mean logit over completion tokens, the chosen responses' top-1 token accuracy, tokens trained on."""
+        if mode == "train":
+            self.tokens_seen += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+        self.record_metric(mode, "num_tokens", self.tokens_seen, latest=True)
+        width = shift_mask.size(1)
+
+        def token_mean(values: torch.Tensor, mask: torch.Tensor) -> float:  # over every process's tokens
+            total = self.accelerator.gather_for_metrics((values.float() * mask).sum()).sum()
+            count = self.accelerator.gather_for_metrics(mask.sum()).sum()
+            return (total / count).item() if count > 0 else 0.0
+
+        chosen_mask, rejected_mask = shift_mask.chunk(2)
+        mean_logits = out.mean_logits[:, -width:].detach().chunk(2)
+        self.record_metric(mode, "entropy", token_mean(out.entropy[:, -width:].detach(), shift_mask))
+        self.record_metric(mode, "logits/chosen", token_mean(mean_logits[0], chosen_mask))
+        self.record_metric(mode, "logits/rejected", token_mean(mean_logits[1], rejected_mask))
+        self.record_metric(mode, "mean_token_accuracy", token_mean(out.is_top1[:, -width:].chunk(2)[0], chosen_mask))
 
 
 def pair_lengths(dataset: Dataset) -> list[int]:
@@ -180,9 +203,15 @@ def _saving(cfg: TrainConfig) -> dict:
 
 
 def dpo_config(
-    cfg: TrainConfig, run: RunSpec, output_dir: Path, params: float, moving: MovingReference | None = None
+    cfg: TrainConfig,
+    run: RunSpec,
+    output_dir: Path,
+    params: float,
+    moving: MovingReference | None = None,
+    tracking: Tracking | None = None,
 ) -> DPOConfig:
-    """TRL settings from dporef's; precision and checkpointing follow the hardware unless set explicitly."""
+    """TRL settings from dporef's; precision and checkpointing follow the hardware unless set explicitly; the
+    trackers of `train.report_to` (`tracking`), else none."""
     gpu = torch.cuda.is_available()
     checkpointing = cfg.gradient_checkpointing == "on" or (
         cfg.gradient_checkpointing == "auto" and gpu and params > 1e9
@@ -206,7 +235,7 @@ def dpo_config(
         logging_first_step=True,
         logging_nan_inf_filter=False,  # the history shows a non-finite loss as it was, not as an average
         **_saving(cfg),
-        report_to=[],
+        **(tracking.trainer_settings(run.run_id) if tracking else {"report_to": []}),
         disable_tqdm=True,
         seed=run.seed,
         data_seed=run.seed,
@@ -297,6 +326,18 @@ def save_policy(trainer: DPOTrainer, policy_dir: Path) -> None:
             (Path(out) / "training_args.bin").unlink(missing_ok=True)  # the Trainer's pickled arguments: not a model
 
 
+def _configure(trainer: DPOTrainer, cfg: TrainConfig, moving: MovingReference | None, tracking: Tracking | None):
+    """What the Trainer's constructor cannot be told: no printed metrics (they go to metrics.json, progress to the
+    rich bar), the moving reference saved with each checkpoint, the adapters' dropout, the trackers' run setup."""
+    trainer.remove_callback(PrinterCallback)
+    if moving and not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):  # sharded: a rerun starts over
+        trainer.add_callback(MovingReferenceCheckpoints(trainer.ref_model))
+    if cfg.lora is not None and cfg.lora.dropout:
+        _restore_adapter_dropout(trainer.model, cfg.lora.dropout)
+    if tracking:
+        tracking.attach(trainer)
+
+
 def train_policy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -308,13 +349,15 @@ def train_policy(
     policy_dir: Path,
     moving: MovingReference | None = None,
     callbacks: list[TrainerCallback] = (),
+    tracking: Tracking | None = None,
 ) -> Trained:
     """Train `model` on `train` (tokenized pairs with reference columns), from the last checkpoint of an interrupted
     attempt in `output_dir` when there is one, and save it in `policy_dir`; with `cfg.eval_steps`, the weights kept
     (lowest validation loss) are the ones saved and returned (`model` itself, or under `cfg.lora` a peft model around
     it); `moving`: the run's TR-DPO reference, in memory while it trains; `callbacks`: more of the Trainer's (a
-    tune-beta trial's pruner; the step at which one stopped training is `Trained.stopped_at`). Raises Diverged at
-    the first non-finite loss or gradient norm."""
+    tune-beta trial's pruner; the step at which one stopped training is `Trained.stopped_at`); `tracking`: the
+    experiment trackers that receive its metrics (`train.report_to`). Raises Diverged at the first non-finite loss
+    or gradient norm."""
     params = sum(p.numel() for p in model.parameters())
     resume = ranks.agree(resume_point(output_dir, moving is not None) if ranks.is_main() else None)  # main cleans up
     resumed_from = int(resume.name.rsplit("-", 1)[1]) if resume else None
@@ -324,7 +367,7 @@ def train_policy(
     callbacks = [RichProgress(f"training {run.run_id}"), guard, *callbacks]
     trainer = CachedReferenceDPOTrainer(
         model=model,
-        args=dpo_config(cfg, run, output_dir, params, moving),
+        args=dpo_config(cfg, run, output_dir, params, moving, tracking),
         ref_model=moving.model if moving else None,
         train_dataset=train,
         eval_dataset=validation if cfg.eval_steps else None,
@@ -335,14 +378,11 @@ def train_policy(
         peft_config=lora_config(cfg.lora),
         callbacks=callbacks + ([PeriodicCheckpoints(cfg.checkpoint_steps)] if cfg.checkpoint_steps else []),
     )
-    trainer.remove_callback(PrinterCallback)  # metrics go to metrics.json, progress to the rich bar
-    if moving and not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):  # sharded: a rerun starts over
-        trainer.add_callback(MovingReferenceCheckpoints(trainer.ref_model))
-    if cfg.lora is not None and cfg.lora.dropout:
-        _restore_adapter_dropout(trainer.model, cfg.lora.dropout)
+    _configure(trainer, cfg, moving, tracking)
     if resume:
         console.print(f"resuming {run.run_id} from its checkpoint at step {resumed_from}")
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with tracking.environment() if tracking else nullcontext():
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     history = [h for h in trainer.state.log_history if "loss" in h or "train_loss" in h or "eval_loss" in h]
     if guard.found:
         raise Diverged(*guard.found, history)

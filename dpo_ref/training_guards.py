@@ -19,7 +19,7 @@ GRAD_COLLAPSE = 1e-8  # numerically no gradient: the saturated runs log exactly 
 COLLAPSE_LOGS = 3  # ... at this many last logged steps (all logged steps after the first, when fewer)
 # KL(policy || reference) per response token, in nats, above which a run has left its reference behind: on average
 # its own tokens are e^2 = 7.4 times likelier under it than under the reference. Per token, so that long responses
-# of real models (SmolLM2-135M's DPO runs in the README: 0.2-1.0 nats over 52-70 tokens) meet the same bound as the
+# of real models (SmolLM2-135M's DPO runs in docs/results.md: 0.2-1.0 nats over 52-70 tokens) meet the same bound as the
 # world's short ones; not lower, because a reference of another family starts far away (the world's strong-other:
 # ~1 nat per token before training). Measured on the embedded world: healthy runs 0.2-0.3, runs broken by learning
 # rates 1e-2 to 1e3 0.9-1.4 (its 42-token vocabulary bounds them; they are flagged degenerate or grad-collapse).

@@ -66,13 +66,17 @@ class DPOTrainerAdapter(DPOTrainer):
         """The sampler that orders `dataset` (the training set) for training; None: the Trainer's own order."""
         return None
 
-    def record_metric(self, mode: str, name: str, value: float) -> None:
+    def record_metric(self, mode: str, name: str, value: float, latest: bool = False) -> None:
         """Record one step's `value` of metric `name` in `mode` ("train" or "eval"): TRL's `log` writes the mean of
-        the values recorded since the last log into the log history (under "eval_" + `name` in evaluation)."""
+        the values recorded since the last log into the log history (under "eval_" + `name` in evaluation); with
+        `latest`, the last value recorded instead (a running count)."""
         # TRL 1.16 private: `DPOTrainer._metrics[mode]`, a dict of lists that DPOTrainer.log averages and clears. It
         # is the only way into TRL's per-step logs: the public `log` writes a log entry at once rather than
         # accumulating values over the steps between two logs.
-        self._metrics[mode][name].append(value)
+        if latest:
+            self._metrics[mode][name] = [value]
+        else:
+            self._metrics[mode][name].append(value)
 
     def _get_train_sampler(self, train_dataset=None):
         # transformers 5 private: `Trainer._get_train_sampler(train_dataset)`, what `get_train_dataloader` orders the

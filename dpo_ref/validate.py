@@ -23,6 +23,7 @@ from .errors import UserError
 from .model_files import CAUSAL, REWARD
 from .models import ModelRef, load_tokenizer, resolve
 from .plan import scoring_needs
+from .tracking import check_installed
 from .world import build_world
 
 
@@ -124,6 +125,7 @@ def _check(exp: Experiment) -> data.PreferenceData | None:
     """The checks that need no model; the preference data when they are read from files."""
     _check_quantize(exp)
     _check_engine(exp)
+    check_installed(exp.train.report_to)
     # only file sources are read here: world pairs come with the world, instruction pairs are sampled in prepare
     loaded = None
     if isinstance(data.source(exp), data.FileSource):

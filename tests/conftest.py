@@ -94,7 +94,7 @@ def run_study(cache_dir):
     return run
 
 
-# The world's gold reward written out by hand from the README, for tests that recompute metrics without dporef.
+# The world's gold reward written out by hand from docs/world.md, for tests that recompute metrics without dporef.
 TARGETS = {
     "copy": lambda s: s,
     "rev": lambda s: s[::-1],
@@ -104,7 +104,7 @@ TARGETS = {
 
 
 def gold(prompt: str, response: str, ended: bool) -> float:
-    """The README's gold reward: share of the target's positions right, -0.1 per extra character, -0.5 without EOS."""
+    """docs/world.md's reward: share of the target's positions right, -0.1 per extra character, -0.5 without EOS."""
     task, letters = prompt.split(" ")
     target = TARGETS[task](letters)
     hits = sum(response[i] == target[i] for i in range(min(len(response), len(target))))

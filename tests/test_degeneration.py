@@ -56,5 +56,5 @@ def test_loop_rules_by_hand():
 
 
 def test_seven_equal_tokens_in_a_row_are_not_a_loop():
-    # README (Metrics, status): a loop is one token 8+ times in a row or a 4-gram 4+ times; 7 in a row is neither
+    # docs/metrics.md (status): a loop is one token 8+ times in a row or a 4-gram 4+ times; 7 in a row is neither
     assert degeneration(gens([[3] * 7 + [2]] * 4, [True] * 4)) is None

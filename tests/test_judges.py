@@ -64,7 +64,7 @@ def test_reward_model_preference_is_the_bradley_terry_probability():
 def test_rule_judge_counts_ties_as_half():
     judge = RuleJudge("world", gold_reward)
     rewards = judge.rewards(["rev abc", "rev abc", "rev abc"], ["cba", "cb", "cba"], [True, True, False])
-    # by hand (README, gold reward): all 3 characters right 1.0; 2 of 3 right 2/3; right but no EOS 1.0 - 0.5
+    # by hand (docs/world.md, gold reward): all 3 characters right 1.0; 2 of 3 right 2/3; right but no EOS 1.0 - 0.5
     assert rewards.tolist() == pytest.approx([1.0, 2 / 3, 0.5], abs=1e-12)
     assert judge.preferences(rewards, [0.5, 1.0, 0.5]).tolist() == [1.0, 0.0, 0.5]
 

@@ -279,7 +279,8 @@ def test_report_html_is_one_self_contained_page(first):
     page = Page()
     page.feed(text)
     assert page.external == [] and page.tables >= 4  # runs, grid, per-run times, versions
-    assert len(page.images) == 2
+    assert len(page.images) == 3  # results.png, frontier.png, curves.png
+    assert 'alt="curves.png"' in text and (exp / "curves.png").is_file()
     for src in page.images:
         assert base64.b64decode(src.removeprefix("data:image/png;base64,"))[:8] == b"\x89PNG\r\n\x1a\n"
     assert "dpo-sft-b0.1-s0" in text and "not distinguishable from it" in text
@@ -296,7 +297,7 @@ def test_report_html_in_a_headless_browser(first, tmp_path):
     flags = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     body = re.search(r"<body[^>]*>", dom).group(0)
-    assert 'data-images="2"' in body and "data-errors" not in body, body  # both plots decoded, no script error
+    assert 'data-images="3"' in body and "data-errors" not in body, body  # every plot decoded, no script error
     assert dom.count("<table") >= 4
     shots = Path(os.environ.get("DPOREF_ARTIFACTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)

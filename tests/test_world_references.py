@@ -145,7 +145,7 @@ def test_strong_same_beats_sft(world):
 @pytest.mark.parametrize("name", W.MODEL_NAMES)
 def test_meta_greedy_statistics_match_plain_generate(world, name):
     """meta.json's greedy exact match and mean gold reward, recomputed with transformers' own greedy `generate`
-    (special tokens other than EOS suppressed, as the world's models respond) and the README's reward."""
+    (special tokens other than EOS suppressed, as the world's models respond) and the reward of docs/world.md."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(world.models[name]).eval()

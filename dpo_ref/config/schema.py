@@ -1,7 +1,7 @@
 """The YAML experiment as pydantic models: unknown keys rejected, types strict, ranges checked.
 
-Every field's `description` is its documentation: the README's YAML reference and `dporef ... --help` are built from
-the same text.
+Every field's `description` is its documentation: docs/reference.md (the YAML reference) and `dporef ... --help` are
+built from the same text.
 """
 
 from __future__ import annotations
@@ -142,6 +142,14 @@ class TrainConfig(Strict):
         "auto", description="`auto`: on for GPU runs of models over 1B parameters, off otherwise."
     )
     logging_steps: int = Field(10, ge=1, le=MAX_STEPS, description="Log training metrics every this many steps.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
+        [],
+        description="Experiment trackers that receive each run's training metrics, as in TRL scripts: each run is "
+        "named by its run id, with the resolved experiment as its config; tensorboard writes to the experiment's "
+        "`tracking/` (`tensorboard --logdir <exp>/tracking`), wandb runs offline with `WANDB_MODE=offline`. The "
+        "tracker's package must be installed (`pip install dporef[trackers]` for tensorboard). Does not change a "
+        "run's result, so finished runs are kept when it changes. Default: none.",
+    )
     eval_steps: int | None = Field(
         None,
         ge=1,

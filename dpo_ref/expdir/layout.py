@@ -7,8 +7,9 @@
           baseline/NAME.jsonl  the SFT baseline's judged samples on the test / validation prompts (+ NAME.meta.json)
           similarity.json      how alike each reference is to the policy (swap-reference)
           <run_id>/            one run (RunDir)
-          results.{csv,md,json,png}, frontier.png, similarity.png, report.html   the report
+          results.{csv,md,json,png}, frontier.png, similarity.png, curves.png, report.html   the report
           logs/<run_id>.log    a run's output under the local and accelerate launchers
+          tracking/<run_id>/   what `train.report_to` trackers write locally (tensorboard's events, wandb's files)
           slurm/               the slurm launcher's job files and logs (unless launch.slurm.folder)
           tune/                tune-beta's Optuna journal and trial links; tune.json, tune.md its summary
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from ..errors import UserError
 
 REPORT_FILES = ("results.csv", "results.md", "results.json", "results.png", "frontier.png", "similarity.png")
-REPORT_FILES += ("report.html",)
+REPORT_FILES += ("curves.png", "report.html")
 
 
 def inside(root: Path, *parts: str) -> Path:
@@ -163,6 +164,9 @@ class ExperimentDir:
         if name not in REPORT_FILES:
             raise ValueError(f"{name} is not a report file ({', '.join(REPORT_FILES)})")
         return inside(self.root, name)
+
+    def tracking(self, run_id: str | None = None) -> Path:  # train.report_to: the trackers' local files
+        return inside(self.root, "tracking", run_id) if run_id else inside(self.root, "tracking")
 
     def log(self, run_id: str) -> Path:
         return inside(self.root, "logs", f"{run_id}.log")

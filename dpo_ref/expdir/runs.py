@@ -42,8 +42,9 @@ def run_hash(exp: Experiment, run: RunSpec, models: dict) -> str:
     """Hash of everything that determines a run's result, the resolved models' fingerprints included (`models` as
     prepared/plan.json holds them): a finished run with another hash is run again, so a model whose weights changed
     under the same spec never mixes old and new rows in one table. The world enters through its models."""
-    # the untrained SFT row depends on the training settings only through max_length (validation truncation)
-    train = exp.train.max_length if run.objective == "sft" else exp.train.model_dump()
+    # the untrained SFT row depends on the training settings only through max_length (validation truncation); the
+    # trackers that watch training change no result
+    train = exp.train.max_length if run.objective == "sft" else exp.train.model_dump(exclude={"report_to"})
     # a reference the models do not name (plan.json of another config, in a dry run) matches no finished run
     reference = models["references"].get(run.reference, {}).get("fingerprint") if run.reference else None
     judge = models["judge"]["fingerprint"] if models.get("judge") else None

@@ -108,9 +108,10 @@ def pyplot():
     return plt
 
 
-def save_png(fig, path: Path) -> None:
-    """Write a figure atomically, like every other result file, and free it."""
-    fig.tight_layout()
+def save_png(fig, path: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> None:
+    """Write a figure atomically, like every other result file, and free it; `rect`: the part of the figure its axes
+    are laid out in (the rest left to a figure legend)."""
+    fig.tight_layout(rect=rect)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     pyplot().close(fig)

@@ -12,6 +12,7 @@ from ..evaluation.lc_minimal import LC_INTERVAL_NOTE
 from ..expdir import REPORT_FILES, ExperimentDir, RunFiles
 from ..store import atomic_write_json, atomic_write_text, check_file
 from . import similarity as sim_fit
+from .curves import plot_curves
 from .format import to_markdown
 from .html import write_html
 from .plots import plot_beta, plot_frontier
@@ -162,12 +163,14 @@ def write_report(
     comparison: dict | None = None,
     bounds: dict[tuple, dict] | None = None,
     lc_unconverged: list[str] = (),
+    histories: dict[str, list] | None = None,
 ) -> list[Path]:
     """results.csv / .md / .json / .png, frontier.png, similarity.png (a fit of the best win rate on similarity and
     strength, with 5 references or more) and report.html under `exp_dir`; returns the paths written.
     `tables` adds study-specific views to results.md: "grid" (metric by beta) and "best" (best beta per method);
     `comparison` (reporting.uncertainty.indistinguishable) the settings not distinguishable from the best one;
-    `bounds` (reporting.uncertainty.setting_intervals) each setting's intervals over its seeds."""
+    `bounds` (reporting.uncertainty.setting_intervals) each setting's intervals over its seeds; `histories` (run id
+    -> its log history) the training curves (curves.png)."""
     caption = results_caption(exp_dir, rows, title, judge, lc_unconverged)
     paths = [exp_dir.result(name) for name in REPORT_FILES[:5]]  # results.csv .md .json .png, frontier.png
     atomic_write_text(paths[0], to_csv(rows))
@@ -189,5 +192,7 @@ def write_report(
     plot_frontier(agg, paths[4], title)
     if fitted and sim_fit.plot(fitted, exp_dir.result("similarity.png"), title):
         paths.append(exp_dir.result("similarity.png"))
+    if plot_curves(histories or {}, exp_dir.result("curves.png"), title):
+        paths.append(exp_dir.result("curves.png"))
     paths.append(write_html(exp_dir, title, markdown, rows, extra or {}, paths[3:]))
     return paths

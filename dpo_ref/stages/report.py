@@ -54,7 +54,9 @@ def rebuild(exp_dir: ExperimentDir) -> None:
 def report(exp_dir: ExperimentDir, exp: Experiment, study: str, judge: str, extra: dict | None = None) -> None:
     """Rebuild the results files from the run directories on disk and print the tables; a damaged run (a file it
     wrote missing or unreadable) is shown as such, with the reason, and runs again on the next study command."""
-    rows = collect({r.run_id: read_run(exp_dir.run(r.run_id), r) for r in expand(exp)})
+    files = {r.run_id: read_run(exp_dir.run(r.run_id), r) for r in expand(exp)}
+    rows = collect(files)
+    histories = {run_id: f.metrics.get("history") for run_id, f in files.items() if f.metrics is not None}
     if extra is None:  # rebuilt alone: keep the timings of the command that last ran the stages
         extra = _last_timings(exp_dir)
     samples = add_run_intervals(exp_dir, rows, exp.judge.kind)
@@ -64,7 +66,9 @@ def report(exp_dir: ExperimentDir, exp: Experiment, study: str, judge: str, extr
     title = STUDIES[study].title
     unconverged = [run_id for run_id, items in samples.items() if not items["lc"].converged]
     tables = STUDIES[study].tables
-    write_report(exp_dir, rows, f"{exp.name} ({title})", tables, extra, sim, judge, comparison, bounds, unconverged)
+    write_report(
+        exp_dir, rows, f"{exp.name} ({title})", tables, extra, sim, judge, comparison, bounds, unconverged, histories
+    )
     stdout.print(rich_table(rows, shown_columns(rows), f"{exp.name}: {title} (95% intervals in brackets)"))
     if comparison is not None:
         stdout.print(describe(comparison).strip(), soft_wrap=True)

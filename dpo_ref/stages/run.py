@@ -43,6 +43,7 @@ from ..models import ModelRef, is_adapter, load_tokenizer
 from ..objectives import OBJECTIVES
 from ..precision import regime_for
 from ..store import Held, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_file, lock_file, locked
+from ..tracking import Tracking
 from ..training_guards import run_flags
 from ..ui import console
 
@@ -95,8 +96,9 @@ def _train(prepared: Prepared, run: RunSpec, model, tokenizer, validation, callb
     cfg, moving = prepared.exp.train, _moving_reference(prepared, run)
     try:  # checkpoints stay in trainer/ when training is interrupted or fails: the next attempt resumes from them
         trained = train_policy(
-            model, tokenizer, train, validation, cfg, run, run_dir.trainer, run_dir.policy, moving, callbacks
-        )
+            model, tokenizer, train, validation, cfg, run, run_dir.trainer, run_dir.policy, moving, callbacks,
+            _tracking(prepared, run),
+        )  # fmt: skip
     except FloatingPointError:  # diverged: a finished run, nothing to resume
         if ranks.is_main():
             shutil.rmtree(run_dir.trainer, ignore_errors=True)
@@ -118,6 +120,16 @@ def _train(prepared: Prepared, run: RunSpec, model, tokenizer, validation, callb
         "train_loss": next((h["train_loss"] for h in history if "train_loss" in h), None),
         "stopped_at_step": trained.stopped_at,  # None: it ran to its end; else a callback stopped it there
     }
+
+
+def _tracking(prepared: Prepared, run: RunSpec) -> Tracking | None:
+    """`train.report_to`'s trackers for this run: files under the experiment's tracking/<run_id>, the experiment's
+    name as project, and as config what the run ran with (the experiment as validated and the run's settings)."""
+    exp = prepared.exp
+    if not exp.train.report_to:
+        return None
+    config = {"experiment": exp.model_dump(mode="json"), "run": run.model_dump(mode="json")}
+    return Tracking(exp.train.report_to, prepared.exp_dir.tracking(run.run_id), exp.name, config)
 
 
 def write_samples(run_dir: RunDir, samples: EvalSamples) -> None:
