@@ -191,9 +191,19 @@ def tune_beta(
 @app.command("run-one")
 def run_one(
     exp_dir: ExpDirArg,
-    run_id: Annotated[str, typer.Argument(help="The run to execute, e.g. dpo-sft-b0.1-s0 (see --dry-run).")],
+    run_ids: Annotated[
+        list[str],
+        typer.Argument(
+            help="The run to execute, e.g. dpo-sft-b0.1-s0 (see --dry-run); several: this process runs them in turn, "
+            "leaving a run another process holds for the end, so processes given the same runs share them out."
+        ),
+    ],
     wait: Annotated[
         bool, typer.Option("--wait", help="When another process is running this run, wait for it instead of exiting.")
+    ] = False,
+    log_each: Annotated[
+        bool,
+        typer.Option("--log-each", help="Write each run's output to the experiment's logs/<run_id>.log (workers)."),
     ] = False,
     callback: Annotated[
         list[str] | None,
@@ -205,17 +215,20 @@ def run_one(
         ),
     ] = None,
 ) -> None:
-    """Train and evaluate one run of a prepared experiment, reading only what the prepare stage wrote; runs of one experiment may execute at the same time in separate processes. A run already done is left as it is (exit 0); a run another process is running exits with code 2 and one line saying so, or with --wait waits for it and then runs it only if it is still not done."""  # noqa: E501
+    """Train and evaluate one run of a prepared experiment, reading only what the prepare stage wrote; runs of one experiment may execute at the same time in separate processes. A run already done is left as it is (exit 0); a run another process is running exits with code 2 and one line saying so, or with --wait waits for it and then runs it only if it is still not done. With several runs, one after another; exit 1 if any failed."""  # noqa: E501
 
     def body() -> int:
         from .expdir import ExperimentDir
-        from .stages.run import callback_factory
+        from .stages.run import callback_factory, run_several
         from .stages.run import run_one as execute
 
         quiet_libraries()
         factories = [callback_factory(spec, "--callback") for spec in callback or []]
-        status = execute(ExperimentDir(exp_dir), run_id, wait, factories)
-        return int(status == "failed")  # diverged and degenerate runs are results too
+        if len(run_ids) > 1 or log_each:
+            statuses = run_several(ExperimentDir(exp_dir), run_ids, log_each, factories)
+            return int("failed" in statuses)  # diverged and degenerate runs are results too
+        status = execute(ExperimentDir(exp_dir), run_ids[0], wait, factories)
+        return int(status == "failed")
 
     _guarded(body)
 

@@ -13,7 +13,6 @@ from .config import Experiment, RunSpec, reference_config
 if TYPE_CHECKING:
     from .expdir import ExperimentDir
 from .errors import UserError
-from .objectives import OBJECTIVES
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def scoring_needs(exp: Experiment, runs: list[RunSpec]) -> list[tuple[str, str, 
     conditional p_ref(y|x) of each reference a run trains against, and the policy's unconditional p_LM(y)."""
     needed = set()
     for run in runs:
-        mode = OBJECTIVES[run.objective].reference if run.objective in OBJECTIVES else "none"
+        mode = run.registered.reference if run.registered else "none"
         if mode == "conditional":
             needed.add((run.reference, reference_config(exp, run.reference).model, False))
         elif mode == "unconditional":

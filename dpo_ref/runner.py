@@ -106,7 +106,7 @@ def execute_all(exp_dir: ExperimentDir, pending: list[RunSpec]) -> int:
     opened = Prepared.open(exp_dir)
     failed, held = 0, []
     for i, run in enumerate(pending, 1):
-        console.rule(f"[bold]{run.run_id}[/] ({i}/{len(pending)})")
+        console.rule(f"[bold]{run.run_id}[/] ({i}/{len(pending)}), started {time.strftime('%H:%M:%S')}")
         status = execute_locked(opened, run)
         if status == "held":
             console.print(f"[yellow]skipped[/]: {run.run_id}: another process is running it; waiting for it at the end")

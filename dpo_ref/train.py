@@ -31,6 +31,7 @@ from .objectives import OBJECTIVES, PolicyLogps, ReferenceLogps
 from .precision import use_bf16
 from .store import atomic_dir, read_json
 from .tracking import Tracking
+from .train_order import LengthSortedSteps, pair_lengths
 from .training_guards import Diverged, DivergenceGuard
 from .trl_adapter import DPOTrainerAdapter
 from .ui import console, progress
@@ -57,6 +58,8 @@ class CachedReferenceDPOTrainer(DPOTrainerAdapter):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Trainer's public hook (TRL 1.16 routes DPO's loss through it): any registered objective, summed log-probs.
+        if self.objective.trl:
+            return self.trl_loss(model, inputs, return_outputs, num_items_in_batch)
         mode = "train" if self.model.training else "eval"
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
@@ -97,6 +100,22 @@ class CachedReferenceDPOTrainer(DPOTrainerAdapter):
             self.record_metric(mode, name, self.accelerator.gather_for_metrics(value.detach()).mean().item())
         return (loss, out) if return_outputs else loss
 
+    def trl_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's own loss types (DPOConfig.loss_type and its settings) through TRL's own compute_loss, on the cached
+        reference columns (`precompute_ref_log_probs`); a moving reference is scored live while training and its
+        validation loss read from its starting point's columns (module docstring)."""
+        live = self.precompute_ref_logps
+        self.precompute_ref_logps = live or not self.model.training  # DPOTrainer reads the flag at every call
+        try:
+            out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            self.precompute_ref_logps = live
+        if self.model.training and self.guard is not None:  # gathered: every process takes the same decision
+            loss = out[0] if return_outputs else out
+            step_loss = self.accelerator.gather(loss.detach().reshape(1)).mean().item()
+            self.guard.observe(self.state.global_step + 1, "loss", step_loss)
+        return out
+
     def record_token_metrics(self, mode: str, out, inputs, shift_mask: torch.Tensor) -> None:
         """The per-token metrics stock DPOTrainer logs beside the rewards (same names, same definitions): entropy
         and mean logit over completion tokens, the chosen responses' top-1 token accuracy, tokens trained on."""
@@ -116,38 +135,6 @@ class CachedReferenceDPOTrainer(DPOTrainerAdapter):
         self.record_metric(mode, "logits/chosen", token_mean(mean_logits[0], chosen_mask))
         self.record_metric(mode, "logits/rejected", token_mean(mean_logits[1], rejected_mask))
         self.record_metric(mode, "mean_token_accuracy", token_mean(out.is_top1[:, -width:].chunk(2)[0], chosen_mask))
-
-
-def pair_lengths(dataset: Dataset) -> list[int]:
-    """Tokens a pair pads its micro-batch to: the prompt and the longer of its two responses (the collator puts both
-    responses of a pair in one batch)."""
-    return [
-        len(p) + max(len(c), len(r))
-        for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])
-    ]
-
-
-class LengthSortedSteps(torch.utils.data.Sampler):
-    """The order of accelerate's SeedableRandomSampler (torch.randperm seeded with data_seed + epoch), each
-    optimizer step's `step` pairs then sorted longest first, so that its micro-batches (and processes) hold pairs of
-    similar length. Each step sums the gradients of the same pairs as in the random order, so what a run computes
-    is the same up to float rounding; only the padding shrinks."""
-
-    def __init__(self, lengths: list[int], step: int, seed: int):
-        self.lengths, self.step, self.seed, self.epoch = lengths, step, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:  # the Trainer calls it at the start of every epoch
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        generator = torch.Generator()
-        generator.manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        for start in range(0, len(order), self.step):
-            yield from sorted(order[start : start + self.step], key=lambda i: -self.lengths[i])
 
 
 class RichProgress(TrainerCallback):
@@ -236,6 +223,7 @@ def dpo_config(
         logging_nan_inf_filter=False,  # the history shows a non-finite loss as it was, not as an average
         **_saving(cfg),
         **(tracking.trainer_settings(run.run_id) if tracking else {"report_to": []}),
+        **(run.trl or {}),  # TRL's loss type and its settings, for objectives TRL computes
         disable_tqdm=True,
         seed=run.seed,
         data_seed=run.seed,
@@ -372,7 +360,7 @@ def train_policy(
         train_dataset=train,
         eval_dataset=validation if cfg.eval_steps else None,
         processing_class=tokenizer,
-        objective=run.objective,
+        objective=run.loss or run.objective,
         gamma=run.gamma,
         guard=guard,
         peft_config=lora_config(cfg.lora),

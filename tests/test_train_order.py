@@ -8,7 +8,7 @@ import pytest
 import torch
 from accelerate.data_loader import SeedableRandomSampler
 
-from dpo_ref.train import LengthSortedSteps
+from dpo_ref.train_order import LengthSortedSteps
 
 
 def chunks(order: list[int], size: int) -> list[list[int]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import UserError
-from ..objectives import OBJECTIVES
+from ..objectives import OBJECTIVES, Objective
 from .schema import Experiment, ReferenceConfig
 
 
@@ -20,6 +20,14 @@ class RunSpec(BaseModel):
     beta: float | None
     seed: int
     gamma: float = 0.0
+    # the registered objective when the grid's `label` names the run otherwise (None: `objective` is it)
+    loss: str | None = None
+    trl: dict | None = None  # TRL's loss settings (DPOConfig fields) for objectives TRL computes; None for dporef's
+
+    @property
+    def registered(self) -> Objective | None:
+        """The objective it trains with; None for the untrained SFT row."""
+        return OBJECTIVES.get(self.loss or self.objective)
 
 
 def expand(exp: Experiment) -> list[RunSpec]:
@@ -28,20 +36,23 @@ def expand(exp: Experiment) -> list[RunSpec]:
     for grid in exp.objectives:
         # Only a conditional reference is chosen in the YAML; `likelihood` always uses the policy's own p_LM(y).
         conditional = OBJECTIVES[grid.name].reference == "conditional"
+        label = grid.label or grid.name
         refs = [r.name for r in exp.references] if conditional else [None]
         for ref in refs:
             for beta in grid.betas:
                 for seed in exp.seeds:
-                    parts = [grid.name, ref, f"b{beta:g}", f"s{seed}"]
+                    parts = [label, ref, f"b{beta:g}", f"s{seed}"]
                     run_id = "-".join(p for p in parts if p is not None)
                     runs.append(
                         RunSpec(
                             run_id=run_id,
-                            objective=grid.name,
+                            objective=label,
                             reference=ref,
                             beta=beta,
                             seed=seed,
                             gamma=grid.gamma,
+                            loss=grid.name if label != grid.name else None,
+                            trl=grid.trl_settings(),
                         )
                     )
     return runs

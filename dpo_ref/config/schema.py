@@ -6,27 +6,19 @@ built from the same text.
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..errors import UserError
-from ..objectives import OBJECTIVES
 from .launch import LaunchConfig
+from .objective import ObjectiveGrid
+from .strict import Strict, safe_name
 from .world import WorldConfig
 
 MAX_STEPS = 10**7  # more optimizer steps (or a step interval this long) than any run can take: a typo
-MAX_NAME = 64  # characters of a name: it becomes a directory and part of every run id
 MAX_SEED = 2**32 - 1  # numpy's seeds (transformers.set_seed seeds numpy too) are 0 .. 2**32 - 1
 MOVING_DEFAULTS = {"alpha": 0.6, "sync_steps": 512}  # TRL's ref_model_mixup_alpha and ref_model_sync_steps
-
-
-class Strict(BaseModel):
-    # a NaN or infinite number is never a setting (quoted ones included: pydantic would parse "nan"); types are
-    # strict: a boolean or a string is never a number (`true` is not 1, "3" not 3), a number never a boolean; an
-    # integer is still a float (`learning_rate: 1`)
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, strict=True)
 
 
 class ReferenceConfig(Strict):
@@ -74,33 +66,7 @@ class ReferenceConfig(Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", v):
-            raise ValueError("must be letters, digits, '-', '_' or '.', starting with a letter or digit")
-        if len(v) > MAX_NAME:
-            raise ValueError(f"is {len(v)} characters long; at most {MAX_NAME}")
-        return v
-
-
-class ObjectiveGrid(Strict):
-    name: str = Field(description=f"Training objective, one of: {', '.join(OBJECTIVES)}.")
-    betas: list[float] = Field(min_length=1, description="Grid of beta (KL strength / reward scale), each > 0.")
-    gamma: float = Field(0.5, ge=0, description="Target margin of `simpo` (ignored by the other objectives).")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in OBJECTIVES:
-            raise ValueError(f"unknown objective {v!r}; allowed: {', '.join(OBJECTIVES)}")
-        return v
-
-    @field_validator("betas")
-    @classmethod
-    def _positive(cls, v: list[float]) -> list[float]:
-        if any(b <= 0 for b in v):
-            raise ValueError("every beta must be > 0")
-        if len({f"{b:g}" for b in v}) < len(v):  # as run ids write them: 0.1 and 0.10000001 are one run
-            raise ValueError("each beta once: a value repeats (the same runs twice)")
-        return v
+        return safe_name(v)
 
 
 class LoraSettings(Strict):
@@ -330,9 +296,11 @@ class Experiment(Strict):
     @field_validator("objectives")
     @classmethod
     def _unique_objectives(cls, grids: list[ObjectiveGrid]) -> list[ObjectiveGrid]:
-        names = [g.name for g in grids]
+        names = [g.label or g.name for g in grids]
         if len(set(names)) < len(names):
-            raise ValueError(f"each objective once (put all its betas in one grid); names: {names}")
+            raise ValueError(
+                f"each objective once (put all its betas in one grid, or give a second one a `label`); names: {names}"
+            )
         return grids
 
     @field_validator("references")

@@ -89,7 +89,7 @@ class ImplicitReward:
     def __call__(self, policy: PolicyLogps, ref: ReferenceLogps) -> tuple[np.ndarray, np.ndarray]:
         if self.objective is None:
             return np.zeros(len(policy.chosen)), np.zeros(len(policy.rejected))
-        _, chosen, rejected = self.objective.fn(policy, ref, self.beta, self.gamma)
+        chosen, rejected = self.objective.rewards(policy, ref, self.beta, self.gamma)
         return chosen.numpy(), rejected.numpy()
 
 

@@ -24,7 +24,6 @@ from ..evaluation.evaluate import Benchmark, PromptSet
 from ..evaluation.judges import Judge, RewardModelJudge, RuleJudge
 from ..generation import Generations
 from ..models import ModelRef, load_tokenizer
-from ..objectives import OBJECTIVES
 from ..reference import ReferenceScorer
 from ..store import (
     Unusable,
@@ -235,7 +234,7 @@ class Prepared:
         reference-free objectives), the columns TRL's DPOTrainer reads."""
         ds = self.pairs[split]
         extra = [c for c in ds.column_names if c.startswith(("ref:", "p_lm:"))]
-        mode = OBJECTIVES[run.objective].reference if run.objective in OBJECTIVES else None
+        mode = run.registered.reference if run.registered else None
         if mode is None:
             return ds.remove_columns(extra)
         if mode == "none":

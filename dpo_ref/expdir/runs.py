@@ -19,7 +19,6 @@ import yaml
 
 from .. import data
 from ..config import Experiment, RunSpec, expand, reference_config
-from ..objectives import OBJECTIVES
 from ..store import MANIFEST, Unusable, check_file, content_hash, damage, jsonl_rows, sha256_bytes
 from .layout import ExperimentDir, RunDir
 
@@ -56,7 +55,7 @@ def run_hash(exp: Experiment, run: RunSpec, models: dict) -> str:
         _reference_identity(exp, run.reference),
         train,
         exp.eval.model_dump(),
-        run.model_dump(),
+        run.model_dump(exclude={k for k in ("loss", "trl") if getattr(run, k) is None}),  # as before they existed
         {"policy": models["policy"]["fingerprint"], "reference": reference, "judge": judge},
     ]
     return content_hash(parts)
@@ -273,7 +272,7 @@ def read_run(run_dir: RunDir, run: RunSpec) -> RunFiles:
     if status["status"] not in FINISHED:  # running, failed, interrupted: its spec, when it got as far as writing it
         spec, _ = _checked(run_dir.spec, "spec")
         return RunFiles(RunState(status["status"]), spec, status=status)
-    values, problem = _incomplete(run_dir, status, trained=run.objective in OBJECTIVES)
+    values, problem = _incomplete(run_dir, status, trained=run.registered is not None)
     if problem:
         return RunFiles(RunState("damaged", problem), damaged, status=status)
     annotations = None

@@ -19,7 +19,6 @@ import yaml
 from ..config import AccelerateConfig, Experiment, RunSpec
 from ..errors import UserError, one_line
 from ..expdir import ExperimentDir, not_done
-from ..objectives import OBJECTIVES
 from ..ui import console
 from . import local
 
@@ -91,7 +90,7 @@ def command(
 ) -> list[str]:
     """The `accelerate launch` of one run (the same Python, so the same environment); the untrained SFT row, which
     only evaluates, as a plain `run-one`."""
-    if run.objective not in OBJECTIVES:
+    if run.registered is None:
         return local.command(exp_dir, run, callback)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file(cfg, where))]
     return [*launch, "--num_processes", str(n), *cfg.args, *local.command(exp_dir, run, callback)[1:]]
@@ -114,10 +113,15 @@ def run(
     """Run the pending runs one after another, each through `accelerate launch`; returns how many failed."""
     n = check(exp, source)
     console.print(f"running {len(pending)} runs one after another, each across {n} processes (accelerate launch)")
+    # No core split from dporef: `accelerate launch` gives each process OMP_NUM_THREADS=1 unless it is set
+    # (accelerate 1.16: commands/launch.py defaults num_cpu_threads_per_process to $OMP_NUM_THREADS or 1, and
+    # utils/launch.py writes it into every process's environment; torchrun does the same), so its processes never
+    # oversubscribe the cores, and a split set here would be read as the threads of each of the n processes.
     at_once = local.Processes(
         exp_dir,
         [f"{n} processes"],
         pinned=False,
         command=partial(command, exp.launch.accelerate, n, source, callback=callback),
+        split_cores=False,
     )
     return local.execute(at_once, pending)

@@ -1,7 +1,9 @@
-"""The local launcher with `gpus` or `workers`: each pending run as a `python -m dpo_ref run-one EXP_DIR RUN_ID`
-process, at most one per slot (a GPU, pinned with CUDA_VISIBLE_DEVICES, or a worker) at a time, a finished run freeing
-its slot for the next. Process management only (subprocess, a thread per slot): which run goes where is first come,
-first served, and a run that fails leaves the others running.
+"""The local launcher with `gpus` or `workers`. With `gpus`: each pending run as a `python -m dpo_ref run-one EXP_DIR
+RUN_ID` process pinned to a free GPU (CUDA_VISIBLE_DEVICES), a finished run freeing its GPU for the next (a thread per
+slot, first come first served). With `workers`: that many long-lived `run-one` processes, each given every pending
+run, which share them out through the runs' locks, so that each pays the imports once rather than once per run
+(`Workers`). Either way a run that fails leaves the others running, and the children split the machine's cores
+between them (`torch_threads`). Process management only.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..expdir import ExperimentDir, read_status
 from ..ui import console
 
 STOP_SECONDS = 60  # how long an interrupted run may take to mark itself interrupted before it is killed
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # torch's CPU threads, read as a process starts
 
 
 def log_path(exp_dir: ExperimentDir, run_id: str) -> Path:
@@ -58,26 +61,53 @@ def gpu_slots(cfg: LaunchConfig, where: str) -> list[str] | None:
     return slots
 
 
+def torch_threads(children: int) -> tuple[dict[str, str], str]:
+    """The environment that gives each of `children` processes running at once its share of the usable cores, and a
+    phrase saying so. Torch takes every core in each process: two such processes on the same cores wait on each
+    other's threads, and are slower together than one alone (bench/workers.py). A user's own setting is kept."""
+    own = next((v for v in THREAD_VARIABLES if v in os.environ), None)
+    if own:
+        return {}, f"torch threads as {own}={os.environ[own]} says"
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may use, which a container or taskset limits
+    except AttributeError:  # no affinity on macOS
+        cores = os.cpu_count() or 1
+    threads = max(1, cores // children)
+    said = f"{threads} torch thread{'s' * (threads > 1)} each ({cores} cores)"
+    return dict.fromkeys(THREAD_VARIABLES, str(threads)), said
+
+
 def dry_run(cfg: LaunchConfig, exp_dir: ExperimentDir, runs: list[RunSpec], where: str) -> str:
     """The processes the launcher would start, with their GPUs."""
     gpus = gpu_slots(cfg, where)
-    slots = (
-        f"one per GPU of {','.join(gpus)} (<free>: the first a finished run frees)"
-        if gpus
-        else f"{cfg.workers} at once"
-    )
-    lines = [f"launcher local: a `run-one` process per pending run, {slots}; output in {log_path(exp_dir, '<run>')}:"]
+    if gpus is None:
+        orders = worker_orders(runs, cfg.workers) if runs else []
+        threads = torch_threads(max(1, len(orders)))[1]
+        lines = [
+            f"launcher local: {len(orders)} `run-one` worker processes sharing the pending runs (each runs a run no "
+            f"other holds), {threads}; each run's output in {log_path(exp_dir, '<run>')}:"
+        ]
+        return "\n".join(lines + [f"  {shlex.join(worker_command(exp_dir, order))}" for order in orders])
+    threads = torch_threads(len(gpus))[1]
+    lines = [
+        f"launcher local: a `run-one` process per pending run, one per GPU of {','.join(gpus)} (<free>: the first a "
+        f"finished run frees), {threads}; output in {log_path(exp_dir, '<run>')}:"
+    ]
     for i, run in enumerate(runs):
-        pin = f"CUDA_VISIBLE_DEVICES={gpus[i] if i < len(gpus) else '<free>'} " if gpus else ""
+        pin = f"CUDA_VISIBLE_DEVICES={gpus[i] if i < len(gpus) else '<free>'} "
         lines.append(f"  {pin}{shlex.join(command(exp_dir, run))}")
     return "\n".join(lines)
 
 
 class Processes:
-    """The pending runs of one experiment as child processes, one per free slot."""
+    """The pending runs of one experiment as child processes, one per free slot; with `split_cores`, each given its
+    share of the cores (`torch_threads`, said in `threads`)."""
 
-    def __init__(self, exp_dir: ExperimentDir, slots: list[str], pinned: bool, command=command):
+    def __init__(
+        self, exp_dir: ExperimentDir, slots: list[str], pinned: bool, command=command, split_cores: bool = True
+    ):
         self.exp_dir, self.pinned, self.command = exp_dir, pinned, command  # command(exp_dir, run): argv
+        self.env, self.threads = torch_threads(len(slots)) if split_cores else ({}, "")
         self.free: queue.Queue[str] = queue.Queue()
         for slot in slots:
             self.free.put(slot)
@@ -94,7 +124,7 @@ class Processes:
             self.free.put(slot)
 
     def _child(self, run: RunSpec, slot: str) -> str:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **self.env}
         if self.pinned:
             env["CUDA_VISIBLE_DEVICES"] = slot
         log = log_path(self.exp_dir, run.run_id)
@@ -145,15 +175,123 @@ class Processes:
                 proc.kill()
 
 
+def worker_command(exp_dir: ExperimentDir, runs: list[RunSpec], callback: str | None = None) -> list[str]:
+    """A CPU worker: one `run-one` process for all the pending runs, each run's output in its own log."""
+    argv = [sys.executable, "-m", "dpo_ref", "run-one", str(exp_dir.root), *(r.run_id for r in runs), "--log-each"]
+    return argv + (["--callback", callback] if callback else [])
+
+
+def worker_orders(pending: list[RunSpec], workers: int) -> list[list[RunSpec]]:
+    """Every pending run for each worker, each starting at its own share (so that they start on different runs); a
+    run one worker holds the others pass over (the run's lock), so every run is run once, by whichever is free."""
+    n = min(workers, len(pending))
+    return [pending[i * len(pending) // n :] + pending[: i * len(pending) // n] for i in range(n)]
+
+
+class Workers:
+    """The CPU workers: long-lived `run-one` processes that share the pending runs out through the runs' locks, so
+    each imports torch, TRL and the prepared data once, not once per run, with their share of the cores each. What
+    they do is read from the runs' status files: a line as each run starts and ends."""
+
+    def __init__(self, exp_dir: ExperimentDir, pending: list[RunSpec], workers: int, command=worker_command):
+        self.exp_dir, self.pending = exp_dir, pending
+        self.orders = worker_orders(pending, workers)
+        self.command = command  # command(exp_dir, runs): argv
+        self.env, self.threads = torch_threads(len(self.orders))
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **self.env}
+        for i, order in enumerate(self.orders):
+            log = log_path(self.exp_dir, f"worker-{i}")
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a") as out:
+                cmd = self.command(self.exp_dir, order)
+                out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
+                out.flush()
+                self.procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out))
+
+    def watch(self, every: float = 0.5) -> dict[str, str]:
+        """Until every worker has ended: a line as each run starts and ends (from its status.json); the final
+        statuses."""
+        seen = dict.fromkeys((r.run_id for r in self.pending), "pending")
+        started: dict[str, float] = {}
+        while True:
+            ended = all(p.poll() is not None for p in self.procs)
+            for run_id, before in seen.items():
+                now = read_status(self.exp_dir.run(run_id))
+                if now == before:
+                    continue
+                if now == "running":
+                    started[run_id] = time.time()
+                    console.print(f"started {run_id}; output in {log_path(self.exp_dir, run_id)}", soft_wrap=True)
+                elif before in ("pending", "running"):
+                    took = f" in {time.time() - started[run_id]:.1f}s" if run_id in started else ""
+                    console.print(f"finished {run_id}: {now}{took}", soft_wrap=True)
+                seen[run_id] = now
+            if ended:
+                return {run_id: self._final(run_id, status) for run_id, status in seen.items()}
+            time.sleep(every)
+
+    def _final(self, run_id: str, status: str) -> str:
+        """A run that failed, or was left pending or running once every worker ended: the error its log ends with says
+        why."""
+        if status not in ("pending", "running", "failed"):
+            return status
+        console.print(f"[red]failed[/]: {run_id}: {self._error(run_id)}", soft_wrap=True)  # once the logs are complete
+        return "failed"
+
+    def _error(self, run_id: str) -> str:
+        """Why a run failed, as its log says (its last `error` line), else where to look."""
+        log = log_path(self.exp_dir, run_id)
+        lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+        errors = [line for line in lines if line.startswith(("error:", "failed:"))]
+        codes = ", ".join(str(p.returncode) for p in self.procs if p.returncode is not None)
+        return errors[-1] if errors else f"see {log} (workers exited with {codes or 'no code yet'})"
+
+    def stop(self) -> None:
+        """On Ctrl-C or SIGTERM: each worker gets SIGTERM (it marks its run interrupted and starts no other), then is
+        killed if it has not ended within STOP_SECONDS."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def run_workers(workers: Workers) -> int:
+    """Start the workers and follow them; Ctrl-C or SIGTERM stops them all. Returns how many runs failed (or were
+    interrupted, or never ran)."""
+    workers.start()
+    try:
+        statuses = workers.watch()
+    except KeyboardInterrupt:
+        workers.stop()
+        raise
+    return sum(s in ("failed", "interrupted", "pending", "running") for s in statuses.values())
+
+
 def run_processes(
     cfg: LaunchConfig, exp_dir: ExperimentDir, pending: list[RunSpec], where: str, callback: str | None = None
 ) -> int:
     """Run the pending runs in child processes (see the module); returns how many failed."""
+    if cfg.gpus is None:
+        workers = Workers(exp_dir, pending, cfg.workers, partial(worker_command, callback=callback))
+        console.print(
+            f"running {len(pending)} runs in {len(workers.orders)} `run-one` worker processes, {workers.threads}; "
+            f"output in {log_path(exp_dir, '*')}"
+        )
+        return run_workers(workers)
     gpus = gpu_slots(cfg, where)
-    slots = gpus or [str(i) for i in range(cfg.workers)]
-    kind = f"one per GPU of {','.join(gpus)}" if gpus else f"{cfg.workers} at once"
-    console.print(f"running {len(pending)} runs in `run-one` processes, {kind}; output in {log_path(exp_dir, '*')}")
-    return execute(Processes(exp_dir, slots, gpus is not None, partial(command, callback=callback)), pending)
+    procs = Processes(exp_dir, gpus, True, partial(command, callback=callback))
+    console.print(
+        f"running {len(pending)} runs in `run-one` processes, one per GPU of {','.join(gpus)}, {procs.threads}; "
+        f"output in {log_path(exp_dir, '*')}"
+    )
+    return execute(procs, pending)
 
 
 def execute(procs: Processes, pending: list[RunSpec]) -> int:

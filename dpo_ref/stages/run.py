@@ -26,6 +26,7 @@ import shutil
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 import torch
 import yaml
@@ -37,15 +38,32 @@ from ..config import RunSpec, find_run, reference_config
 from ..errors import UserError
 from ..evaluation.alpaca_eval import export_model_outputs, generator_name
 from ..evaluation.evaluate import EvalSamples, ImplicitReward, evaluate_policy
-from ..expdir import ExperimentDir, Prepared, RunDir, finished_status, generation_rows, run_hash, run_state
+from ..expdir import (
+    ExperimentDir,
+    Prepared,
+    RunDir,
+    finished_status,
+    generation_rows,
+    read_status,
+    run_hash,
+    run_state,
+)
 from ..generation_vllm import engine_sampler
 from ..models import ModelRef, is_adapter, load_tokenizer
-from ..objectives import OBJECTIVES
 from ..precision import regime_for
-from ..store import Held, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_file, lock_file, locked
+from ..store import (
+    Held,
+    Unusable,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    check_file,
+    lock_file,
+    locked,
+)
 from ..tracking import Tracking
 from ..training_guards import run_flags
-from ..ui import console
+from ..ui import console, output_to
 
 TRAIN, SKIP = "train", "skip"  # what the main process of a multi-process run tells the others (ranks.tell)
 # builds a Trainer callback for a run in every process that trains it (None: none for this run), e.g. tune-beta's
@@ -158,7 +176,7 @@ def _inputs(prepared: Prepared, run: RunSpec):
     regime its reference columns were scored in."""
     policy = prepared.model("policy")
     regime = regime_for(policy, prepared.exp.train.precision)
-    quantize = prepared.exp.train.quantize if run.objective in OBJECTIVES else None
+    quantize = prepared.exp.train.quantize if run.registered else None
     model = regime.load(policy, quantize=quantize)
     return model, load_tokenizer(policy), prepared.split("validation", run), regime
 
@@ -206,7 +224,7 @@ def execute(prepared: Prepared, run: RunSpec, callbacks: Sequence[CallbackFactor
     the final status."""
     exp, run_dir = prepared.exp, prepared.exp_dir.run(run.run_id)
     started = _start(prepared, run)
-    objective = OBJECTIVES.get(run.objective)  # None for the untrained SFT row
+    objective = run.registered  # None for the untrained SFT row
     ranks.tell(TRAIN if objective is not None else SKIP)  # the other processes of a multi-process run train with it
     model, tokenizer, validation, regime = _inputs(prepared, run)
     metrics: dict = {"run_id": run.run_id, "steps": 0, "train_seconds": 0.0, "train_loss": None, "history": []}
@@ -254,7 +272,7 @@ def execute_safely(prepared: Prepared, run: RunSpec, callbacks: Sequence[Callbac
         return execute(prepared, run, callbacks)
     except FloatingPointError as e:
         diverged = {"status": "diverged", "error": str(e), **getattr(e, "details", {})}
-        _mark(run_dir, finished_status(run_dir, diverged, run.objective in OBJECTIVES), e)
+        _mark(run_dir, finished_status(run_dir, diverged, run.registered is not None), e)
         console.print(f"[red]diverged[/]: {run.run_id}: {e}")
         return "diverged"
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (the CLI turns it into one)
@@ -332,3 +350,45 @@ def run_one(exp_dir: ExperimentDir, run_id: str, wait: bool = False, callbacks: 
             f"{exp_dir.root}: run {run_id}", f"another process is running it (lock {lock}); pass --wait to wait"
         )
     return status
+
+
+def run_several(
+    exp_dir: ExperimentDir, run_ids: list[str], log_each: bool = False, callbacks: Sequence[CallbackFactory] = ()
+) -> list[str]:
+    """`dporef run-one EXP RUN RUN ...`: several runs in turn in this one process (the imports and the shared
+    inputs paid once), a run another process holds left and come back to at the end, so processes given the same
+    runs share them out between them (the local launcher's workers). A run that fails, or a mistake that concerns
+    one run only, does not stop the others. `log_each`: each run's output in its log (logs/<run_id>.log). Returns
+    the final statuses, in order."""
+    if ranks.size() > 1:
+        raise UserError("run-one", "several runs are run by one process; under `accelerate launch` give one run")
+    began = time.time()
+    prepared = Prepared.open(exp_dir)
+    runs = [find_run(prepared.exp, run_id, f"{exp_dir.root}: run {run_id}") for run_id in run_ids]
+    statuses: dict[str, str] = {}
+    for wait in (False, True):  # a first pass over every run, then the ones another process held
+        for run in (r for r in runs if r.run_id not in statuses):
+            ended = _ended_since(exp_dir.run(run.run_id), began)
+            if ended:  # another process sharing these runs tried it meanwhile: a failed run is not run twice
+                statuses[run.run_id] = ended
+                continue
+            with output_to(exp_dir.log(run.run_id)) if log_each else nullcontext():
+                try:
+                    status = execute_locked(prepared, run, wait, callbacks)
+                except (UserError, Unusable, OSError) as e:  # this run's directory or inputs: the next may run
+                    console.print(f"error: {run.run_id}: {e}", markup=False)
+                    status = "failed"
+            if status != "held":
+                statuses[run.run_id] = status
+    return [statuses[run_id] for run_id in run_ids]
+
+
+def _ended_since(run_dir: RunDir, began: float) -> str | None:
+    """The status another process gave the run since `began` (None: none, or still running)."""
+    try:
+        if run_dir.status.stat().st_mtime < began:
+            return None
+    except OSError:
+        return None
+    status = read_status(run_dir)
+    return None if status in ("running", "pending") else status
