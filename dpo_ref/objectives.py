@@ -14,33 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Loss = tuple[Tensor, Tensor, Tensor]  # (per-pair loss, chosen reward, rejected reward)
-
-
-@dataclass(frozen=True)
-class PolicyLogps:
-    """The policy's summed completion log-probs and completion token counts, each of shape [batch]."""
-
-    chosen: Tensor
-    rejected: Tensor
-    chosen_len: Tensor
-    rejected_len: Tensor
-
-
-@dataclass(frozen=True)
-class ReferenceLogps:
-    """The reference's summed completion log-probs, each of shape [batch]."""
-
-    chosen: Tensor
-    rejected: Tensor
-
-    @classmethod
-    def zeros_like(cls, policy: PolicyLogps) -> "ReferenceLogps":
-        return cls(torch.zeros_like(policy.chosen), torch.zeros_like(policy.rejected))
+from .pair_logps import Loss, PolicyLogps, ReferenceLogps
+from .reference_methods import AlphaDPO, BetaDPO
 
 
 def dpo(policy: PolicyLogps, ref: ReferenceLogps, beta: float, gamma: float = 0.0) -> Loss:
@@ -76,10 +54,20 @@ class Objective:
     reference: Literal["conditional", "unconditional", "none"]
     fn: Callable[[PolicyLogps, ReferenceLogps, float, float], Loss] | None = None
     trl: tuple[str, ...] = ()
+    # a stateful objective (statistics carried across batches): built per trainer from the grid's `params`
+    build: Callable[..., BetaDPO | AlphaDPO] | None = None
 
-    def rewards(self, policy: PolicyLogps, ref: ReferenceLogps, beta: float, gamma: float) -> tuple[Tensor, Tensor]:
+    def loss(self, params: dict | None = None) -> Callable[[PolicyLogps, ReferenceLogps, float, float], Loss]:
+        """The loss function a trainer calls: `fn`, or a fresh instance of a stateful objective."""
+        return self.build(**(params or {})) if self.build else self.fn
+
+    def rewards(
+        self, policy: PolicyLogps, ref: ReferenceLogps, beta: float, gamma: float, params: dict | None = None
+    ) -> tuple[Tensor, Tensor]:
         """The implicit rewards of chosen and rejected responses: the objective's own, or for TRL's loss types the
         ones TRL logs (beta x log-ratio to the reference columns, whatever the loss or f-divergence)."""
+        if self.build is not None:
+            return self.build(**(params or {})).rewards(policy, ref, beta, gamma)
         if self.fn is not None:
             return self.fn(policy, ref, beta, gamma)[1:]
         return beta * (policy.chosen - ref.chosen), beta * (policy.rejected - ref.rejected)
@@ -128,6 +116,8 @@ OBJECTIVES: Registry = Registry(
             Objective("posterior", "none", posterior),
             Objective("likelihood", "unconditional", likelihood),
             Objective("simpo", "none", simpo),
+            Objective("beta_dpo", "conditional", build=BetaDPO),  # arXiv 2407.08639: beta adapted per batch
+            Objective("alpha_dpo", "conditional", build=AlphaDPO),  # arXiv 2410.10148: an adaptive reference
             *(Objective(n, "none" if t == "sft" else "conditional", trl=(t,)) for n, t in TRL_LOSSES.items()),
         ]
     }

@@ -102,10 +102,15 @@ def plan_text(exp: Experiment, runs: list[RunSpec], exp_dir: ExperimentDir) -> s
     ]
     needs = scoring_needs(exp, runs)
     lines += [f"  {n}: {spec} [{'p_LM(y), no prompt' if u else 'p_ref(y|x)'}]" for n, spec, u in needs] or ["  (none)"]
-    moving = [r for r in exp.references if r.kind == "moving" and any(run.reference == r.name for run in runs)]
+    moving = [r for r in exp.references if r.kind != "fixed" and any(run.reference == r.name for run in runs)]
+    how = {
+        "moving": lambda r: f"TR-DPO: ref <- {r.alpha:g} * policy + {1 - r.alpha:g} * ref every {r.sync_steps} steps",
+        "bema": lambda r: f"BEMA: ref <- the bias-corrected moving average of the policy every {r.sync_steps} steps",
+    }
+    more = {"moving": "", "bema": ", and its start and average on the CPU"}
     lines += [
-        f"  {r.name} is moving (TR-DPO: ref <- {r.alpha:g} * policy + {1 - r.alpha:g} * ref every {r.sync_steps} "
-        "steps): a second copy of the policy in memory while training; the scores above are its starting point's"
+        f"  {r.name} is moving ({how[r.kind](r)}): a second copy of the policy in memory while training"
+        f"{more[r.kind]}; the scores above are its starting point's"
         for r in moving
     ]
     lines.append(f"runs ({len(runs)}, ~{steps if steps is not None else '?'} optimizer steps each):")

@@ -29,19 +29,31 @@ from .config.schema import LoraSettings
 from .moving import REFERENCE_STATE, MovingReference, MovingReferenceCheckpoints
 from .objectives import OBJECTIVES, PolicyLogps, ReferenceLogps
 from .precision import use_bf16
+from .reference_methods import BetaDPO
 from .store import atomic_dir, read_json
 from .tracking import Tracking
+from .train_callbacks import PeriodicCheckpoints, RichProgress
 from .train_order import LengthSortedSteps, pair_lengths
 from .training_guards import Diverged, DivergenceGuard
 from .trl_adapter import DPOTrainerAdapter
-from .ui import console, progress
+from .ui import console
 
 
 class CachedReferenceDPOTrainer(DPOTrainerAdapter):
     """DPOTrainer over pre-tokenized pairs with reference columns supplied by dporef's reference engine."""
 
-    def __init__(self, *args, objective: str = "dpo", gamma: float = 0.0, guard: DivergenceGuard | None = None, **kw):
+    def __init__(
+        self,
+        *args,
+        objective: str = "dpo",
+        gamma: float = 0.0,
+        params: dict | None = None,
+        guard: DivergenceGuard | None = None,
+        **kw,
+    ):
         self.objective = OBJECTIVES[objective]
+        # a stateful objective's validation batches never move the statistics training carries (beta_dpo's M0)
+        self.losses = {"train": self.objective.loss(params), "eval": self.objective.loss(params)}
         self.gamma = gamma
         self.guard = guard  # told every training loss, so a non-finite one stops training at its step
         self.tokens_seen = 0  # the `num_tokens` metric: prompt and response tokens trained on so far
@@ -80,8 +92,11 @@ class CachedReferenceDPOTrainer(DPOTrainerAdapter):
         else:  # cached; a moving run's validation loss against its starting point (module docstring)
             ref_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         ref = ReferenceLogps(*(x.to(chosen.dtype) for x in ref_logps))
-        losses, chosen_reward, rejected_reward = self.objective.fn(policy, ref, self.beta, self.gamma)
+        objective = self.losses[mode]
+        losses, chosen_reward, rejected_reward = objective(policy, ref, self.beta, self.gamma)
         loss = losses.mean()
+        if isinstance(objective, BetaDPO):  # the beta it took for this batch
+            self.record_metric(mode, "beta", objective.last_beta)
         if mode == "train" and self.guard is not None:  # gathered: every process takes the same decision
             step_loss = self.accelerator.gather(loss.detach().reshape(1)).mean().item()
             self.guard.observe(self.state.global_step + 1, "loss", step_loss)
@@ -135,39 +150,6 @@ class CachedReferenceDPOTrainer(DPOTrainerAdapter):
         self.record_metric(mode, "logits/chosen", token_mean(mean_logits[0], chosen_mask))
         self.record_metric(mode, "logits/rejected", token_mean(mean_logits[1], rejected_mask))
         self.record_metric(mode, "mean_token_accuracy", token_mean(out.is_top1[:, -width:].chunk(2)[0], chosen_mask))
-
-
-class RichProgress(TrainerCallback):
-    """Training progress on dporef's rich display instead of TRL's tqdm bar."""
-
-    def __init__(self, description: str):
-        self.description = description
-        self.bar = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.bar = progress()
-        self.bar.start()
-        self.task = self.bar.add_task(self.description, total=state.max_steps)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.bar.update(self.task, completed=state.global_step)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.bar.stop()
-
-
-class PeriodicCheckpoints(TrainerCallback):
-    """A full checkpoint (weights, optimizer, scheduler, RNG) every `every` optimizer steps, to resume from after a
-    kill. Every checkpoint step (`eval_steps` ones too) is also a logging step: the Trainer's running loss is not
-    saved, so a resumed run logs exactly what an uninterrupted run logs only when a log closes at the checkpoint."""
-
-    def __init__(self, every: int):
-        self.every = every
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.every == 0 and state.global_step < state.max_steps:  # the end needs none
-            control.should_save = True
-        control.should_log = control.should_log or control.should_save
 
 
 def _saving(cfg: TrainConfig) -> dict:
@@ -352,7 +334,8 @@ def train_policy(
     if resume and moving:
         moving.restore(resume)
     guard = DivergenceGuard()
-    callbacks = [RichProgress(f"training {run.run_id}"), guard, *callbacks]
+    callbacks = [RichProgress(f"training {run.run_id}"), guard, *callbacks, *(moving.callbacks() if moving else [])]
+    callbacks += [PeriodicCheckpoints(cfg.checkpoint_steps)] if cfg.checkpoint_steps else []
     trainer = CachedReferenceDPOTrainer(
         model=model,
         args=dpo_config(cfg, run, output_dir, params, moving, tracking),
@@ -362,9 +345,10 @@ def train_policy(
         processing_class=tokenizer,
         objective=run.loss or run.objective,
         gamma=run.gamma,
+        params=run.params,
         guard=guard,
         peft_config=lora_config(cfg.lora),
-        callbacks=callbacks + ([PeriodicCheckpoints(cfg.checkpoint_steps)] if cfg.checkpoint_steps else []),
+        callbacks=callbacks,
     )
     _configure(trainer, cfg, moving, tracking)
     if resume:

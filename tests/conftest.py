@@ -52,6 +52,30 @@ def tiny_world(cache_dir):
 
 
 @pytest.fixture(scope="session")
+def scored_pairs(tiny_world, tmp_path_factory):
+    """The world's first 16 training pairs as TRL tokenizes them, with dporef's reference columns of the stronger
+    same-family reference: at step 1 the policy (the SFT model) is not the reference, so every loss sees log-ratios
+    away from 0, not the ln 2 that any loss gives at a policy equal to its reference."""
+    from datasets import DatasetDict
+    from trl import DPOConfig, DPOTrainer
+
+    from dpo_ref.models import load_model, load_tokenizer, resolve
+    from dpo_ref.reference import ReferenceEngine
+
+    sft, ref = resolve("world:sft", tiny_world), resolve("world:strong-same", tiny_world)
+    tok = load_tokenizer(sft)
+    text = tiny_world.preference_data()["train"].select(range(16)).select_columns(["prompt", "chosen", "rejected"])
+    tmp = tmp_path_factory.mktemp("trl_losses")
+    args = DPOConfig(output_dir=str(tmp / "tok"), use_cpu=True, report_to=[], bf16=False, precompute_ref_log_probs=True)
+    model = load_model(sft, torch.float32)
+    tokenized = DPOTrainer(model=model, args=args, train_dataset=text, processing_class=tok).train_dataset
+    tokenized = tokenized.remove_columns([c for c in tokenized.column_names if "ref_" in c])
+    scores = ReferenceEngine(cache_dir=tmp / "ref").pair_scores(ref, DatasetDict(train=tokenized), tok, 1024, 64)
+    cached = tokenized.add_column("ref_chosen_logps", list(scores["train"]["chosen"]))
+    return sft, ref, tok, text, cached.add_column("ref_rejected_logps", list(scores["train"]["rejected"]))
+
+
+@pytest.fixture(scope="session")
 def reward_model_dir(tiny_world, tmp_path_factory):
     """A 2-layer Llama reward model (one output) with the world's tokenizer and chat template, random weights."""
     from transformers import LlamaConfig, LlamaForSequenceClassification

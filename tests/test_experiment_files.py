@@ -1,6 +1,7 @@
 """Every experiment file shipped in experiments/ validates, and the paper and real-LLM ones expand with --dry-run
 (printing the plan needs neither the models nor the data)."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,14 @@ from dpo_ref.config import load_experiment
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = (ROOT / "experiments").rglob("*.yaml")  # not _base.yaml (shared keys) nor accelerate/ (accelerate's own)
 FILES = sorted(p for p in EXPERIMENTS if not p.name.startswith("_") and p.parent.name != "accelerate")
-STUDY = {"rq1": "sweep-beta", "rq2": "compare-objectives", "rq3": "swap-reference"}
 
 
 def study_of(path: Path) -> str:
-    return STUDY[next(part[:3] for part in (path.parent.name, path.name) if part[:3] in STUDY)]
+    """The study command the file's own header says runs it (every shipped file says how to run it)."""
+    said = re.findall(r"\bdporef (sweep-beta|compare-objectives|swap-reference)( \S+)?", path.read_text())
+    assert said, f"{path} names no study command in its header"
+    mine = f"{path.parent.name}/{path.name}"  # a header may also say how to run another file first
+    return next((study for study, file in said if file.strip().endswith(mine)), said[0][0])
 
 
 def test_the_paper_configs_are_all_there():

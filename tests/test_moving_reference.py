@@ -217,7 +217,7 @@ def experiment(tmp_path, text: str):
 def test_moving_references_are_validated_and_named_in_the_plan(tmp_path):
     with pytest.raises(UserError, match="moving reference starts as the policy"):
         experiment(tmp_path, "references: [{name: tr, model: world:strong-same, kind: moving}]\n")
-    with pytest.raises(UserError, match="only apply to kind: moving"):
+    with pytest.raises(UserError, match="not read by kind: fixed"):
         experiment(tmp_path, "references: [{name: ref, model: world:sft, alpha: 0.5}]\n")
     with pytest.raises(UserError, match="full fine-tuning"):
         experiment(tmp_path, "references: [{name: tr, model: world:sft, kind: moving}]\ntrain: {lora: {r: 4}}\n")

@@ -172,7 +172,7 @@ TYPOS = [
         "objective-key",
         "objectives:\n  - name: dpo\n    betass: [0.1]\n",
         [],
-        ["exp.yaml: objectives.0.betass: unknown key; did you mean betas? allowed: name, label, betas, gamma"],
+        ["exp.yaml: objectives.0.betass: unknown key; did you mean betas? allowed: name, label, betas, references"],
     ),
     ("train-key", "train:\n  max_step: 3\n", [], ["exp.yaml: train.max_step: unknown key; did you mean max_steps?"]),
     (
@@ -186,7 +186,7 @@ TYPOS = [
         "set-key",
         "",
         ["objectives.0.betass=[0.1]"],
-        ["--set objectives.0.betass=[0.1]: unknown key; did you mean betas? allowed: name, label, betas, gamma"],
+        ["--set objectives.0.betass=[0.1]: unknown key; did you mean betas? allowed: name, label, betas, references"],
     ),
 ]
 

@@ -30,30 +30,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def pairs(tiny_world, tmp_path_factory):
-    """The world's first 16 training pairs as TRL tokenizes them, with dporef's reference columns of the stronger
-    same-family reference: at step 1 the policy (the SFT model) is not the reference, so every loss sees log-ratios
-    away from 0, not the ln 2 that any loss gives at a policy equal to its reference."""
-    from datasets import DatasetDict
-    from trl import DPOConfig, DPOTrainer
-
-    from dpo_ref.models import load_model, load_tokenizer, resolve
-    from dpo_ref.reference import ReferenceEngine
-
-    sft, ref = resolve("world:sft", tiny_world), resolve("world:strong-same", tiny_world)
-    tok = load_tokenizer(sft)
-    text = tiny_world.preference_data()["train"].select(range(16)).select_columns(["prompt", "chosen", "rejected"])
-    tmp = tmp_path_factory.mktemp("trl_losses")
-    args = DPOConfig(output_dir=str(tmp / "tok"), use_cpu=True, report_to=[], bf16=False, precompute_ref_log_probs=True)
-    model = load_model(sft, torch.float32)
-    tokenized = DPOTrainer(model=model, args=args, train_dataset=text, processing_class=tok).train_dataset
-    tokenized = tokenized.remove_columns([c for c in tokenized.column_names if "ref_" in c])
-    scores = ReferenceEngine(cache_dir=tmp / "ref").pair_scores(ref, DatasetDict(train=tokenized), tok, 1024, 64)
-    cached = tokenized.add_column("ref_chosen_logps", list(scores["train"]["chosen"]))
-    return sft, ref, tok, text, cached.add_column("ref_rejected_logps", list(scores["train"]["rejected"]))
-
-
 def first_log(trainer) -> dict:
     trainer.train()
     return next(h for h in trainer.state.log_history if h.get("step") == 1 and "loss" in h)
@@ -61,14 +37,14 @@ def first_log(trainer) -> dict:
 
 @pytest.mark.parametrize("grid, trl_settings", CASES, ids=[g.get("label", g["name"]) + str(i) for i, (g, _) in
                                                            enumerate(CASES)])  # fmt: skip
-def test_trl_loss_from_the_grid_equals_stock_trl(pairs, tmp_path, grid, trl_settings):
+def test_trl_loss_from_the_grid_equals_stock_trl(scored_pairs, tmp_path, grid, trl_settings):
     from trl import DPOConfig, DPOTrainer
 
     from dpo_ref.config import ObjectiveGrid, RunSpec, TrainConfig
     from dpo_ref.models import load_model
     from dpo_ref.train import CachedReferenceDPOTrainer, dpo_config
 
-    sft, ref, tok, text, cached = pairs
+    sft, ref, tok, text, cached = scored_pairs
     beta, common = 0.3, dict(max_steps=1, logging_steps=1, seed=0, data_seed=0, use_cpu=True, disable_tqdm=True)
     stock = DPOTrainer(
         model=load_model(sft, torch.float32),

@@ -11,6 +11,8 @@ from pydantic import Field, field_validator, model_validator
 from ..objectives import F_DIVERGENCE_LOSSES, MIX, OBJECTIVES, TRL_LOSSES
 from .strict import Strict, safe_name
 
+BETA_DPO = {"alpha": 0.6, "rho": 0.2}  # beta_dpo's settings when a grid leaves them out (the authors' example)
+ALPHA_DPO = {"alpha": 0.2}
 SMOOTHED = ("robust", "exo_pair", "aot", "aot_unpaired")  # the TRL loss types that read label_smoothing
 # TRL's defaults of the settings below: a grid that leaves them so is what a TRL script runs
 TRL_DEFAULTS = {"label_smoothing": 0.0, "f_divergence": "reverse_kl", "f_alpha": 0.5, "use_weighting": False}
@@ -30,7 +32,13 @@ class ObjectiveGrid(Strict):
         "mix, and to run one objective twice with other settings (e.g. `sigmoid` with `f_divergence: forward_kl`).",
     )
     betas: list[float] = Field(min_length=1, description="Grid of beta (KL strength / reward scale), each > 0.")
-    gamma: float = Field(0.5, ge=0, description="Target margin of `simpo` (ignored by the other objectives).")
+    references: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="The references (by name) this objective trains against, e.g. a moving one for `dpo` only. "
+        "Default: every listed reference. Objectives that read no conditional reference take none.",
+    )
+    gamma: float = Field(0.5, ge=0, description="Target margin of `simpo` and `alpha_dpo` (ignored by the others).")
     loss_weights: list[float] | None = Field(
         None, description="A mix only: the weight of each of its loss types, in order (TRL's loss_weights; MPO: "
         "[0.8, 0.2, 1.0]). Default: 1 each.",
@@ -62,6 +70,19 @@ class ObjectiveGrid(Strict):
         "holds each response's sum. Must stay null.",
     )
     discopop_tau: float = Field(0.05, gt=0, description="`discopop` only: its temperature (TRL's discopop_tau).")
+    alpha: float | None = Field(
+        None,
+        ge=0,
+        description="`beta_dpo`: how far beta follows each batch's mean reward margin, beta = beta0 (1 + alpha (M - "
+        f"M0)) (default {BETA_DPO['alpha']}, the authors' example); `alpha_dpo`: the weight of its adaptive margin "
+        f"(default {ALPHA_DPO['alpha']}; the authors' configs use 0.05-0.2).",
+    )
+    rho: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description=f"`beta_dpo` only: the share of each batch filtered out as outliers (default {BETA_DPO['rho']}).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -110,7 +131,20 @@ class ObjectiveGrid(Strict):
             raise ValueError("f_alpha: read only with f_divergence: alpha_divergence")
         if self.discopop_tau != TRL_DEFAULTS["discopop_tau"] and "discopop" not in losses:
             raise ValueError("discopop_tau: read only by discopop")
+        if self.alpha is not None and self.name not in ("beta_dpo", "alpha_dpo"):
+            raise ValueError("alpha: read only by beta_dpo and alpha_dpo")
+        if self.rho is not None and self.name != "beta_dpo":
+            raise ValueError("rho: read only by beta_dpo")
+        if self.references is not None and OBJECTIVES[self.name].reference != "conditional":
+            raise ValueError(f"references: {self.name} trains against no listed reference")
         return self
+
+    def params(self) -> dict | None:
+        """The settings a stateful objective is built with (None for the others)."""
+        defaults = {"beta_dpo": BETA_DPO, "alpha_dpo": ALPHA_DPO}.get(self.name)
+        if defaults is None:
+            return None
+        return {k: v if getattr(self, k) is None else getattr(self, k) for k, v in defaults.items()}
 
     def trl_settings(self) -> dict | None:
         """DPOConfig's loss settings for TRL's loss types (None for dporef's own objectives)."""

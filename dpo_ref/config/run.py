@@ -23,6 +23,7 @@ class RunSpec(BaseModel):
     # the registered objective when the grid's `label` names the run otherwise (None: `objective` is it)
     loss: str | None = None
     trl: dict | None = None  # TRL's loss settings (DPOConfig fields) for objectives TRL computes; None for dporef's
+    params: dict | None = None  # the settings of a stateful objective (beta_dpo, alpha_dpo)
 
     @property
     def registered(self) -> Objective | None:
@@ -37,7 +38,7 @@ def expand(exp: Experiment) -> list[RunSpec]:
         # Only a conditional reference is chosen in the YAML; `likelihood` always uses the policy's own p_LM(y).
         conditional = OBJECTIVES[grid.name].reference == "conditional"
         label = grid.label or grid.name
-        refs = [r.name for r in exp.references] if conditional else [None]
+        refs = (grid.references or [r.name for r in exp.references]) if conditional else [None]
         for ref in refs:
             for beta in grid.betas:
                 for seed in exp.seeds:
@@ -53,6 +54,7 @@ def expand(exp: Experiment) -> list[RunSpec]:
                             gamma=grid.gamma,
                             loss=grid.name if label != grid.name else None,
                             trl=grid.trl_settings(),
+                            params=grid.params(),
                         )
                     )
     return runs

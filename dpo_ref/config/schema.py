@@ -19,6 +19,7 @@ from .world import WorldConfig
 MAX_STEPS = 10**7  # more optimizer steps (or a step interval this long) than any run can take: a typo
 MAX_SEED = 2**32 - 1  # numpy's seeds (transformers.set_seed seeds numpy too) are 0 .. 2**32 - 1
 MOVING_DEFAULTS = {"alpha": 0.6, "sync_steps": 512}  # TRL's ref_model_mixup_alpha and ref_model_sync_steps
+BEMA_DEFAULTS = {"sync_steps": 400}  # TRL's BEMACallback(update_freq)
 
 
 class ReferenceConfig(Strict):
@@ -27,14 +28,16 @@ class ReferenceConfig(Strict):
         description="Model spec: `world:<name>` (a model of the embedded world), a local directory, "
         "or a Hugging Face hub id (read from the local cache when offline)."
     )
-    kind: Literal["fixed", "moving"] = Field(
+    kind: Literal["fixed", "moving", "bema"] = Field(
         "fixed",
         description="`fixed`: scored once before training and shared by every run (no reference model in memory while "
         "training). `moving`: TR-DPO (Gorbatovski et al. 2024, arXiv 2404.09656): the reference starts as `model` "
         "and follows the policy, ref <- alpha * policy + (1 - alpha) * ref every `sync_steps` optimizer steps "
-        "(TRL's sync_ref_model); it cannot be precomputed, so it sits in memory while training. `model` must be the "
-        "experiment's policy (the update mixes their weights); KL and the implicit reward's ranking accuracy are "
-        "measured against that starting point.",
+        "(TRL's sync_ref_model). `bema`: the reference starts as `model` and becomes, every `sync_steps` steps, the "
+        "bias-corrected exponential moving average of the policy's weights (BEMA, Block and Zhang 2025, arXiv "
+        "2508.00180; TRL's BEMACallback with its defaults). A moving or BEMA reference cannot be precomputed, so it "
+        "sits in memory while training; `model` must be the experiment's policy (the updates mix their weights); KL "
+        "and the implicit reward's ranking accuracy are measured against that starting point.",
     )
     alpha: float | None = Field(
         None,
@@ -47,8 +50,8 @@ class ReferenceConfig(Strict):
         None,
         ge=1,
         le=MAX_STEPS,
-        description="`moving` only: optimizer steps between two updates (TR-DPO's tau). Default: TRL's "
-        f"{MOVING_DEFAULTS['sync_steps']}.",
+        description="`moving` and `bema`: optimizer steps between two updates (TR-DPO's tau, BEMA's update_freq "
+        f"phi). Default: TRL's, {MOVING_DEFAULTS['sync_steps']} (moving) and {BEMA_DEFAULTS['sync_steps']} (bema).",
     )
 
     @model_validator(mode="before")
@@ -56,12 +59,13 @@ class ReferenceConfig(Strict):
     def _moving_settings(cls, data):
         if not isinstance(data, dict):
             return data
-        if data.get("kind", "fixed") == "moving":
-            return MOVING_DEFAULTS | {k: v for k, v in data.items() if v is not None}
-        unused = sorted(k for k in MOVING_DEFAULTS if data.get(k) is not None)
+        kind = data.get("kind", "fixed")
+        defaults = {"moving": MOVING_DEFAULTS, "bema": BEMA_DEFAULTS}.get(kind, {})
+        unused = sorted(k for k in MOVING_DEFAULTS if k not in defaults and data.get(k) is not None)
         if unused:
-            raise ValueError(f"{' and '.join(unused)} only apply to kind: moving (a fixed reference never changes)")
-        return data
+            why = "a fixed reference never changes" if kind == "fixed" else "BEMA has no mixing weight"
+            raise ValueError(f"{' and '.join(unused)}: not read by kind: {kind} ({why})")
+        return defaults | {k: v for k, v in data.items() if v is not None}
 
     @field_validator("name")
     @classmethod
@@ -312,18 +316,34 @@ class Experiment(Strict):
         return refs
 
     @model_validator(mode="after")
+    def _objective_references(self) -> Experiment:
+        names = [r.name for r in self.references]
+        for i, grid in enumerate(self.objectives):
+            unknown = [n for n in grid.references or [] if n not in names]
+            if unknown:
+                raise ValueError(f"objectives.{i}.references: {unknown} not among the references {names}")
+            if grid.references and len(set(grid.references)) < len(grid.references):
+                raise ValueError(f"objectives.{i}.references: each reference once, got {grid.references}")
+        return self
+
+    @model_validator(mode="after")
     def _moving_references(self) -> Experiment:
         for i, ref in enumerate(self.references):
-            if ref.kind != "moving":
+            if ref.kind == "fixed":
                 continue
             if ref.model != self.policy:
                 raise ValueError(
-                    f"references.{i}: a moving reference starts as the policy (its weights are mixed with the "
+                    f"references.{i}: a {ref.kind} reference starts as the policy (its weights are mixed with the "
                     f"policy's), so its model must be {self.policy!r}, not {ref.model!r}"
                 )
             if self.train.lora is not None:
                 raise ValueError(
-                    f"references.{i}: a moving reference needs full fine-tuning (TRL cannot sync it "
+                    f"references.{i}: a {ref.kind} reference needs full fine-tuning (TRL cannot update it "
                     "with LoRA adapters); remove train.lora or use kind: fixed"
+                )
+            if ref.kind == "bema" and self.train.checkpoint_steps is not None:
+                raise ValueError(
+                    f"references.{i}: kind: bema does not resume from checkpoints (its running averages are not "
+                    "saved in them); remove train.checkpoint_steps"
                 )
         return self

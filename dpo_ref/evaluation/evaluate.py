@@ -85,11 +85,12 @@ class ImplicitReward:
     objective: Objective | None
     beta: float | None = None
     gamma: float = 0.0
+    params: dict | None = None  # a stateful objective's settings
 
     def __call__(self, policy: PolicyLogps, ref: ReferenceLogps) -> tuple[np.ndarray, np.ndarray]:
         if self.objective is None:
             return np.zeros(len(policy.chosen)), np.zeros(len(policy.rejected))
-        chosen, rejected = self.objective.rewards(policy, ref, self.beta, self.gamma)
+        chosen, rejected = self.objective.rewards(policy, ref, self.beta, self.gamma, self.params)
         return chosen.numpy(), rejected.numpy()
 
 

@@ -55,7 +55,7 @@ def run_hash(exp: Experiment, run: RunSpec, models: dict) -> str:
         _reference_identity(exp, run.reference),
         train,
         exp.eval.model_dump(),
-        run.model_dump(exclude={k for k in ("loss", "trl") if getattr(run, k) is None}),  # as before they existed
+        run.model_dump(exclude={k for k in ("loss", "trl", "params") if getattr(run, k) is None}),  # as before them
         {"policy": models["policy"]["fingerprint"], "reference": reference, "judge": judge},
     ]
     return content_hash(parts)

@@ -159,16 +159,16 @@ def write_samples(run_dir: RunDir, samples: EvalSamples) -> None:
 
 
 def _moving_reference(prepared: Prepared, run: RunSpec):
-    """The run's TR-DPO reference (`kind: moving`): its starting weights loaded beside the policy, or None (a fixed
-    reference, read from the prepared columns)."""
+    """The run's moving reference (`kind: moving` or `bema`): its starting weights loaded beside the policy, or None
+    (a fixed reference, read from the prepared columns)."""
     from ..moving import MovingReference
 
     ref = reference_config(prepared.exp, run.reference)
-    if ref is None or ref.kind != "moving":
+    if ref is None or ref.kind == "fixed":
         return None
     regime = regime_for(prepared.model("policy"), prepared.exp.train.precision)  # the policy's, to train beside it
     weights = regime.load(prepared.model("references", run.reference))
-    return MovingReference(weights, ref.alpha, ref.sync_steps)
+    return MovingReference(weights, ref.alpha, ref.sync_steps, ref.kind)
 
 
 def _inputs(prepared: Prepared, run: RunSpec):
@@ -235,7 +235,7 @@ def execute(prepared: Prepared, run: RunSpec, callbacks: Sequence[CallbackFactor
             model = _read_back(prepared, run_dir.policy, regime)
 
     t0 = time.time()
-    reward = ImplicitReward(objective, run.beta, run.gamma)
+    reward = ImplicitReward(objective, run.beta, run.gamma, run.params)
     bench = prepared.benchmark()
     location = str(run_dir.policy) if objective is not None else prepared.model("policy").location
     sample = engine_sampler(exp.eval.engine, location, tokenizer, regime.bf16_weights)
