@@ -1,14 +1,21 @@
 """Hermetic test setup: offline hub, a temporary dporef cache, quiet progress bars, fixed seeds."""
 
 import os
-import random
-import shutil
-import subprocess
-import tempfile
 
-import numpy as np
-import pytest
-import torch
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # `pytest -n N` (make test): the cores split between the N workers, as
+    # dporef's own workers split them (two torch processes that each take every core are several times slower)
+    share = str(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, share)
+
+import random  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 # datasets' arrow cache (local json/parquet reads) goes to a throwaway directory, never the user's ~/.cache
