@@ -93,3 +93,29 @@ def test_the_dry_run_says_the_threads_of_each_worker(tmp_path, no_thread_setting
     said = " ".join(result.stdout.split())  # the console's line wrapping undone
     assert "2 `run-one` worker processes sharing the pending runs" in said
     assert f"{want} torch thread{'s' if want > 1 else ''} each ({CORES} cores)" in said
+
+
+# A stand-in worker: for each run it is given, status.json says running, then done (what run-one writes first and last)
+FAKE_WORKER = """import json, sys, time, pathlib
+for run_id in sys.argv[2:]:
+    status = pathlib.Path(sys.argv[1]) / run_id / "status.json"
+    status.parent.mkdir(parents=True, exist_ok=True)
+    status.write_text(json.dumps({"status": "running"}))
+    time.sleep(1.2)
+    status.write_text(json.dumps({"status": "done"}))"""
+
+
+def test_a_runs_earlier_failed_attempt_is_not_reported_as_news(tmp_path, capsys):
+    """A run that failed in an earlier command is pending again: the launcher says it started and finished now, not
+    that it 'finished: failed' before any worker touched it."""
+    exp_dir = ExperimentDir(tmp_path / "exp")
+    (tmp_path / "exp" / "r0").mkdir(parents=True)
+    (tmp_path / "exp" / "r0" / "status.json").write_text(json.dumps({"status": "failed", "error": "earlier"}))
+    pending = [RunSpec(run_id="r0", objective="sft", reference=None, beta=None, seed=0)]
+    group = local.Workers(
+        exp_dir, pending, 1, command=lambda d, order: [sys.executable, "-c", FAKE_WORKER, str(d.root), "r0"]
+    )
+    assert local.run_workers(group) == 0
+    said = capsys.readouterr()
+    lines = [line for line in (said.out + said.err).splitlines() if "r0" in line]
+    assert [line.split(";")[0].split(" in ")[0] for line in lines] == ["started r0", "finished r0: done"], lines

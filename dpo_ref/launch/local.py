@@ -199,8 +199,12 @@ class Workers:
         self.command = command  # command(exp_dir, runs): argv
         self.env, self.threads = torch_threads(len(self.orders))
         self.procs: list[subprocess.Popen] = []
+        self.before: dict[str, str] = {}
 
     def start(self) -> None:
+        # what each run's status file says before the workers start (a failed or interrupted earlier attempt): only a
+        # change from it is news
+        self.before = {r.run_id: read_status(self.exp_dir.run(r.run_id)) for r in self.pending}
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **self.env}
         for i, order in enumerate(self.orders):
             log = log_path(self.exp_dir, f"worker-{i}")
@@ -214,7 +218,7 @@ class Workers:
     def watch(self, every: float = 0.5) -> dict[str, str]:
         """Until every worker has ended: a line as each run starts and ends (from its status.json); the final
         statuses."""
-        seen = dict.fromkeys((r.run_id for r in self.pending), "pending")
+        seen = dict(self.before)
         started: dict[str, float] = {}
         while True:
             ended = all(p.poll() is not None for p in self.procs)
@@ -225,7 +229,7 @@ class Workers:
                 if now == "running":
                     started[run_id] = time.time()
                     console.print(f"started {run_id}; output in {log_path(self.exp_dir, run_id)}", soft_wrap=True)
-                elif before in ("pending", "running"):
+                else:
                     took = f" in {time.time() - started[run_id]:.1f}s" if run_id in started else ""
                     console.print(f"finished {run_id}: {now}{took}", soft_wrap=True)
                 seen[run_id] = now
