@@ -78,7 +78,9 @@ def scoring_needs(exp: Experiment, runs: list[RunSpec]) -> list[tuple[str, str, 
     for run in runs:
         mode = run.registered.reference if run.registered else "none"
         if mode == "conditional":
-            needed.add((run.reference, reference_config(exp, run.reference).model, False))
+            ref = reference_config(exp, run.reference)
+            for name in ref.mix or [ref.name]:  # a mixture reads its components' passes
+                needed.add((name, reference_config(exp, name).model, False))
         elif mode == "unconditional":
             needed.add(("policy", exp.policy, True))
     return sorted(needed)
@@ -102,7 +104,14 @@ def plan_text(exp: Experiment, runs: list[RunSpec], exp_dir: ExperimentDir) -> s
     ]
     needs = scoring_needs(exp, runs)
     lines += [f"  {n}: {spec} [{'p_LM(y), no prompt' if u else 'p_ref(y|x)'}]" for n, spec, u in needs] or ["  (none)"]
-    moving = [r for r in exp.references if r.kind != "fixed" and any(run.reference == r.name for run in runs)]
+    used = [r for r in exp.references if any(run.reference == r.name for run in runs)]
+    lines += [
+        f"  {r.name} is a mixture, log p = {' + '.join(f'{w:g} log p_{n}' for n, w in r.mix.items())}: its columns "
+        "are summed from those above, it has no scoring pass of its own"
+        for r in used
+        if r.kind == "mixture"
+    ]
+    moving = [r for r in used if r.kind in ("moving", "bema")]
     how = {
         "moving": lambda r: f"TR-DPO: ref <- {r.alpha:g} * policy + {1 - r.alpha:g} * ref every {r.sync_steps} steps",
         "bema": lambda r: f"BEMA: ref <- the bias-corrected moving average of the policy every {r.sync_steps} steps",

@@ -189,6 +189,17 @@ class ReferenceScorer:
         return text_logps(self.ref, gens.prompts, gens.responses, gens.ended, self.batch_size, self.precision)
 
 
+@dataclass(frozen=True)
+class MixtureScorer:
+    """log p_mix(y|x) = sum_k w_k log p_k(y|x) of a policy's samples (a `mixture` reference), from its components'
+    scorers, each loaded and freed in turn."""
+
+    parts: list[tuple[ReferenceScorer, float]]
+
+    def logps(self, gens, policy) -> np.ndarray:
+        return sum(weight * scorer.logps(gens, policy) for scorer, weight in self.parts)
+
+
 def similarity(
     policy: dict[str, np.ndarray], ref: dict[str, np.ndarray], tokens: dict[str, np.ndarray]
 ) -> dict[str, float]:

@@ -47,7 +47,8 @@ class Models:
 
 def model_specs(exp: Experiment) -> list[tuple[str, str]]:
     """(key, spec) of every model the experiment names, the policy first."""
-    specs = [("policy", exp.policy)] + [(f"references.{i}.model", r.model) for i, r in enumerate(exp.references)]
+    refs = [(f"references.{i}.model", r.model) for i, r in enumerate(exp.references) if r.model is not None]
+    specs = [("policy", exp.policy), *refs]  # a mixture names no model of its own
     return specs + ([("judge.model", exp.judge.model)] if exp.judge.model else [])
 
 
@@ -59,7 +60,7 @@ def resolve_models(exp: Experiment) -> Models:
     refs = {key: resolve(spec, where=key, task=task(key)) for key, spec in specs if not spec.startswith("world:")}
     world = build_world(exp.world) if data.needs_world(exp) else None
     refs |= {key: resolve(spec, world, key, task(key)) for key, spec in specs if spec.startswith("world:")}
-    references = {r.name: refs[f"references.{i}.model"] for i, r in enumerate(exp.references)}
+    references = {r.name: refs[f"references.{i}.model"] for i, r in enumerate(exp.references) if r.model is not None}
     return Models(world, refs["policy"], references, refs.get("judge.model"))
 
 

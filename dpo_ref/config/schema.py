@@ -24,11 +24,12 @@ BEMA_DEFAULTS = {"sync_steps": 400}  # TRL's BEMACallback(update_freq)
 
 class ReferenceConfig(Strict):
     name: str = Field(description="Short name of the reference, used in run ids and tables (letters, digits, -_.).")
-    model: str = Field(
+    model: str | None = Field(
+        None,
         description="Model spec: `world:<name>` (a model of the embedded world), a local directory, "
-        "or a Hugging Face hub id (read from the local cache when offline)."
+        "or a Hugging Face hub id (read from the local cache when offline). Required, except for a `mixture`.",
     )
-    kind: Literal["fixed", "moving", "bema"] = Field(
+    kind: Literal["fixed", "moving", "bema", "mixture"] = Field(
         "fixed",
         description="`fixed`: scored once before training and shared by every run (no reference model in memory while "
         "training). `moving`: TR-DPO (Gorbatovski et al. 2024, arXiv 2404.09656): the reference starts as `model` "
@@ -37,7 +38,15 @@ class ReferenceConfig(Strict):
         "bias-corrected exponential moving average of the policy's weights (BEMA, Block and Zhang 2025, arXiv "
         "2508.00180; TRL's BEMACallback with its defaults). A moving or BEMA reference cannot be precomputed, so it "
         "sits in memory while training; `model` must be the experiment's policy (the updates mix their weights); KL "
-        "and the implicit reward's ranking accuracy are measured against that starting point.",
+        "and the implicit reward's ranking accuracy are measured against that starting point. `mixture`: several fixed "
+        "references at once, log p_mix(y|x) = sum_k w_k log p_k(y|x) with the weights of `mix` (a multi-reference "
+        "objective, as MRPO, Le et al. 2024): no model and no scoring pass of its own, its columns are the weighted "
+        "sum of its components' cached ones; KL is measured against the mixture.",
+    )
+    mix: dict[str, float] | None = Field(
+        None,
+        description="`mixture` only: the fixed references (by name) it combines and their weights, each > 0, summing "
+        "to 1, e.g. {sft: 0.5, strong: 0.5}.",
     )
     alpha: float | None = Field(
         None,
@@ -63,9 +72,18 @@ class ReferenceConfig(Strict):
         defaults = {"moving": MOVING_DEFAULTS, "bema": BEMA_DEFAULTS}.get(kind, {})
         unused = sorted(k for k in MOVING_DEFAULTS if k not in defaults and data.get(k) is not None)
         if unused:
-            why = "a fixed reference never changes" if kind == "fixed" else "BEMA has no mixing weight"
-            raise ValueError(f"{' and '.join(unused)}: not read by kind: {kind} ({why})")
+            why = {"bema": "BEMA has no mixing weight", "mixture": "a mixture of fixed references never changes"}
+            raise ValueError(f"{' and '.join(unused)}: not read by kind: {kind} ({why.get(kind, 'it never changes')})")
         return defaults | {k: v for k, v in data.items() if v is not None}
+
+    @model_validator(mode="after")
+    def _model_or_mix(self) -> ReferenceConfig:
+        mixture = self.kind == "mixture"
+        if mixture != (self.model is None):
+            raise ValueError("a mixture names no `model` (its `mix` does)" if mixture else "needs a `model`")
+        if mixture != (self.mix is not None):
+            raise ValueError("kind: mixture needs `mix`" if mixture else "`mix`: read by kind: mixture only")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -327,9 +345,22 @@ class Experiment(Strict):
         return self
 
     @model_validator(mode="after")
+    def _mixtures(self) -> Experiment:
+        kinds = {r.name: r.kind for r in self.references}
+        for i, ref in enumerate(self.references):
+            if ref.kind != "mixture":
+                continue
+            bad = [n for n in ref.mix if kinds.get(n) != "fixed"]
+            if bad or len(ref.mix) < 2:
+                raise ValueError(f"references.{i}.mix: two or more fixed references listed here, got {sorted(ref.mix)}")
+            if min(ref.mix.values()) <= 0 or abs(sum(ref.mix.values()) - 1) > 1e-6:
+                raise ValueError(f"references.{i}.mix: weights > 0 that sum to 1, got {ref.mix}")
+        return self
+
+    @model_validator(mode="after")
     def _moving_references(self) -> Experiment:
         for i, ref in enumerate(self.references):
-            if ref.kind == "fixed":
+            if ref.kind not in ("moving", "bema"):
                 continue
             if ref.model != self.policy:
                 raise ValueError(

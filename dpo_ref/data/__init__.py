@@ -125,7 +125,7 @@ def source(exp: Experiment):
 
 def needs_world(exp: Experiment) -> bool:
     """Whether anything in the experiment needs the embedded world built: its data or a `world:` model spec."""
-    specs = [exp.policy, exp.judge.model or ""] + [r.model for r in exp.references]
+    specs = [exp.policy, exp.judge.model or ""] + [r.model or "" for r in exp.references]  # a mixture: no model
     return isinstance(source(exp), WorldSource) or any(s.startswith("world:") for s in specs)
 
 

@@ -14,17 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import numpy as np
 import yaml
 from pydantic import ValidationError
 
 from .. import data
-from ..config import Experiment, RunSpec
+from ..config import Experiment, RunSpec, reference_config
 from ..errors import UserError
 from ..evaluation.evaluate import Benchmark, PromptSet
 from ..evaluation.judges import Judge, RewardModelJudge, RuleJudge
 from ..generation import Generations
 from ..models import ModelRef, load_tokenizer
-from ..reference import ReferenceScorer
+from ..reference import MixtureScorer, ReferenceScorer
 from ..store import (
     Unusable,
     atomic_write_json,
@@ -209,8 +210,9 @@ class Prepared:
         still what prepare wrote (hashed in full again, unless `open` just did: a study's runs take hours, and each
         reads them anew). A user error otherwise, before the run writes anything."""
         self.model("policy")
-        if run.reference is not None:
-            self.model("references", run.reference)
+        ref = reference_config(self.exp, run.reference)
+        for name in (ref.mix or [ref.name]) if ref is not None else []:  # a mixture: each of its components
+            self.model("references", name)
         if self.plan["models"]["judge"] is not None:
             self.model("judge")
         problem = None if self.checked_by_open else _damaged(self.exp_dir)
@@ -241,14 +243,25 @@ class Prepared:
             zeros = [0.0] * len(ds)
             ds = ds.remove_columns(extra).add_column("ref_chosen_logps", zeros)
             return ds.add_column("ref_rejected_logps", zeros)
-        chosen, rejected = columns(run.reference, mode == "unconditional")
-        if chosen not in ds.column_names:
+        ref = reference_config(self.exp, run.reference)
+        weights = ref.mix if ref is not None and ref.mix else {run.reference: 1.0}  # a mixture: several passes
+        parts = {name: columns(name, mode == "unconditional") for name in weights}
+        if any(chosen not in ds.column_names for chosen, _ in parts.values()):
             raise UserError(
                 str(self.exp_dir.root), f"prepared data has no scores for {run.run_id}; run the study again"
             )
-        keep = [c for c in extra if c not in (chosen, rejected)]
-        ds = ds.remove_columns(keep)
-        return ds.rename_columns({chosen: "ref_chosen_logps", rejected: "ref_rejected_logps"})
+        if len(parts) == 1:
+            chosen, rejected = parts[run.reference]
+            ds = ds.remove_columns([c for c in extra if c not in (chosen, rejected)])
+            return ds.rename_columns({chosen: "ref_chosen_logps", rejected: "ref_rejected_logps"})
+        mixed = {
+            f"ref_{side}_logps": sum(w * np.asarray(ds[parts[n][i]], dtype=np.float64) for n, w in weights.items())
+            for i, side in enumerate(("chosen", "rejected"))
+        }
+        ds = ds.remove_columns(extra)
+        return ds.add_column("ref_chosen_logps", mixed["ref_chosen_logps"].tolist()).add_column(
+            "ref_rejected_logps", mixed["ref_rejected_logps"].tolist()
+        )
 
     def benchmark(self) -> Benchmark:
         exp = self.exp
@@ -260,9 +273,14 @@ class Prepared:
         """The scorers of the two KLs: against the run's reference (reference-free runs and the SFT row: the SFT
         policy), and against the SFT policy when that is another model (else None: the first KL is that one)."""
         policy = self.model("policy")
-        ref = policy if run.reference is None else self.model("references", run.reference)
-        is_policy = run.objective == "sft" and ref.fingerprint == policy.fingerprint
         tokenizer = load_tokenizer(policy)
         args = (tokenizer, self.exp.eval.batch_size, self.exp.train.precision)
+        ref_config = reference_config(self.exp, run.reference)
+        mix = ref_config.mix if ref_config is not None else None
+        if mix:  # KL against the mixture: its log-probs are the weighted sum of its components'
+            parts = [(ReferenceScorer(self.model("references", n), *args), w) for n, w in mix.items()]
+            return MixtureScorer(parts), ReferenceScorer(policy, *args)
+        ref = policy if run.reference is None else self.model("references", run.reference)
+        is_policy = run.objective == "sft" and ref.fingerprint == policy.fingerprint
         sft = None if ref.fingerprint == policy.fingerprint else ReferenceScorer(policy, *args)
         return ReferenceScorer(ref, *args, is_policy), sft

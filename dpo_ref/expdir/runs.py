@@ -34,6 +34,8 @@ def _reference_identity(exp: Experiment, name: str | None) -> str | dict | None:
     ref = reference_config(exp, name)
     if ref is None or ref.kind == "fixed":
         return ref.model if ref else None
+    if ref.kind == "mixture":  # its components' specs, weighted
+        return {"mix": {n: [reference_config(exp, n).model, w] for n, w in sorted(ref.mix.items())}}
     return ref.model_dump(exclude={"name"})
 
 
@@ -45,7 +47,11 @@ def run_hash(exp: Experiment, run: RunSpec, models: dict) -> str:
     # trackers that watch training change no result
     train = exp.train.max_length if run.objective == "sft" else exp.train.model_dump(exclude={"report_to"})
     # a reference the models do not name (plan.json of another config, in a dry run) matches no finished run
-    reference = models["references"].get(run.reference, {}).get("fingerprint") if run.reference else None
+    ref = reference_config(exp, run.reference)
+    mix = ref.mix if ref is not None and ref.mix else {}
+    names = sorted(mix) or ([run.reference] if run.reference else [])  # a mixture: its components' weights
+    found = [models["references"].get(n, {}).get("fingerprint") for n in names]
+    reference = (found[0] if len(found) == 1 else found) if names else None
     judge = models["judge"]["fingerprint"] if models.get("judge") else None
     parts = [
         exp.world.model_dump() if data.needs_world(exp) else None,

@@ -165,7 +165,7 @@ def _similarity(
     policy = scores(models.policy)
     tokens = {side: np.array([len(ids) for ids in pairs["train"][f"{side}_ids"]]) for side in ("chosen", "rejected")}
     out = {}
-    for r in exp.references:
+    for r in (r for r in exp.references if r.model is not None):  # a mixture has no model to compare
         ref = models.references[r.name]
         ref_logps = ReferenceScorer(ref, tokenizer, exp.eval.batch_size, exp.train.precision).logps(gens, None)
         out[r.name] = {"model": r.model, "kind": r.kind, **similarity(policy, scores(ref), tokens)}

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from .. import data
-from ..config import Experiment, RunSpec, expand
+from ..config import Experiment, RunSpec, expand, reference_config
 from ..errors import UserError
 from ..evaluation.alpaca_eval import import_annotations
 from ..expdir import ExperimentDir, Prepared, RunDir, checked, read_run, read_spec
@@ -111,6 +111,9 @@ def analyze_run(run_dir: RunDir, min_count: int = 100, top: int = 15) -> dict:
     meta = checked(run_dir.spec, yaml.safe_load, _run_meta, "run the study command again to rerun it")
     run = RunSpec.model_validate(meta["run"])
     policy_ref = prepared.model("policy")
+    trained_against = reference_config(prepared.exp, run.reference)
+    if trained_against is not None and trained_against.kind == "mixture":
+        raise UserError(str(run_dir.root), "trained against a mixture: per-token ratios need one reference model")
     reference = policy_ref if run.reference is None else prepared.model("references", run.reference)
     tokenizer = load_tokenizer(policy_ref)
     if load_tokenizer(reference).get_vocab() != tokenizer.get_vocab():

@@ -164,7 +164,7 @@ def _moving_reference(prepared: Prepared, run: RunSpec):
     from ..moving import MovingReference
 
     ref = reference_config(prepared.exp, run.reference)
-    if ref is None or ref.kind == "fixed":
+    if ref is None or ref.kind not in ("moving", "bema"):
         return None
     regime = regime_for(prepared.model("policy"), prepared.exp.train.precision)  # the policy's, to train beside it
     weights = regime.load(prepared.model("references", run.reference))
