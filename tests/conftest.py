@@ -125,6 +125,17 @@ def run_study(cache_dir):
     return run
 
 
+def one_line_error(result, *says):
+    """Exit 2, no traceback, and the fault as the one `error:` line, last on stderr, holding each of `says` (the
+    progress lines the command printed before it stay as they were)."""
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    assert "Traceback" not in result.output and lines[-1].startswith("error: "), result.output
+    assert [line for line in lines if line.startswith("error")] == lines[-1:], result.stderr
+    for text in says:
+        assert text in lines[-1], lines[-1]
+
+
 # The world's gold reward written out by hand from docs/world.md, for tests that recompute metrics without dporef.
 TARGETS = {
     "copy": lambda s: s,

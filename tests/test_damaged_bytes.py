@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_WORLD
+from conftest import TINY_WORLD, one_line_error
 from typer.testing import CliRunner
 
 from dpo_ref import store
@@ -66,16 +66,6 @@ def study(out, *extra: str):
 def said(result) -> str:
     """What the command printed on stderr, with the console's line wrapping undone."""
     return " ".join(result.stderr.split())
-
-
-def one_line_error(result, *says):
-    """Exit 2, no traceback, and the fault as the one `error:` line, last on stderr, holding each of `says`."""
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 2, result.output + repr(result.exception)
-    assert "Traceback" not in result.output and lines[-1].startswith("error: "), result.output
-    assert [line for line in lines if line.startswith("error")] == lines[-1:], result.stderr
-    for text in says:
-        assert text in lines[-1], lines[-1]
 
 
 def rows(exp_dir) -> dict:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import TINY_WORLD
+from conftest import TINY_WORLD, one_line_error
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
@@ -34,17 +34,6 @@ def temporaries(root):
 def free_bytes(path) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
-
-
-def one_line_error(result, *says):
-    """Exit 2, no traceback, and the fault as one last line on stderr naming each of `says` (the path and the
-    error); the progress lines the command printed before it stay as they were."""
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 2, result.output + repr(result.exception)
-    assert "Traceback" not in result.output and lines[-1].startswith("error: "), result.output
-    assert [line for line in lines if line.startswith("error")] == lines[-1:], result.stderr
-    for text in says:
-        assert text in lines[-1], lines[-1]
 
 
 def study(out, *args, sets=SHORT):

@@ -10,23 +10,19 @@ import torch
 pytestmark = pytest.mark.slow
 
 
-def test_history_has_stock_dpo_trainers_metrics_with_its_values_at_step_1(tiny_world, tmp_path):
+def test_history_has_stock_dpo_trainers_metrics_with_its_values_at_step_1(scored_pairs, tmp_path):
     """One micro-batch per step (so both trainers see the same batches in the Trainer's random order), fp32, the
     same seed: TRL's DPOTrainer with a reference model against dporef's trainer on its cached reference columns."""
-    from datasets import DatasetDict
     from trl import DPOConfig, DPOTrainer
 
     from dpo_ref.config import RunSpec, TrainConfig
-    from dpo_ref.models import load_model, load_tokenizer, resolve
-    from dpo_ref.reference import ReferenceEngine
+    from dpo_ref.models import load_model
     from dpo_ref.train import CachedReferenceDPOTrainer, dpo_config
 
-    sft = resolve("world:sft", tiny_world)
-    tok = load_tokenizer(sft)
-    text = tiny_world.preference_data()["train"].select(range(24)).select_columns(["prompt", "chosen", "rejected"])
+    sft, ref, tok, text, pairs = scored_pairs
     stock = DPOTrainer(
         model=load_model(sft, torch.float32),
-        ref_model=load_model(sft, torch.float32),
+        ref_model=load_model(ref, torch.float32),
         args=DPOConfig(
             output_dir=str(tmp_path / "trl"),
             beta=0.1,
@@ -46,12 +42,8 @@ def test_history_has_stock_dpo_trainers_metrics_with_its_values_at_step_1(tiny_w
         train_dataset=text,
         processing_class=tok,
     )
-    pairs = stock.train_dataset.remove_columns([c for c in stock.train_dataset.column_names if "ref_" in c])
-    scores = ReferenceEngine(cache_dir=tmp_path / "ref").pair_scores(sft, DatasetDict(train=pairs), tok, 1024, 64)
-    pairs = pairs.add_column("ref_chosen_logps", list(scores["train"]["chosen"]))
-    pairs = pairs.add_column("ref_rejected_logps", list(scores["train"]["rejected"]))
     cfg = TrainConfig(learning_rate=1e-3, max_steps=2, batch_size=8, logging_steps=1, precision="fp32")
-    run = RunSpec(run_id="dpo", objective="dpo", reference="sft", beta=0.1, seed=0)
+    run = RunSpec(run_id="dpo", objective="dpo", reference="strong", beta=0.1, seed=0)
     ours = CachedReferenceDPOTrainer(
         model=load_model(sft, torch.float32),
         args=dpo_config(cfg, run, tmp_path / "ours", 1),
