@@ -217,11 +217,40 @@ class InstructionsConfig(Strict):
     n_validation_prompts: int = Field(32, ge=1, description="Prompts sampled for validation pairs.")
     n_eval_prompts: int = Field(64, ge=1, description="Held-out prompts the policies are judged on.")
     samples_per_prompt: int = Field(
-        4, ge=2, description="Policy samples per prompt; chosen = best by the instruction checks, rejected = worst."
+        4, ge=2, description="Policy samples per prompt; `pairing` picks the chosen and the rejected among them."
     )
     max_new_tokens: int = Field(96, ge=1, description="Token budget of each sample (a sample that hits it has no EOS).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the pairs' responses.")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the prompts and of the samples.")
+    pairing: Literal["best_worst", "both_ended", "length_matched"] = Field(
+        "best_worst",
+        description="Which two samples of a prompt make its pair. `best_worst`: the best and the worst by the checks "
+        "(ending with EOS being one of them). When most worst samples ran out of budget, DPO then mostly learns to "
+        "stop sooner (a length confound), so `both_ended` takes the best and the worst of the samples that ended, and "
+        "`length_matched` the pair with the largest score gap among pairs of equal ended status whose token lengths "
+        "are within `length_tolerance`: in both, the instruction checks decide, not ending. Prompts without such a "
+        "pair are skipped, counted by reason in the pairs' stats.json (docs/real-models.md).",
+    )
+    length_tolerance: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="`length_matched` only: the largest relative difference between the token lengths a and b of a "
+        "pair's two responses (their text in the policy's tokenizer), abs(a - b) <= tolerance * max(a, b), so that "
+        "neither side is preferred for its length. Default: 0.25.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tolerance_for_length_matched(cls, data):
+        if not isinstance(data, dict):
+            return data
+        pairing = data.get("pairing", "best_worst")
+        if pairing == "length_matched":  # its default tolerance, as ReferenceConfig fills a kind's own settings
+            return {"length_tolerance": 0.25} | {k: v for k, v in data.items() if v is not None}
+        if data.get("length_tolerance") is not None:
+            raise ValueError(f"length_tolerance: read by pairing: length_matched only, not by pairing: {pairing}")
+        return data
 
 
 class DataConfig(Strict):
