@@ -79,6 +79,8 @@ def scoring_needs(exp: Experiment, runs: list[RunSpec]) -> list[tuple[str, str, 
         mode = run.registered.reference if run.registered else "none"
         if mode == "conditional":
             ref = reference_config(exp, run.reference)
+            if ref.kind == "trained":  # scored by the runs against it, once the run it names is done
+                continue
             for name in ref.mix or [ref.name]:  # a mixture reads its components' passes
                 needed.add((name, reference_config(exp, name).model, False))
         elif mode == "unconditional":
@@ -111,6 +113,12 @@ def plan_text(exp: Experiment, runs: list[RunSpec], exp_dir: ExperimentDir) -> s
         for r in used
         if r.kind == "mixture"
     ]
+    lines += [
+        f"  {r.name} is the policy run {r.run} trains (Pre-DPO's guiding reference): scored once that run is done, "
+        "by the first run against it (cached), so those runs start in a later wave"
+        for r in used
+        if r.kind == "trained"
+    ]
     moving = [r for r in used if r.kind in ("moving", "bema")]
     how = {
         "moving": lambda r: f"TR-DPO: ref <- {r.alpha:g} * policy + {1 - r.alpha:g} * ref every {r.sync_steps} steps",
@@ -124,10 +132,29 @@ def plan_text(exp: Experiment, runs: list[RunSpec], exp_dir: ExperimentDir) -> s
     ]
     lines.append(f"runs ({len(runs)}, ~{steps if steps is not None else '?'} optimizer steps each):")
     models = prepared_models(exp_dir)
-    for run in runs:
-        state = "done" if models and is_done(exp_dir, exp, run, models) else "pending"
-        lines.append(
-            f"  {run.run_id:<32} objective={run.objective:<10} reference={run.reference or '-':<8} "
-            f"beta={'-' if run.beta is None else f'{run.beta:g}':<7} seed={run.seed}  [{state}]"
-        )
+    grouped = waves(exp, runs)
+    for i, wave in enumerate(grouped):
+        if len(grouped) > 1:
+            lines.append(f" wave {i + 1} of {len(grouped)}" + (" (after the runs it trains against)" if i else ""))
+        for run in wave:
+            state = "done" if models and is_done(exp_dir, exp, run, models) else "pending"
+            lines.append(
+                f"  {run.run_id:<32} objective={run.objective:<10} reference={run.reference or '-':<8} "
+                f"beta={'-' if run.beta is None else f'{run.beta:g}':<7} seed={run.seed}  [{state}]"
+            )
     return "\n".join(lines)
+
+
+def dependency(exp: Experiment, run: RunSpec) -> str | None:
+    """The run whose trained policy `run` trains against (a `trained` reference), or None."""
+    ref = reference_config(exp, run.reference)
+    return ref.run if ref is not None and ref.kind == "trained" and run.registered is not None else None
+
+
+def waves(exp: Experiment, runs: list[RunSpec]) -> list[list[RunSpec]]:
+    """`runs` in the order they can execute: first every run that needs no other, then the runs against a
+    `trained` reference (the run it names is in the first wave, or done already when it is not among `runs`). The
+    schema allows no deeper chain, so there are at most two waves; none is empty."""
+    later = [r for r in runs if dependency(exp, r) is not None]
+    first = [r for r in runs if dependency(exp, r) is None]
+    return [w for w in (first, later) if w]

@@ -15,7 +15,7 @@ from pathlib import Path
 from . import data, launch
 from .config import Experiment, RunSpec, expand, load_experiment
 from .expdir import ExperimentDir, Prepared, run_state, write_spec
-from .plan import STUDIES, check_study, plan_text
+from .plan import STUDIES, check_study, plan_text, waves
 from .stages.prepare import prepare
 from .stages.report import report
 from .stages.run import execute_locked
@@ -65,12 +65,15 @@ def run_experiment(
             prepared = prepare(exp, exp_dir, study, models)
     t_runs = time.time()
     if prepare_only:
-        root = exp_dir.root
-        lines = [f"prepared {root}; run each pending run anywhere that sees it, then `dporef report {root}`:"]
-        stdout.print("\n".join(lines + [f"  dporef run-one {root} {r.run_id}" for r in pending]), markup=False)
+        stdout.print(prepared_text(exp, exp_dir, pending), markup=False)
         return 0
-    launched = launch.run_pending(exp, exp_dir, pending, source) if pending else 0  # None: here, one by one
-    failed = execute_all(exp_dir, pending) if launched is None else launched
+    failed = 0
+    grouped = waves(exp, pending)  # a run against a trained reference starts once the run that trains it is done
+    for i, wave in enumerate(grouped):
+        if len(grouped) > 1:
+            console.rule(f"wave {i + 1} of {len(grouped)}: {len(wave)} runs")
+        launched = launch.run_pending(exp, exp_dir, wave, source)  # None: here, one by one
+        failed += execute_all(exp_dir, wave) if launched is None else launched
     scoring = {"computed": prepared["computed"], "from_cache": prepared["from_cache"]}
     stages = {"validate": t_prepare - t_start, "prepare": t_runs - t_prepare, "runs": time.time() - t_runs}
     stage_seconds = stages | {"total (report excluded)": time.time() - t_start}
@@ -84,6 +87,17 @@ def run_experiment(
         f"wall time {time.time() - t_start:.1f}s; results in {exp_dir.root}"
     )
     return failed
+
+
+def prepared_text(exp: Experiment, exp_dir: ExperimentDir, pending: list[RunSpec]) -> str:
+    """What `--prepare-only` prints: the run-one command of each pending run, in the waves they must run in."""
+    root, grouped = exp_dir.root, waves(exp, pending)
+    lines = [f"prepared {root}; run each pending run anywhere that sees it, then `dporef report {root}`:"]
+    for i, wave in enumerate(grouped):
+        if i:
+            lines.append("then, once those are done (each trains against the policy of one of them):")
+        lines += [f"  dporef run-one {root} {r.run_id}" for r in wave]
+    return "\n".join(lines)
 
 
 def pending_runs(exp_dir: ExperimentDir, exp: Experiment, runs: list[RunSpec], models: Models) -> list[RunSpec]:

@@ -287,6 +287,24 @@ def test_slurm_submits_prepare_then_the_array_then_the_report(fake_slurm, tmp_pa
 
 
 @pytest.mark.slow  # builds the tiny world
+def test_slurm_submits_the_runs_against_a_trained_reference_after_the_run_that_trains_it(
+    fake_slurm, tmp_path, tiny_world
+):
+    guide = "{name: guide, kind: trained, run: dpo-sft-b0.1-s0}"
+    sets = [f"references=[{{name: sft, model: world:sft}}, {guide}]", "objectives=[{name: dpo, betas: [0.1, 1]}]"]
+    result = cli("swap-reference", "--out", str(tmp_path / "out"), "--launcher", "slurm", sets=sets)
+    assert result.exit_code == 0, result.output
+    scripts = {p.stem: sbatch_options(p.read_text()) for p in fake_slurm.glob("*.sh")}
+    assert sorted(scripts) == ["101", "102", "103", "104"]  # prepare, two run arrays, report
+    first, second, report = scripts["102"], scripts["103"], scripts["104"]
+    assert first["dependency"] == "afterok:101" and first["array"] == "0-2%3"  # sft and the two runs against sft
+    assert second["dependency"] == "afterany:102" and second["array"] == "0-1%2"  # the two against the guide
+    assert report["dependency"] == "afterany:103"
+    for job, run_id in (("102_1", "dpo-sft-b0.1-s0"), ("103_0", "dpo-guide-b0.1-s0"), ("103_1", "dpo-guide-b1-s0")):
+        assert f"run {run_id}: job {job}" in said(result.stderr)
+
+
+@pytest.mark.slow  # builds the tiny world
 def test_an_sbatch_refusal_is_one_line(fake_slurm, tmp_path, tiny_world):
     result = cli(
         "sweep-beta", "--out", str(tmp_path), "--launcher", "slurm", sets=SHORT + ["launch.slurm.partition=nope"]

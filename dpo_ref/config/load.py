@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import EXCERPT, UserError, excerpt, one_line
+from .run import trained_reference_problem
 from .schema import Experiment
 
 Check = Callable[[Experiment], tuple[str, str] | None]  # a cross-cutting rule: (key, message) when it is broken
@@ -364,7 +365,7 @@ def load_experiment(path: Path | str, overrides: list[str] = (), checks: list[Ch
     except ValidationError as e:
         loc, msg = _describe(e.errors(), data, Experiment)
         raise UserError(_where(loc, layers, str(path)), msg) from None
-    for check in checks:
+    for check in (trained_reference_problem, *checks):
         broken = check(exp)
         if broken:
             loc = tuple(int(p) if p.isdigit() else p for p in broken[0].split("."))

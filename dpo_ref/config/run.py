@@ -71,3 +71,21 @@ def find_run(exp: Experiment, run_id: str, where: str) -> RunSpec:
 def reference_config(exp: Experiment, name: str | None) -> ReferenceConfig | None:
     """The reference called `name` (a run's `reference`), or None for reference-free runs and the SFT row."""
     return next((r for r in exp.references if r.name == name), None)
+
+
+def trained_reference_problem(exp: Experiment) -> tuple[str, str] | None:
+    """(key, what is wrong) when a `trained` reference names no trained run of the grid, or a run that itself trains
+    against a trained reference (a chain the waves do not order); None when every one is sound."""
+    trained = {r.name for r in exp.references if r.kind == "trained"}
+    runs = {r.run_id: r for r in expand(exp)} if trained else {}
+    for i, ref in enumerate(exp.references):
+        if ref.kind != "trained":
+            continue
+        named = runs.get(ref.run)
+        if named is None or named.registered is None:
+            trainable = [r for r, spec in runs.items() if spec.registered is not None and spec.reference not in trained]
+            return f"references.{i}.run", f"{ref.run!r} is not a trained run of this grid; runs: {', '.join(trainable)}"
+        if named.reference in trained:
+            why = f"{ref.run} trains against {named.reference}, itself a trained reference"
+            return f"references.{i}.run", f"{why}; name a run against a fixed reference or none"
+    return None

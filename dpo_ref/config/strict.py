@@ -5,6 +5,7 @@ import re
 from pydantic import BaseModel, ConfigDict
 
 MAX_NAME = 64  # characters of a name: it becomes a directory and part of every run id
+MAX_STEPS = 10**7  # more optimizer steps (or a step interval this long) than any run can take: a typo
 
 
 class Strict(BaseModel):

@@ -72,7 +72,8 @@ class InstructionsSource:
         pairs, prompts, stats = build_instruction_pairs(
             exp.instructions, policy, tokenizer, exp.eval.batch_size, exp.train.precision
         )
-        notes = [f"instruction pairs: {stats['pairs']}; prompts skipped, all samples tied: {stats['prompts_all_tied']}"]
+        skipped = {split: {k: n for k, n in s["skipped"].items() if n} for split, s in stats["splits"].items()}
+        notes = [f"instruction pairs ({stats['pairing']}): {stats['pairs']}; prompts skipped, by reason: {skipped}"]
         return PreferenceData(pairs, prompts, notes)
 
     def n_train_pairs(self, exp: Experiment) -> int | None:

@@ -19,12 +19,12 @@ import yaml
 from pydantic import ValidationError
 
 from .. import data
-from ..config import Experiment, RunSpec, reference_config
+from ..config import Experiment, RunSpec, find_run, reference_config
 from ..errors import UserError
 from ..evaluation.evaluate import Benchmark, PromptSet
 from ..evaluation.judges import Judge, RewardModelJudge, RuleJudge
 from ..generation import Generations
-from ..models import ModelRef, load_tokenizer
+from ..models import ModelRef, load_tokenizer, resolve
 from ..reference import MixtureScorer, ReferenceScorer
 from ..store import (
     Unusable,
@@ -39,7 +39,7 @@ from ..store import (
 )
 from ..ui import console
 from .layout import ExperimentDir
-from .runs import is_plan
+from .runs import EVALUATED, is_plan, run_state
 
 BASELINES = ("test", "validation")  # the SFT baseline's prompt sets: reported on, chosen on
 SPEC_TODO = "run the study command again (it writes experiment.yaml and command.json anew)"
@@ -211,7 +211,9 @@ class Prepared:
         reads them anew). A user error otherwise, before the run writes anything."""
         self.model("policy")
         ref = reference_config(self.exp, run.reference)
-        for name in (ref.mix or [ref.name]) if ref is not None else []:  # a mixture: each of its components
+        if ref is not None and ref.kind == "trained":
+            self.reference_model(run)  # the run it names is done and its policy loads
+        for name in (ref.mix or [ref.name]) if ref is not None and ref.kind != "trained" else []:  # a mixture: each
             self.model("references", name)
         if self.plan["models"]["judge"] is not None:
             self.model("judge")
@@ -231,9 +233,29 @@ class Prepared:
             raise UserError(str(self.exp_dir.plan), f"{where} no longer exists; {PREPARE_TODO}")
         return ModelRef(entry["spec"], entry["location"], entry["fingerprint"])
 
-    def split(self, split: str, run: RunSpec) -> datasets.Dataset:
+    def reference_model(self, run: RunSpec) -> ModelRef | None:
+        """The model `run` trains against (None: reference-free, or a mixture, which has several): a fixed or moving
+        reference as prepare resolved it, or a `trained` one's policy, once the run that trains it is done."""
+        ref = reference_config(self.exp, run.reference)
+        if ref is None or ref.kind == "mixture":
+            return None
+        if ref.kind != "trained":
+            return self.model("references", ref.name)
+        named = find_run(self.exp, ref.run, str(self.exp_dir.spec))
+        where = f"{self.exp_dir.root}: run {run.run_id}"
+        state = run_state(self.exp_dir, self.exp, named, self.plan["models"])
+        if state.status not in EVALUATED:
+            raise UserError(
+                where,
+                f"trains against {ref.name}, the policy of run {ref.run}, which is {state.status}; run {ref.run} "
+                "first (the study command runs it in an earlier wave)",
+            )
+        return resolve(str(self.exp_dir.run(ref.run).policy), where=f"{where} (reference {ref.name})")
+
+    def split(self, split: str, run: RunSpec, trained: dict | None = None) -> datasets.Dataset:
         """The tokenized split with `ref_chosen_logps` / `ref_rejected_logps` of the run's objective (zeros for
-        reference-free objectives), the columns TRL's DPOTrainer reads."""
+        reference-free objectives), the columns TRL's DPOTrainer reads. `trained`: a `trained` reference's scores of
+        these pairs ({split: {"chosen": ..., "rejected": ...}}, in row order), which prepare could not compute."""
         ds = self.pairs[split]
         extra = [c for c in ds.column_names if c.startswith(("ref:", "p_lm:"))]
         mode = run.registered.reference if run.registered else None
@@ -244,6 +266,11 @@ class Prepared:
             ds = ds.remove_columns(extra).add_column("ref_chosen_logps", zeros)
             return ds.add_column("ref_rejected_logps", zeros)
         ref = reference_config(self.exp, run.reference)
+        if ref.kind == "trained":
+            if trained is None:
+                raise ValueError(f"{run.run_id}: a trained reference's scores are computed by the run, not prepare")
+            ds = ds.remove_columns(extra).add_column("ref_chosen_logps", trained[split]["chosen"].tolist())
+            return ds.add_column("ref_rejected_logps", trained[split]["rejected"].tolist())
         weights = ref.mix if ref is not None and ref.mix else {run.reference: 1.0}  # a mixture: several passes
         parts = {name: columns(name, mode == "unconditional") for name in weights}
         if any(chosen not in ds.column_names for chosen, _ in parts.values()):
@@ -280,7 +307,7 @@ class Prepared:
         if mix:  # KL against the mixture: its log-probs are the weighted sum of its components'
             parts = [(ReferenceScorer(self.model("references", n), *args), w) for n, w in mix.items()]
             return MixtureScorer(parts), ReferenceScorer(policy, *args)
-        ref = policy if run.reference is None else self.model("references", run.reference)
+        ref = self.reference_model(run) or policy
         is_policy = run.objective == "sft" and ref.fingerprint == policy.fingerprint
         sft = None if ref.fingerprint == policy.fingerprint else ReferenceScorer(policy, *args)
         return ReferenceScorer(ref, *args, is_policy), sft

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -29,13 +30,17 @@ FINISHED = ("done", "degenerate", "diverged", "stopped")
 EVALUATED = ("done", "degenerate")
 
 
-def _reference_identity(exp: Experiment, name: str | None) -> str | dict | None:
-    """What of a reference determines a run: its model spec, and for a moving one also how it moves."""
+def _reference_identity(exp: Experiment, name: str | None, models: dict) -> str | dict | None:
+    """What of a reference determines a run: its model spec, and for a moving one also how it moves; for a trained
+    one, everything that determines the run that trains it (its hash)."""
     ref = reference_config(exp, name)
     if ref is None or ref.kind == "fixed":
         return ref.model if ref else None
     if ref.kind == "mixture":  # its components' specs, weighted
         return {"mix": {n: [reference_config(exp, n).model, w] for n, w in sorted(ref.mix.items())}}
+    if ref.kind == "trained":
+        named = next(r for r in expand(exp) if r.run_id == ref.run)  # the schema checked it is in the grid
+        return {"trained": ref.run, "run_hash": run_hash(exp, named, models)}
     return ref.model_dump(exclude={"name"})
 
 
@@ -58,7 +63,7 @@ def run_hash(exp: Experiment, run: RunSpec, models: dict) -> str:
         exp.policy,
         *data.source(exp).hash_parts(exp),
         exp.judge.model_dump(),
-        _reference_identity(exp, run.reference),
+        _reference_identity(exp, run.reference, models),
         train,
         exp.eval.model_dump(),
         run.model_dump(exclude={k for k in ("loss", "trl", "params") if getattr(run, k) is None}),  # as before them
@@ -328,3 +333,18 @@ def read_status(run_dir: RunDir) -> str:
     has none yet, `failed` when it cannot be read."""
     status, problem = check_file(run_dir.status, json.loads, _is_status)
     return status["status"] if problem is None else "pending" if problem == "missing" else "failed"
+
+
+def clear_attempt(run_dir: RunDir, config_hash: str) -> None:
+    """Remove an earlier attempt of the run, except the checkpoints in its `trainer/` when it ran with the same config
+    hash: an interrupted run resumes from them (train.resume_point)."""
+    spec, _ = check_file(run_dir.spec, yaml.safe_load, lambda m: isinstance(m, dict))
+    same = spec is not None and spec.get("config_hash") == config_hash
+    if not same:
+        shutil.rmtree(run_dir.root)
+        return
+    for entry in (e for e in run_dir.root.iterdir() if e != run_dir.trainer):
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()

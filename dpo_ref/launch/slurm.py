@@ -20,7 +20,7 @@ from submitit.core.utils import FailedJobError
 from ..config import Experiment, RunSpec, SlurmConfig, find_run
 from ..errors import UserError, one_line
 from ..expdir import ExperimentDir, not_done, read_status
-from ..plan import STUDIES
+from ..plan import STUDIES, waves
 from ..stages.prepare import prepare
 from ..stages.report import rebuild, results_dir
 from ..stages.run import run_one
@@ -140,22 +140,24 @@ def dry_run(exp: Experiment, exp_dir: ExperimentDir, study: str, source: str) ->
     if not needed:
         return "launcher slurm: every run is done; nothing would be submitted (the report is rebuilt here)"
     where = folder(cfg, exp_dir)
-    stages = [("prepare", None, "1 job")]
-    if pending:  # one pending run: one job, not an array
-        size = f"a job array of {len(pending)} tasks, at most {min(len(pending), cfg.array_parallelism)} at once"
-        stages.append(("run", "afterok:<prepare job>", size if len(pending) > 1 else "1 job"))
-    stages.append(("report", f"afterany:<{'runs array' if pending else 'prepare job'}>", "1 job"))
+    stages = [("prepare", None, "1 job", [])]
+    after = "afterok:<prepare job>"
+    grouped = waves(exp, pending)  # a run against a trained reference: after the array of the run that trains it
+    for i, wave in enumerate(grouped):  # one pending run: one job, not an array
+        size = f"a job array of {len(wave)} tasks, at most {min(len(wave), cfg.array_parallelism)} at once"
+        stages.append(("run", after, size if len(wave) > 1 else "1 job", wave))
+        after = f"afterany:<runs array{f' {i + 1}' if len(grouped) > 1 else ''}>"
+    stages.append(("report", after if pending else "afterany:<prepare job>", "1 job", []))
     out = [
         f"launcher slurm: {len(pending)} runs pending; the jobs it would submit through submitit, each stage with "
         f"the parameters given to submitit's SlurmExecutor.update_parameters (not the literal sbatch scripts, which "
         f"submitit writes at submission); logs in {where}:"
     ]
-    for stage, dependency, size in stages:
+    for stage, dependency, size, runs in stages:
         params = parameters(cfg, exp.name, stage) | ({"dependency": dependency} if dependency else {})
         out.append(f"--- {stage}: {size} ---")
         out += [f"{key}: {value!r}" if isinstance(value, dict) else f"{key}: {value}" for key, value in params.items()]
-        if stage == "run":
-            out += [f"# task {i}: {_task(exp, exp_dir, r, source)}" for i, r in enumerate(pending)]
+        out += [f"# task {i}: {_task(exp, exp_dir, r, source)}" for i, r in enumerate(runs)]
     return "\n".join(out)
 
 
@@ -213,16 +215,19 @@ def submit(exp: Experiment, exp_dir: ExperimentDir, study: str, source: str) -> 
     )
     prep = _submit(exp, exp_dir, "prepare", [Stage("prepare", exp_dir)], None, source)
     console.print(f"  prepare: job {prep[0].job_id}")
-    runs = [Stage("run", exp_dir, r.run_id) for r in pending]
-    tasks = _submit(exp, exp_dir, "run", runs, ("afterok", prep), source) if runs else []
-    for job, run in zip(tasks, pending):
-        console.print(f"  run {run.run_id}: job {job.job_id}, log {job.paths.stdout}", soft_wrap=True)
-    last = _submit(exp, exp_dir, "report", [Stage("report", exp_dir)], ("afterany", tasks or prep), source)
+    after, tasks, submitted = ("afterok", prep), [], []
+    for wave in waves(exp, pending):  # a run against a trained reference: after every task of the wave before
+        wave_tasks = _submit(exp, exp_dir, "run", [Stage("run", exp_dir, r.run_id) for r in wave], after, source)
+        for job, run in zip(wave_tasks, wave):
+            console.print(f"  run {run.run_id}: job {job.job_id}, log {job.paths.stdout}", soft_wrap=True)
+        tasks, submitted = tasks + wave_tasks, submitted + wave[: len(wave_tasks)]
+        after = ("afterany", wave_tasks) if wave_tasks else after  # nothing submitted: the next wave neither
+    last = _submit(exp, exp_dir, "report", [Stage("report", exp_dir)], ("afterany", after[1]), source)
     console.print(f"  report: job {last[0].job_id}")
     if exp.launch.slurm.cluster == "slurm":
         console.print(f"once they ended, `dporef report {exp_dir.root}` or this command again gathers the results")
         return 0
-    jobs = [("prepare", prep[0]), *((f"run {r.run_id}", j) for r, j in zip(pending, tasks)), ("report", last[0])]
+    jobs = [("prepare", prep[0]), *((f"run {r.run_id}", j) for r, j in zip(submitted, tasks)), ("report", last[0])]
     failed = [name for name, job in jobs if job.exception() is not None]
     for name, job in jobs:
         if name in failed:

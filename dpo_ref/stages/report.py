@@ -114,7 +114,7 @@ def analyze_run(run_dir: RunDir, min_count: int = 100, top: int = 15) -> dict:
     trained_against = reference_config(prepared.exp, run.reference)
     if trained_against is not None and trained_against.kind == "mixture":
         raise UserError(str(run_dir.root), "trained against a mixture: per-token ratios need one reference model")
-    reference = policy_ref if run.reference is None else prepared.model("references", run.reference)
+    reference = prepared.reference_model(run) or policy_ref
     tokenizer = load_tokenizer(policy_ref)
     if load_tokenizer(reference).get_vocab() != tokenizer.get_vocab():
         raise UserError(

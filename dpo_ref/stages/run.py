@@ -42,6 +42,7 @@ from ..expdir import (
     ExperimentDir,
     Prepared,
     RunDir,
+    clear_attempt,
     finished_status,
     generation_rows,
     read_status,
@@ -51,13 +52,13 @@ from ..expdir import (
 from ..generation_vllm import engine_sampler
 from ..models import ModelRef, is_adapter, load_tokenizer
 from ..precision import regime_for
+from ..reference import ReferenceEngine
 from ..store import (
     Held,
     Unusable,
     atomic_write_json,
     atomic_write_jsonl,
     atomic_write_text,
-    check_file,
     lock_file,
     locked,
 )
@@ -71,21 +72,6 @@ TRAIN, SKIP = "train", "skip"  # what the main process of a multi-process run te
 CallbackFactory = Callable[[Prepared, RunSpec], TrainerCallback | None]
 
 
-def _clear_attempt(run_dir: RunDir, config_hash: str) -> None:
-    """Remove an earlier attempt of the run, except the checkpoints in its `trainer/` when it ran with the same config
-    hash: an interrupted run resumes from them (train.resume_point)."""
-    spec, _ = check_file(run_dir.spec, yaml.safe_load, lambda m: isinstance(m, dict))
-    same = spec is not None and spec.get("config_hash") == config_hash
-    if not same:
-        shutil.rmtree(run_dir.root)
-        return
-    for entry in (e for e in run_dir.root.iterdir() if e != run_dir.trainer):
-        if entry.is_dir():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-
-
 def _start(prepared: Prepared, run: RunSpec) -> float:
     """Start the run's directory over (`_clear_attempt`) and return the start time. Called under the run's lock
     (`execute_locked`), so what is there is an interrupted, damaged or outdated attempt, never one another process is
@@ -93,7 +79,7 @@ def _start(prepared: Prepared, run: RunSpec) -> float:
     exp, run_dir = prepared.exp, prepared.exp_dir.run(run.run_id)
     config_hash = run_hash(exp, run, prepared.plan["models"])  # the models the runs read (plan.json)
     if run_dir.root.exists():
-        _clear_attempt(run_dir, config_hash)
+        clear_attempt(run_dir, config_hash)
     run_dir.root.mkdir(parents=True, exist_ok=True)
     meta = {"experiment": exp.name, "config_hash": config_hash, "run": run.model_dump()}
     atomic_write_text(run_dir.spec, yaml.safe_dump(meta, sort_keys=False))
@@ -102,14 +88,16 @@ def _start(prepared: Prepared, run: RunSpec) -> float:
     return started
 
 
-def _train(prepared: Prepared, run: RunSpec, model, tokenizer, validation, callbacks: list) -> tuple[object, dict]:
+def _train(
+    prepared: Prepared, run: RunSpec, model, tokenizer, validation, callbacks: list, trained_ref: dict | None
+) -> tuple[object, dict]:
     """Train the policy and save it in policy/ (under `train.lora` the adapter only, its adapter_config.json naming
     the base); the trained model, to evaluate, and the training part of metrics.json. Every process of a multi-process
-    run calls it (`follow`); the main process cleans up."""
+    run calls it (`follow`); the main process cleans up. `trained_ref`: a trained reference's scores, if any."""
     from ..train import train_policy
 
     t0 = time.time()
-    train = prepared.split("train", run)
+    train = prepared.split("train", run, trained_ref)
     run_dir = prepared.exp_dir.run(run.run_id)
     cfg, moving = prepared.exp.train, _moving_reference(prepared, run)
     try:  # checkpoints stay in trainer/ when training is interrupted or fails: the next attempt resumes from them
@@ -171,14 +159,29 @@ def _moving_reference(prepared: Prepared, run: RunSpec):
     return MovingReference(weights, ref.alpha, ref.sync_steps, ref.kind)
 
 
-def _inputs(prepared: Prepared, run: RunSpec):
+def _late_scores(prepared: Prepared, run: RunSpec) -> dict | None:
+    """A `trained` reference's log-probs of the prepared pairs, every split: scored once the run it names is done, by
+    the first run against it (the content-addressed cache, under its lock: the other runs read that pass), with the
+    reference freed before the policy loads. None for every other reference, whose columns prepare wrote."""
+    ref = reference_config(prepared.exp, run.reference)
+    if ref is None or ref.kind != "trained":
+        return None
+    exp, engine = prepared.exp, ReferenceEngine()
+    args = (load_tokenizer(prepared.model("policy")), exp.train.max_length, exp.eval.batch_size, False)
+    scores = engine.pair_scores(prepared.reference_model(run), prepared.pairs, *args, exp.train.precision)
+    how = "computed" if engine.computed else "read from the cache"
+    console.print(f"reference {ref.name}, the policy of {ref.run}: its scoring pass {how}")
+    return scores
+
+
+def _inputs(prepared: Prepared, run: RunSpec, trained_ref: dict | None):
     """The policy to train (or evaluate, for the SFT row), its tokenizer, the validation split and the precision
     regime its reference columns were scored in."""
     policy = prepared.model("policy")
     regime = regime_for(policy, prepared.exp.train.precision)
     quantize = prepared.exp.train.quantize if run.registered else None
     model = regime.load(policy, quantize=quantize)
-    return model, load_tokenizer(policy), prepared.split("validation", run), regime
+    return model, load_tokenizer(policy), prepared.split("validation", run, trained_ref), regime
 
 
 def _read_back(prepared: Prepared, policy_dir, regime) -> torch.nn.Module:
@@ -200,9 +203,10 @@ def follow(prepared: Prepared, run: RunSpec, callbacks: Sequence[CallbackFactory
     word = ranks.hear()
     if word != TRAIN:
         return word
-    model, tokenizer, validation, _ = _inputs(prepared, run)
+    trained_ref = _late_scores(prepared, run)
+    model, tokenizer, validation, _ = _inputs(prepared, run, trained_ref)
     try:
-        _train(prepared, run, model, tokenizer, validation, _built(callbacks, prepared, run))
+        _train(prepared, run, model, tokenizer, validation, _built(callbacks, prepared, run), trained_ref)
     except FloatingPointError:
         return "diverged"
     return "trained"
@@ -226,10 +230,12 @@ def execute(prepared: Prepared, run: RunSpec, callbacks: Sequence[CallbackFactor
     started = _start(prepared, run)
     objective = run.registered  # None for the untrained SFT row
     ranks.tell(TRAIN if objective is not None else SKIP)  # the other processes of a multi-process run train with it
-    model, tokenizer, validation, regime = _inputs(prepared, run)
+    trained_ref = _late_scores(prepared, run)
+    model, tokenizer, validation, regime = _inputs(prepared, run, trained_ref)
     metrics: dict = {"run_id": run.run_id, "steps": 0, "train_seconds": 0.0, "train_loss": None, "history": []}
     if objective is not None:
-        model, trained = _train(prepared, run, model, tokenizer, validation, _built(callbacks, prepared, run))
+        factories = _built(callbacks, prepared, run)
+        model, trained = _train(prepared, run, model, tokenizer, validation, factories, trained_ref)
         metrics.update(trained)
         if model is None:
             model = _read_back(prepared, run_dir.policy, regime)
