@@ -265,8 +265,8 @@ class Prepared:
             zeros = [0.0] * len(ds)
             ds = ds.remove_columns(extra).add_column("ref_chosen_logps", zeros)
             return ds.add_column("ref_rejected_logps", zeros)
-        ref = reference_config(self.exp, run.reference)
-        if ref.kind == "trained":
+        ref = reference_config(self.exp, run.reference)  # None: the unconditional p_LM(y) (likelihood)
+        if ref is not None and ref.kind == "trained":
             if trained is None:
                 raise ValueError(f"{run.run_id}: a trained reference's scores are computed by the run, not prepare")
             ds = ds.remove_columns(extra).add_column("ref_chosen_logps", trained[split]["chosen"].tolist())
