@@ -6,8 +6,9 @@ STAMP   := $(VENV)/.installed
 OUT     ?= runs
 ARGS    ?=
 EXP     ?=
+ONLY    ?=
 
-.PHONY: setup demo test test-fast lint bench smollm2 sweep-beta compare-objectives swap-reference family tune-beta clean
+.PHONY: setup demo test test-fast lint bench smollm2 sweep-beta compare-objectives swap-reference family tune-beta evidence clean
 
 # torch is installed first and pinned (the CPU build on this machine's disk); the rest comes from pyproject.toml.
 $(STAMP): pyproject.toml
@@ -37,8 +38,8 @@ test-fast: $(STAMP)       ## the suite without the slow end-to-end tests (a minu
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow" $(ARGS)
 
 lint: $(STAMP)            ## ruff, and the import layers of docs/architecture.md (import-linter contracts in pyproject.toml)
-	$(BIN)/ruff check dpo_ref tests bench
-	$(BIN)/ruff format --check dpo_ref tests bench
+	$(BIN)/ruff check dpo_ref tests bench evidence
+	$(BIN)/ruff format --check dpo_ref tests bench evidence
 	$(BIN)/lint-imports
 
 bench: $(STAMP)           ## a 3-beta sweep through dporef vs stock TRL (ref_model; precompute): time and memory ratios
@@ -58,6 +59,11 @@ family: $(STAMP)              ## RQ3 over a graded family of references: does si
 
 tune-beta: $(STAMP)           ## the best beta without a grid; make tune-beta ARGS="--budget 6" (default EXP: RQ1's)
 	$(BIN)/dporef tune-beta $(EXP) --out $(OUT) $(ARGS)
+
+# resumable: run it again after an interruption and each study goes on (dporef skips finished runs, the ledger in
+# $(OUT)/evidence adds up the wall times); a finished study is not run again (python -m evidence run --again does)
+evidence: $(STAMP)            ## run the studies the docs quote, render docs/results/ and the docs' figures; ONLY=world|smollm2|rq1_world...
+	$(BIN)/python -m evidence run $(ONLY) --out $(OUT)/evidence
 
 clean:
 	rm -rf $(OUT) .pytest_cache
