@@ -61,7 +61,9 @@ tune-beta: $(STAMP)           ## the best beta without a grid; make tune-beta AR
 	$(BIN)/dporef tune-beta $(EXP) --out $(OUT) $(ARGS)
 
 # resumable: run it again after an interruption and each study goes on (dporef skips finished runs, the ledger in
-# $(OUT)/evidence adds up the wall times); a finished study is not run again (python -m evidence run --again does)
+# $(OUT)/evidence adds up the wall times); a finished study is not run again (python -m evidence run --again does).
+# ONLY=smollm2 runs experiments/smollm2/study.yaml (RQ1-RQ3 on SmolLM2-135M-Instruct; `make smollm2` first). A study
+# command started by hand is recorded with `python -m evidence adopt` (see `python -m evidence adopt --help`)
 evidence: $(STAMP)            ## run the studies the docs quote, render docs/results/ and the docs' figures; ONLY=world|smollm2|rq1_world...
 	$(BIN)/python -m evidence run $(ONLY) --out $(OUT)/evidence
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .format import cell, fmt, provenance
+from .format import label as label_of
 from .paper import CITATION, DEGENERATE, SFT, TABLE1, TABLE2, TABLE3, TABLE4, TABLE5
+from .studies import SMOLLM2_QUESTIONS, Question
 
 RULE = """\
 Each row of a table compares two settings, named in its "effect" column (e.g. beta 0.1 against the SFT model). The
@@ -95,9 +97,37 @@ def _markdown(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
 
-def _beside(key: str, data: dict | None, body: Callable[[dict | None], str]) -> str:
+def _beside(key: str, data: dict | None, body: Callable[[dict | None], str], rows: str = "") -> str:
     head = provenance(data) if data is not None else f"**Not run yet**: `make evidence ONLY={key}` runs it."
-    return f"Beside [`{key}`]({key}.md). {head}\n\n" + body(_results(data))
+    return f"Beside [`{key}`]({key}.md){rows}. {head}\n\n" + body(_results(data))
+
+
+BEST_RULE = "the highest mean validation win rate; a degenerate setting, or one with no validation win rate, never"
+
+
+def best_among(by_setting: list[dict]) -> list[dict]:
+    """Each method's (objective <- reference) best setting among `by_setting` by dporef's rule for results.json's
+    `best` (reporting.settings.best_per_method): BEST_RULE, the first of equals; with `method` and `best_beta`."""
+    best: dict[str, dict] = {}
+    for r in by_setting:
+        label = "SFT" if r["objective"] == "sft" else label_of(r["objective"], r["reference"], None)
+        if r.get("status") == "degenerate" or r.get("val_win_rate") is None:
+            continue
+        if label not in best or r["val_win_rate"] > best[label]["val_win_rate"]:
+            best[label] = r
+    return [r | {"method": label, "best_beta": r["beta"]} for label, r in best.items()]
+
+
+def subset(results: dict | None, question: Question) -> dict | None:
+    """results.json restricted to the rows that answer `question` (a study of several questions, SmolLM2's), each
+    method's best setting re-chosen among them by BEST_RULE (the same as results.json's where the question keeps
+    every beta of a method)."""
+    if results is None:
+        return None
+    by_setting = [r for r in results["by_setting"] if question.keep(r, results["by_setting"])]
+    rows = [r for r in results["rows"] if question.keep(r, results["rows"])]
+    best = {"rule": BEST_RULE, "rows": best_among(by_setting)}
+    return results | {"rows": rows, "by_setting": by_setting, "best": best}
 
 
 def judge(results: dict | None, paper: list[tuple], a: dict | None, b: dict | None) -> str:
@@ -200,7 +230,8 @@ TABLE5_USES = {"self": (0, 1), "mistral-v0.2": (0,), "llama3-70b": (0,), "dpo-tr
 
 def table5(results: dict | None, roles: dict[str, str | None]) -> str:
     """`roles`: the paper's row -> dporef's reference in that role (None: the study has none)."""
-    best = {("SFT" if r["objective"] == "sft" else r["reference"]): r for r in _best(results)}
+    rows_ = [r for r in _best(results) if r["objective"] in ("dpo", "sft")]  # DPO's references, not other objectives'
+    best = {("SFT" if r["objective"] == "sft" else r["reference"]): r for r in rows_}
     roles = roles | {"sft": "SFT"}
     rows = []
     for role, paper in TABLE5["rows"].items():
@@ -224,27 +255,34 @@ def table5(results: dict | None, roles: dict[str, str | None]) -> str:
 
 WORLD, SMOLLM2 = "The embedded world", "SmolLM2-135M-Instruct"
 WORLD_ROLES = {"self": "sft", "mistral-v0.2": "strong-same", "llama3-70b": "strong-other", "dpo-trained": None}
-SMOLLM2_ROLES = {"self": "sft", "mistral-v0.2": None, "llama3-70b": None, "dpo-trained": "dpo-ref"}
+SMOLLM2_ROLES = {"self": "sft", "mistral-v0.2": None, "llama3-70b": None, "dpo-trained": "guide"}
+RQ1, RQ2, RQ3 = SMOLLM2_QUESTIONS
+RQ1_ROWS = ", its RQ1 rows (DPO against the SFT model)"
+RQ2_ROWS = (
+    ", its RQ2 rows (DPO against the SFT model, posterior and likelihood at equal beta: each objective at that one "
+    "beta, not at a best over several)"
+)
+RQ3_ROWS = ", its RQ3 rows (DPO against the SFT model and against `guide`, the policy `dpo-sft-b0.1-s0` trained)"
 SECTIONS = [
     (
         1,
         "RQ1, win rate by beta",
         "LC win rate (%) of DPO against the SFT model, by beta. The rule uses both models' columns.",
-        [(WORLD, "rq1_world", table1), (SMOLLM2, "rq1_smollm2", table1)],
+        [(WORLD, "rq1_world", table1, ""), (SMOLLM2, "smollm2", lambda r: table1(subset(r, RQ1)), RQ1_ROWS)],
     ),
     (
         2,
         "RQ1, ranking accuracy",
         "Ranking accuracy on validation pairs of the implicit reward r = beta log(p_theta / p_ref) and of the policy "
         "p_theta itself, by beta. The rule uses both models' columns; its effect is r against p at the same beta.",
-        [(WORLD, "rq1_world", table2), (SMOLLM2, "rq1_smollm2", table2)],
+        [(WORLD, "rq1_world", table2, ""), (SMOLLM2, "smollm2", lambda r: table2(subset(r, RQ1)), RQ1_ROWS)],
     ),
     (
         3,
         "RQ2, is the reference necessary?",
         "mistral-7b, each objective at its best beta: LC win rate (%), the policy's ranking accuracy, length "
         "(tokens), beta. The rule uses the LC column.",
-        [(WORLD, "rq2_world", table3), (SMOLLM2, "rq2_smollm2", table3)],
+        [(WORLD, "rq2_world", table3, ""), (SMOLLM2, "smollm2", lambda r: table3(subset(r, RQ2)), RQ2_ROWS)],
     ),
     (
         4,
@@ -256,8 +294,8 @@ SECTIONS = [
         "`strong-same` (the SFT model's own tokenizer and architecture) and `strong-other` (another tokenizer) in "
         "those roles; SmolLM2's study has no other-family reference.",
         [
-            (WORLD, "rq3_world", lambda r: table4(r, "strong-same", "strong-other")),
-            (SMOLLM2, "rq3_smollm2", lambda r: table4(r, "dpo-ref", None)),
+            (WORLD, "rq3_world", lambda r: table4(r, "strong-same", "strong-other"), ""),
+            (SMOLLM2, "smollm2", lambda r: table4(subset(r, RQ3), "guide", None), RQ3_ROWS),
         ],
     ),
     (
@@ -266,11 +304,11 @@ SECTIONS = [
         "The best LC win rate (%) over beta of each reference; the last row is the paper's appendix. Each row "
         "compares with the self-reference (the self-reference with SFT): the self-reference row uses both models' "
         "columns, the others mistral-7b's, where the paper's roles hold (see Table 4). dporef's roles: "
-        "`strong-same` as the same-family reference, `strong-other` as the other-family one (the world); `dpo-ref`, "
-        "rq1_smollm2's DPO policy, as the DPO-trained reference (SmolLM2).",
+        "`strong-same` as the same-family reference, `strong-other` as the other-family one (the world); `guide`, "
+        "the policy SmolLM2's `dpo-sft-b0.1-s0` trained, as the DPO-trained reference (SmolLM2).",
         [
-            (WORLD, "rq3_world", lambda r: table5(r, WORLD_ROLES)),
-            (SMOLLM2, "rq3_smollm2", lambda r: table5(r, SMOLLM2_ROLES)),
+            (WORLD, "rq3_world", lambda r: table5(r, WORLD_ROLES), ""),
+            (SMOLLM2, "smollm2", lambda r: table5(subset(r, RQ3), SMOLLM2_ROLES), RQ3_ROWS),
         ],
     ),
 ]
@@ -290,7 +328,7 @@ def paper_page(load: Callable[[str], dict | None]) -> str:
     for number, title, caption, besides in SECTIONS:
         parts.append(f"## Table {number}: {title}\n")
         parts.append(f"{CITATION}, Table {number}: {caption}\n")
-        for scale, key, body in besides:
+        for scale, key, body, rows in besides:
             parts.append(f"### {scale}\n")
-            parts.append(_beside(key, load(key), body))
+            parts.append(_beside(key, load(key), body, rows))
     return "\n".join(parts)

@@ -83,14 +83,33 @@ def wall_time(invocations: list[dict]) -> str:
     unknown = len(invocations) - len(known)
     if unknown:
         text += f"; {_count(unknown, 'invocation')} killed before it could be timed, not counted"
+    outside = sum(1 for i in invocations if i.get("timed_by"))
+    if outside:
+        which = "it was" if outside == len(invocations) == 1 else f"{_count(outside, 'invocation')} of them"
+        text += f"; {which} {OUTSIDE}"
     return text
 
 
+OUTSIDE = "timed outside the evidence runner (`date +%s` before and after the same command, recorded by `adopt`)"
+
+
+def timed_by(invocations: list[dict]) -> str:
+    """How the runner timed the wall time, for a page's header: around each command, or "" where an invocation was
+    timed outside it (`wall_time` then says which)."""
+    if any(i.get("timed_by") for i in invocations):
+        return ""
+    return "timed around each command by `python -m evidence`"
+
+
 def commits(invocations: list[dict]) -> str:
-    """The commit(s) the study ran at, each with `+ uncommitted changes` when the tree was dirty."""
+    """The commit(s) the study ran at, each with `+ uncommitted changes` when the tree was dirty (not recorded for an
+    invocation timed outside the runner)."""
     seen = []
     for i in invocations:
         text = f"`{i.get('commit') or 'unknown'}`" + (" + uncommitted changes" if i.get("dirty_count") else "")
+        if "dirty_count" in i and i["dirty_count"] is None:  # adopted: its tree's changes are unknown
+            how = "named by hand" if "by hand" in (i.get("commit_rule") or "") else "the last commit before it started"
+            text += f" ({how}; uncommitted changes not recorded)"
         if text not in seen:
             seen.append(text)
     return "; ".join(seen)

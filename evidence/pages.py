@@ -1,12 +1,14 @@
 """A study's page (docs/results/<key>.md) from its data file: the provenance, then for each of its commands the
 per-run table with 95% intervals (the columns of the results.md dporef writes), each method's best beta, the best
-setting by validation with the settings it cannot be told apart from, the similarity fit, and tune-beta's search."""
+setting by validation with the settings it cannot be told apart from, the similarity fit, and tune-beta's search; a
+study of several questions (SmolLM2's) has a section per question instead, each of the rows that answer it; then the
+pairs' counts where the study records them, and the report's figures copied beside the page."""
 
 from __future__ import annotations
 
-from .blocks import tune_comparison
-from .format import cell, commits, date, fmt, machines, table, wall_time
-from .studies import Study
+from .blocks import fit_section, question_rows, question_table, tune_comparison
+from .format import cell, commits, date, fmt, machines, setting_name, table, timed_by, wall_time
+from .studies import Question, Study
 
 RUN_COLUMNS = ["run_id", "beta", "status", "win_rate", "lc_win_rate", "reward", "length", "eos_rate", "kl", "kl_sft"]
 RUN_COLUMNS += ["rank_acc_reward", "rank_acc_policy"]
@@ -35,13 +37,13 @@ def not_run(study: Study, out: str = "runs/evidence") -> str:
 
 
 def header(study: Study, data: dict) -> str:
-    runs = data["invocations"]
+    runs, how = data["invocations"], timed_by(data["invocations"])
     commands = "; ".join(f"`{' '.join(step['command'])}`" for step in data["steps"].values())
     return (
         f"# {study.title}\n\n{study.what[0].upper() + study.what[1:]}. {GENERATED.format(key=study.key)}\n\n"
         f"- **Command{'s' if len(data['steps']) > 1 else ''}**: {commands}\n"
         f"- **Commit**: {commits(runs)}\n- **Machine**: {machines(runs)}\n- **Date**: {date(runs)} (UTC)\n"
-        f"- **Wall time** (timed around each command by `python -m evidence`): {wall_time(runs)}\n"
+        f"- **Wall time**{f' ({how})' if how else ''}: {wall_time(runs)}\n"
     )
 
 
@@ -83,28 +85,6 @@ def best_section(best: dict, similarity: bool) -> str:
     return f"Each method at its best beta: {best['rule']}.\n\n" + table(best["rows"], columns)
 
 
-def fit_section(fit: dict) -> str:
-    """The similarity fit (swap-reference with five fixed references or more): per measure, the partial correlation
-    of the best win rate with it given the reference's strength, and its Holm-adjusted p."""
-    rows = [
-        f | {"r_given": f["partial_r"], "r_given_lo": f["partial_r_lo"], "r_given_hi": f["partial_r_hi"]}
-        for f in fit.get("fits") or []
-    ]
-    text = (
-        "Best win rate per reference regressed on each similarity measure and the reference's strength together "
-        "(dporef's similarity fit; an interval that spans 0 is no evidence either way).\n\n"
-    )
-    if rows:
-        columns = ["objective", "measure", "n", "r_given", "partial_p", "partial_p_holm", "r"]
-        headers = ["objective", "measure", "n", "partial r given strength [95%]", "p", "Holm p", "r alone [95%]"]
-        text += table(rows, columns, headers)
-    too_few = (fit.get("too_few_references") or {}).items()
-    few = [f"{objective}: {n} fixed references, the fit needs five or more" for objective, n in too_few]
-    if fit.get("not_fitted") or few:
-        text += f"\nNot fitted: {'; '.join([*(fit.get('not_fitted') or []), *few])}.\n"
-    return text
-
-
 def tune_section(tune: dict) -> str:
     low, high = tune["range"]
     text = (
@@ -144,16 +124,129 @@ def step_sections(files: dict, level: str) -> str:
     return "\n".join(parts)
 
 
+QUESTION_COLUMNS = ["run_id", "beta", "status", "win_rate", "lc_win_rate", "kl", "kl_sft", "length", "eos_rate"]
+QUESTION_COLUMNS += ["rank_acc_reward", "rank_acc_policy", "verdict"]
+QUESTION_BEST = ["method", "best_beta", "win_rate", "lc_win_rate", "kl", "kl_sft", "length", "eos_rate", "val_win_rate"]
+QUESTION_CAPTION = (
+    "Each run that answers it; 95% intervals in brackets, over the held-out test prompts (over the validation pairs "
+    "for the ranking accuracies r, of the implicit reward, and p, of the policy's own log-probs). The last column "
+    "places each run against the setting the validation prompts chose over the whole experiment (its section, All "
+    "settings, is below); the `sft` row is the SFT model itself, judged like the runs (the noise floor). KL to its "
+    "reference is to the reference it trained against, KL to SFT to the SFT model (shown where they differ)."
+)
+
+
+def question_section(question: Question, results: dict) -> str:
+    """One question: its rows with their intervals and their place against the validation's choice, and each
+    method's best beta among them."""
+    rows = question_rows(question, results)
+    text = f"## {question.title}\n\n{question.text}\n\n"
+    if not rows:
+        return text + "No run of results.json answers it.\n"
+    text += f"{QUESTION_CAPTION}\n\n" + question_table(rows, QUESTION_COLUMNS)
+    best_rows = [r for r in (results.get("best") or {}).get("rows", []) if r["objective"] != "sft"]
+    best_rows = [r for r in best_rows if question.keep(r, results["by_setting"])]
+    if question.best and best_rows:
+        text += f"\nEach method at its best beta among these rows: {results['best']['rule']}.\n\n"
+        text += question_table(best_rows, QUESTION_BEST)
+    comparison = results.get("indistinguishable_from_best")
+    if comparison is not None:
+        names = {setting_name(r) for r in rows}
+        same = [n for n in comparison["indistinguishable"] if n in names]
+        where = "one of these rows" if comparison["best"] in names else "not one of these rows"
+        text += (
+            f"\nThe validation's choice over the whole experiment, {comparison['best']}, is {where}; of these rows, "
+            f"not distinguishable from it on the test prompts: {', '.join(same) or 'none'}.\n"
+        )
+    return text
+
+
+SPLITS = ("train", "validation")
+PAIR_COUNTS = {
+    "kept": "pairs kept",
+    "truncated": "a response cut to max_length",
+    "dropped_prompt_too_long": "dropped: the prompt fills max_length",
+    "dropped_over_reference_context": "dropped: longer than a reference's context",
+    "unfinished": "responses that never ended (scored without end-of-turn)",
+}
+PROMPT_COUNTS = {
+    "test_prompts": "held-out test prompts (the win rates')",
+    "validation_prompts": "validation prompts",
+    "validation_pairs_on_test_prompts": "validation pairs on test prompts, set aside",
+    "train_pairs_on_test_prompts": "training pairs on test prompts",
+}
+
+
+def pairs_section(pairs: dict | None) -> str:
+    """The pairs the runs trained and were validated on: the prepare stage's counts, per split."""
+    text = (
+        "The prepare stage's counts (`prepared/plan.json` of the experiment directory), per split: pairs kept, and "
+        "what tokenizing them to `train.max_length` cut or dropped.\n\n"
+    )
+    if pairs is None:
+        return text + "Not recorded: the experiment directory had no `prepared/plan.json`.\n"
+    tokenization = {k: v for k, v in (pairs.get("tokenization") or {}).items() if k != "references"}
+    counts = [k for k in PAIR_COUNTS if k in tokenization] + [k for k in tokenization if k not in PAIR_COUNTS]
+    rows = [{"split": split} | {k: tokenization[k].get(split) for k in counts} for split in SPLITS]
+    text += table(rows, ["split", *counts], ["split", *(PAIR_COUNTS.get(k, k) for k in counts)])
+    references = (pairs.get("tokenization") or {}).get("references") or {}
+    for name, per in references.items():
+        parts = [f"{k.replace('_', ' ')}: " + ", ".join(f"{s} {n}" for s, n in v.items()) for k, v in per.items()]
+        text += f"\nReference {name}: {'; '.join(parts)}.\n"
+    prompts = pairs.get("prompts") or {}
+    if prompts:
+        listed = [f"{PROMPT_COUNTS.get(k, k.replace('_', ' '))} {v}" for k, v in prompts.items()]
+        text += f"\nPrompts: {'; '.join(listed)}.\n"
+    return text + (
+        "\nThe share of chosen and rejected answers that ended and their mean lengths, and the prompts skipped by "
+        "reason, are in the pairs' cache (`$DPOREF_CACHE/pairs/instructions-<key>/stats.json`, see [Real models]"
+        "(../real-models.md)), not in the experiment directory: not shown here.\n"
+    )
+
+
+IMAGE_ALT = {"frontier.png": "reward-KL frontier", "results.png": "win rate, length and KL by beta"}
+IMAGE_CAPTIONS = {
+    "frontier.png": "The reward-KL frontier (the report's `frontier.png`): win rate and the judge's reward against "
+    "KL(policy || SFT policy) for every setting, each point labelled with its beta, 95% interval bars on both axes.",
+    "results.png": "Win rate, length and KL against beta (the report's `results.png`), one line per method; the SFT "
+    "model dashed, the validation's choice starred and the settings not distinguishable from it ringed.",
+}
+
+
+def figures_section(data: dict) -> str:
+    """The report's figures copied beside the page (`images` of each command in the data file)."""
+    parts = []
+    several = len(data["steps"]) > 1
+    for name, step in data["steps"].items():
+        for image, path in (step.get("images") or {}).items():
+            caption = IMAGE_CAPTIONS.get(image, f"The report's `{image}`.")
+            where = f" ({name})" if several else ""
+            parts.append(f"{caption}{where}\n\n![{IMAGE_ALT.get(image, image)}{where}]({path})\n")
+    return "## Figures\n\n" + "\n".join(parts) if parts else ""
+
+
 def page(study: Study, data: dict | None) -> str:
     """The whole page of `study` from its data file (None: not run yet)."""
     if data is None:
         return not_run(study)
     parts = [header(study, data)]
-    if {"grid", "tune"} <= set(data["steps"]):
-        parts.append("## tune-beta against the grid\n\n" + tune_comparison(data))
-    several = len(data["steps"]) > 1
-    for name, step in data["steps"].items():
-        if several:
-            parts.append(f"## {name}: `{' '.join(step['command'])}`\n")
-        parts.append(step_sections(step["files"], "###" if several else "##"))
-    return "\n".join(parts)
+    if study.questions:
+        step = next(iter(data["steps"].values()))
+        results = step["files"]["results.json"]
+        parts += [question_section(q, results) for q in study.questions]
+        comparison = results.get("indistinguishable_from_best")
+        if comparison:
+            text = comparison_text(comparison) + "\n" + comparison_table(comparison)
+            parts.append("## All settings: best by validation\n\n" + text)
+        if "pairs" in step:
+            parts.append("## The pairs\n\n" + pairs_section(step["pairs"]))
+    else:
+        if {"grid", "tune"} <= set(data["steps"]):
+            parts.append("## tune-beta against the grid\n\n" + tune_comparison(data))
+        several = len(data["steps"]) > 1
+        for name, step in data["steps"].items():
+            if several:
+                parts.append(f"## {name}: `{' '.join(step['command'])}`\n")
+            parts.append(step_sections(step["files"], "###" if several else "##"))
+    figures = figures_section(data)
+    return "\n".join(parts + ([figures] if figures else []))

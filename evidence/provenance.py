@@ -27,6 +27,21 @@ def commit() -> dict:
     return {"commit": head, "dirty": changed[:20], "dirty_count": len(changed)}
 
 
+def commit_before(when: int, given: str | None = None) -> dict:
+    """The provenance of a command that ran outside the runner, started at unix time `when`: `given` (a commit named
+    by hand), else the last commit of HEAD's first-parent history committed before `when` (the tree it ran on
+    unless a commit landed while it ran); whether that tree had uncommitted changes is unknown (None)."""
+    if given:
+        head, rule = _git("rev-parse", "--short", given), "named by hand (--commit)"
+        if head is None:
+            raise ValueError(f"--commit {given}: no such commit in this repository")
+    else:
+        full = (_git("rev-list", "-1", "--first-parent", f"--before=@{when}", "HEAD") or "").strip()
+        head = _git("rev-parse", "--short", full) if full else None
+        rule = "the last commit before the start (git rev-list -1 --first-parent --before=@START HEAD)"
+    return {"commit": (head or "").strip() or None, "dirty": None, "dirty_count": None, "commit_rule": rule}
+
+
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name as /proc/cpuinfo gives it, or "unknown CPU" elsewhere."""
     try:

@@ -16,6 +16,7 @@ from .studies import SCALES, STUDIES
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 RESULTS = DOCS / "results"
+IMAGES = RESULTS / "img"  # the reports' figures, copied by the runner (`<key>-frontier.png` ...)
 GENERATED_ELSEWHERE = {"reference.md"}  # docs/reference.md: generated from the code (dpo_ref/docs.py)
 
 # Tables of figures that may stay outside a generated block, each with its reason: benchmark tables only, printed by
@@ -24,12 +25,12 @@ BENCH_TABLES = {
     ("docs/cost.md", "| config | time A/B | time A/C |"): "printed by bench/sweep_cost.py (`make bench`), no JSON",
     ("docs/training.md", "| sweep | 1 worker |"): "printed by bench/workers.py, no JSON",
 }
-# Tables of figures in pages the change that added evidence/ did not own, each with what is to replace it; remove an
+# Tables of figures not (yet) rendered from a study's data file, each with where its figures come from; remove an
 # entry once its table is converted (the test then checks the block).
 NOT_YET_CONVERTED = {
-    ("docs/beyond.md", "| reference | KL(SFT"): "a `<!-- evidence:family_world:similarity -->` block",
-    ("docs/world.md", "| model | params |"): "the world's build statistics (its meta.json), which no study of "
-    "evidence/studies.py records yet",
+    ("docs/world.md", "| model | params |"): "the embedded world's own build statistics, not a study's: "
+    "`model_stats` of `<cache>/world/<hash>/meta.json`, which the world's build (dpo_ref/world/build.py) writes when "
+    "the world is first built; no command of evidence/studies.py writes them, so no data file holds them",
 }
 EXEMPT = {**BENCH_TABLES, **NOT_YET_CONVERTED}
 TABLE_ROW = re.compile(r"^\s*\|")
@@ -66,12 +67,13 @@ def index_page() -> str:
         "# Generated results\n\nEvery figure on these pages, and every figure the other pages quote, is rendered "
         "by `python -m evidence` from what the study commands wrote: `make evidence` runs the studies (resumably; "
         "`make evidence ONLY=world`, `ONLY=smollm2` or `ONLY=rq1_world` runs some), copies each study's results.json "
-        "(tune.json for tune-beta) and the timings of its commands into `docs/results/data/<study>.json`, and "
+        "(tune.json for tune-beta) and the timings of its commands into `docs/results/data/<study>.json` and its "
+        "report's figures into `docs/results/img/`, and "
         "renders the pages and the other pages' generated blocks (between `<!-- evidence:... -->` markers) from "
         "those files alone. `python -m evidence render` re-renders them; `tests/test_evidence.py` fails when a page "
-        "or block differs from its rendering, or when a table of figures sits outside a block.\n\n"
-        + "\n".join(rows)
-        + "\n"
+        "or block differs from its rendering, or when a table of figures sits outside a block. A study command run "
+        "outside the runner is recorded by `python -m evidence adopt` from the times `date +%s` printed around it, "
+        "and its page says its wall time was timed outside the runner.\n\n" + "\n".join(rows) + "\n"
     )
 
 

@@ -3,10 +3,11 @@ the title of its page in docs/results/."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-RQ2 = "experiments/rq2_compare_objectives"
-SMOLLM2_HINT = "needs `make smollm2` first; tens of minutes each on a 2-core CPU"
+SMOLLM2 = "experiments/smollm2/study.yaml"
+SMOLLM2_HINT = "needs `make smollm2` first"
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,79 @@ class Step:
     args: tuple[str, ...]
     exp_name: str
     files: tuple[str, ...] = ("results.json",)
+    # figures of the report copied beside the pages (docs/results/img/), each embedded in the page when present
+    images: tuple[str, ...] = ("frontier.png",)
+    pairs: bool = False  # whether the page shows the pairs' counts (the prepare stage's plan.json)
+
+
+def _sft(row: dict) -> bool:
+    return row["objective"] == "sft"
+
+
+def _dpo_against(row: dict, *references: str) -> bool:
+    return row["objective"] == "dpo" and row["reference"] in references
+
+
+def rq1_rows(row: dict, rows: list[dict]) -> bool:
+    """RQ1: the SFT row and DPO against the SFT reference at every beta."""
+    return _sft(row) or _dpo_against(row, "sft")
+
+
+REFERENCE_FREE = ("posterior", "likelihood")
+
+
+def rq2_rows(row: dict, rows: list[dict]) -> bool:
+    """RQ2: the SFT row, posterior and likelihood, and DPO against the SFT reference at their betas (equal beta)."""
+    betas = {r["beta"] for r in rows if r["objective"] in REFERENCE_FREE}
+    return _sft(row) or row["objective"] in REFERENCE_FREE or (_dpo_against(row, "sft") and row["beta"] in betas)
+
+
+def rq3_rows(row: dict, rows: list[dict]) -> bool:
+    """RQ3: the SFT row and DPO against the SFT reference and against the guide (the stronger same-family one)."""
+    return _sft(row) or _dpo_against(row, "sft", "guide")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One research question a study answers from some of its rows: `keep(row, rows)` says whether a row (of
+    results.json's `rows`, `by_setting` or `best`) is one of them; `best`: whether its page shows each method's best
+    beta among them (where beta varies)."""
+
+    key: str
+    title: str
+    text: str
+    keep: Callable[[dict, list[dict]], bool]
+    best: bool = True
+
+
+SMOLLM2_QUESTIONS = (
+    Question(
+        "rq1",
+        "RQ1: DPO across beta",
+        "DPO against the SFT model (the self-reference) at each beta, the paper's Tables 1 and 2: win rate against the "
+        "SFT model's own answers as beta falls, how far the policy drifts (KL), how long its answers get, and the "
+        "ranking accuracy of the implicit reward against the policy's own.",
+        rq1_rows,
+    ),
+    Question(
+        "rq2",
+        "RQ2: is the reference necessary?",
+        "DPO against the SFT model beside the posterior probability (no reference at all) and the likelihood (the "
+        "reference p_LM(y), the answer without its instruction), at equal beta and training budget, the paper's "
+        "Table 3.",
+        rq2_rows,
+        best=False,
+    ),
+    Question(
+        "rq3",
+        "RQ3: a stronger reference of the same family",
+        "DPO against the SFT model and against `guide`, the policy that `dpo-sft-b0.1-s0` trained (a `kind: trained` "
+        "reference: a stronger model of the same family, as in the paper's appendix), at the same betas, the paper's "
+        "Tables 4 and 5: does the stronger reference help, and does the best beta move? No other real LLM ships "
+        "offline, so there is no other-family reference here.",
+        rq3_rows,
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +102,7 @@ class Study:
     steps: tuple[Step, ...]
     what: str  # one line: what it measures
     after: tuple[str, ...] = field(default=())  # studies whose output it reads (run first)
+    questions: tuple[Question, ...] = field(default=())  # its page: one section per question (else per command)
 
     def argv(self, step: Step, out: str) -> list[str]:
         """The exact command line of `step`, with `{out}` in its arguments replaced by the output directory."""
@@ -79,41 +154,25 @@ STUDIES: dict[str, Study] = {
             "reference_methods_world",
             "Ways of using a reference on the embedded world",
             "world",
-            (Step("swap", ("swap-reference", "experiments/beyond/reference_methods.yaml"), "reference_methods"),),
-            "fixed, TR-DPO and BEMA references, TRL's losses, beta-DPO, alpha-DPO and SimPO, each at its best beta",
-        ),
-        Study(
-            "rq1_smollm2",
-            "RQ1 on SmolLM2-135M-Instruct: DPO across beta",
-            "smollm2",
-            (Step("sweep", ("sweep-beta", "experiments/rq1_sweep_beta/smollm2.yaml"), "rq1_smollm2"),),
-            f"DPO at beta 0.1 and 0.01 on instruction pairs ({SMOLLM2_HINT})",
-        ),
-        Study(
-            "rq2_smollm2",
-            "RQ2 on SmolLM2-135M-Instruct: DPO against objectives without a reference",
-            "smollm2",
-            (Step("compare", ("compare-objectives", f"{RQ2}/smollm2.yaml"), "rq2_smollm2"),),
-            f"DPO, posterior probability and likelihood on instruction pairs ({SMOLLM2_HINT})",
-        ),
-        Study(
-            "rq3_smollm2",
-            "RQ3 on SmolLM2-135M-Instruct: a DPO-trained reference",
-            "smollm2",
             (
                 Step(
                     "swap",
-                    (
-                        "swap-reference",
-                        "experiments/rq3_swap_reference/smollm2.yaml",
-                        "--set",
-                        "references.1.model={out}/rq1_smollm2/dpo-sft-b0.1-s0/policy",
-                    ),
-                    "rq3_smollm2",
+                    ("swap-reference", "experiments/beyond/reference_methods.yaml"),
+                    "reference_methods",
+                    images=("frontier.png", "results.png"),
                 ),
             ),
-            f"DPO against the SFT model and against rq1_smollm2's DPO policy at beta 0.1 ({SMOLLM2_HINT})",
-            after=("rq1_smollm2",),
+            "fixed, TR-DPO and BEMA references, TRL's losses, beta-DPO, alpha-DPO and SimPO, each at its best beta",
+        ),
+        Study(
+            "smollm2",
+            "RQ1-RQ3 on SmolLM2-135M-Instruct",
+            "smollm2",
+            (Step("swap", ("swap-reference", SMOLLM2), "smollm2", pairs=True),),
+            f"the paper's three questions in one experiment (`{SMOLLM2}`) on instruction pairs SmolLM2 samples and "
+            f"the instruction checks judge: DPO across beta, DPO against reference-free objectives, DPO against a "
+            f"stronger same-family reference ({SMOLLM2_HINT})",
+            questions=SMOLLM2_QUESTIONS,
         ),
     ]
 }

@@ -1,14 +1,18 @@
 """Figures from a command, never by hand (evidence/): every page of docs/results/ is what its committed data file
-renders to; every table of figures in README.md and docs/*.md is a generated block whose content is its rendering;
-the renderer writes a hand-computed case as computed by hand; the "reproduced?" rule decides hand-made cases as its
-documentation says; the runner times and resumes a study; the CLI lists the studies."""
+renders to, with the figures it names copied beside it; every table of figures in README.md and docs/*.md is a
+generated block whose content is its rendering; the renderer writes a hand-computed case as computed by hand (the
+SmolLM2 page's three questions, the reference methods' summary included); the "reproduced?" rule decides hand-made
+cases as its documentation says; the runner times and resumes a study, copies its figures, and records a command
+timed outside it (`adopt`) as such; the CLI lists the studies."""
 
+import datetime
 import json
 import os
 import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +20,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # evidence/ is a top-level package of the repository, not installed with dpo_ref
 
-from evidence import blocks, compare, pages, render, runner  # noqa: E402
+from evidence import blocks, compare, pages, provenance, render, runner  # noqa: E402
 from evidence.format import wall_time  # noqa: E402
-from evidence.studies import STUDIES, Step, Study, select  # noqa: E402
+from evidence.studies import SMOLLM2_QUESTIONS, STUDIES, Step, Study, select  # noqa: E402
 
 # (a) the pages are their data's rendering
 
@@ -37,6 +41,19 @@ def test_every_data_file_is_a_study_and_holds_what_its_page_needs():
         assert data["key"] == path.stem and data["invocations"], path
         for step in STUDIES[path.stem].steps:
             assert set(data["steps"][step.name]["files"]) == set(step.files), (path, step.name)
+            assert not step.pairs or "pairs" in data["steps"][step.name], (path, step.name)
+
+
+def test_every_copied_figure_is_named_by_a_data_file_and_on_its_page():
+    """docs/results/img/ holds exactly the figures the data files name, and each page embeds its own."""
+    named = {}
+    for path in sorted((render.RESULTS / "data").glob("*.json")):
+        for step in json.loads(path.read_text())["steps"].values():
+            named |= {render.RESULTS / image: path.stem for image in (step.get("images") or {}).values()}
+    present = set(render.IMAGES.glob("*")) if render.IMAGES.is_dir() else set()
+    assert present == set(named), {"not named": present - set(named), "missing": set(named) - present}
+    for image, key in named.items():
+        assert f"]({image.relative_to(render.RESULTS)})" in (render.RESULTS / f"{key}.md").read_text(), image
 
 
 def test_a_figure_edited_by_hand_on_a_page_is_caught_with_its_line():
@@ -158,6 +175,186 @@ def test_the_docs_blocks_write_a_hand_computed_case_as_computed_by_hand():
     )
 
 
+def run_row(run_id, objective, reference, beta, win, kl, kl_sft=None, val=0.5, status="done"):
+    """A results.json row: win rate +-0.05, KL +-20%, length 60 +-5, ended 0.9 +-0.05, no LC win rate."""
+    kl_sft = kl if kl_sft is None else kl_sft
+    row = {"run_id": run_id, "objective": objective, "reference": reference, "beta": beta, "seed": 0, "status": status}
+    row |= {"win_rate": win, "win_rate_lo": win - 0.05, "win_rate_hi": win + 0.05, "lc_win_rate": None}
+    row |= {"kl": kl, "kl_lo": kl * 0.8, "kl_hi": kl * 1.2, "kl_sft": kl_sft, "kl_sft_lo": kl_sft * 0.8}
+    row |= {"kl_sft_hi": kl_sft * 1.2, "length": 60.0, "length_lo": 55.0, "length_hi": 65.0, "eos_rate": 0.9}
+    row |= {"eos_rate_lo": 0.85, "eos_rate_hi": 0.95, "val_win_rate": val, "val_win_rate_lo": val - 0.1}
+    row |= {"val_win_rate_hi": val + 0.1, "rank_acc_reward": 0.6, "rank_acc_policy": 0.55, "reward": 0.5}
+    return row
+
+
+def results_of(rows: list[dict], best: str, same: list[str], degenerate: tuple[str, ...] = ()) -> dict:
+    """results.json of `rows`: by_setting (one seed), `best` the validation's choice, `same` the settings not
+    distinguishable from it, the rest worse; each method's best row by the highest validation win rate."""
+    by_setting = [{k: v for k, v in r.items() if k not in ("run_id", "seed")} | {"seeds": 1} for r in rows]
+    names = [compare.label_of(r["objective"], r["reference"], r["beta"]) for r in by_setting[1:]]
+    others = [n for n in names if n != best and n not in degenerate]
+    comparison = {"best": best, "best_val_win_rate": 0.62, "indistinguishable": same, "better": []}
+    comparison |= {"worse": [n for n in others if n not in same], "critical_value": 2.6, "comparisons": len(others)}
+    comparison |= {"differences": {n: [-0.05 if n in same else 0.02, 0.06] for n in others}}
+    comparison |= {"estimates": dict.fromkeys(others, 0.03), "left_out_degenerate": list(degenerate)}
+    best_rows = {"rule": "the highest validation win rate", "rows": compare.best_among(by_setting)}
+    return {"rows": rows, "by_setting": by_setting, "indistinguishable_from_best": comparison, "best": best_rows}
+
+
+SMOLLM2_ROWS = [
+    run_row("sft", "sft", None, None, 0.5, 0.0, val=0.48),
+    run_row("dpo-sft-b0.5-s0", "dpo", "sft", 0.5, 0.55, 0.1, val=0.55),
+    run_row("dpo-sft-b0.1-s0", "dpo", "sft", 0.1, 0.6, 0.5, val=0.6),
+    run_row("dpo-sft-b0.02-s0", "dpo", "sft", 0.02, 0.52, 2.0, val=0.5),
+    run_row("posterior-b0.1-s0", "posterior", None, 0.1, 0.45, 3.0, val=0.45),
+    run_row("likelihood-b0.1-s0", "likelihood", None, 0.1, 0.58, 0.7, val=0.57),
+    run_row("dpo-guide-b0.5-s0", "dpo", "guide", 0.5, 0.62, 0.2, kl_sft=0.6, val=0.58),
+    run_row("dpo-guide-b0.1-s0", "dpo", "guide", 0.1, 0.59, 0.4, kl_sft=0.9, val=0.62),
+    run_row("dpo-guide-b0.02-s0", "dpo", "guide", 0.02, 0.40, 3.0, kl_sft=3.5, val=0.7, status="degenerate"),
+]
+SMOLLM2_COMMAND = ["dporef", "swap-reference", "experiments/smollm2/study.yaml", "--out", "runs/evidence"]
+PAIRS = {
+    "tokenization": {
+        "truncated": {"validation": 0, "train": 1},
+        "dropped_prompt_too_long": {"validation": 0, "train": 0},
+        "unfinished": {"validation": 0, "train": 2},
+        "kept": {"validation": 36, "train": 97},
+        "dropped_over_reference_context": {"validation": 0, "train": 0},
+    },
+    "prompts": {"test_prompts": 256, "validation_prompts": 36, "validation_pairs_on_test_prompts": 0},
+}
+
+
+def smollm2_data() -> dict:
+    same = ["dpo <- sft beta 0.1", "dpo <- guide beta 0.5", "likelihood beta 0.1"]
+    results = results_of(SMOLLM2_ROWS, "dpo <- guide beta 0.1", same, ("dpo <- guide beta 0.02",))
+    adopted = {"step": "swap", "command": SMOLLM2_COMMAND, "started": "2026-12-07T05:40:05Z", "seconds": 3600.4}
+    adopted |= {"rc": 0, "commit": "78221e0", "dirty": None, "dirty_count": None, "commit_rule": "the last commit"}
+    adopted |= {"machine": {"cpu": "Test CPU", "cores": 2}, "load": [1.56], "timed_by": runner.EXTERNAL}
+    step = {"command": SMOLLM2_COMMAND, "files": {"results.json": results}, "pairs": PAIRS}
+    step["images"] = {"frontier.png": "img/smollm2-frontier.png"}
+    return {"key": "smollm2", "title": STUDIES["smollm2"].title, "invocations": [adopted], "steps": {"swap": step}}
+
+
+def _section(text: str, title: str) -> str:
+    return text.split(f"## {title}\n")[1].split("\n## ")[0]
+
+
+def test_the_smollm2_page_has_a_section_per_question_with_its_rows_as_computed_by_hand():
+    text = pages.page(STUDIES["smollm2"], smollm2_data())
+    run_ids = {q.key: [line.split(" | ")[0][2:] for line in _section(text, q.title).splitlines()
+                        if line.startswith("| ") and "-s0 |" in line or line.startswith("| sft |")]
+               for q in SMOLLM2_QUESTIONS}  # fmt: skip
+    assert run_ids == {
+        "rq1": ["sft", "dpo-sft-b0.5-s0", "dpo-sft-b0.1-s0", "dpo-sft-b0.02-s0"],
+        "rq2": ["sft", "dpo-sft-b0.1-s0", "posterior-b0.1-s0", "likelihood-b0.1-s0"],
+        "rq3": ["sft", *(f"dpo-{r}-b{b}-s0" for r in ("sft", "guide") for b in ("0.5", "0.1", "0.02"))],
+    }
+    rq1, rq3 = _section(text, SMOLLM2_QUESTIONS[0].title), _section(text, SMOLLM2_QUESTIONS[2].title)
+    # no LC win rate in results.json: no column; KL to SFT only where it differs from KL to the reference (RQ3)
+    assert "| run | beta | status | win rate | KL to its reference | length (tokens) | ended (EOS share) |" in rq1
+    assert "LC win rate" not in text and "KL to SFT |" not in rq1 and "| KL to SFT |" in rq3
+    row = "| dpo-sft-b0.5-s0 | 0.5 | done | 0.550 [0.500, 0.600] | 0.10 [0.08, 0.12] | 60.00 [55.00, 65.00] | "
+    assert row + "0.900 [0.850, 0.950] | 0.600 | 0.550 | worse (best minus it [0.020, 0.060]) |\n" in rq1
+    assert "| dpo-guide-b0.1-s0 | 0.1 | done | 0.590 [0.540, 0.640] | 0.40 [0.32, 0.48] | 0.90 [0.72, 1.08] |" in rq3
+    assert "| chosen (validation win rate 0.620 [0.520, 0.720]) |\n" in rq3
+    assert "| dpo-guide-b0.02-s0 | 0.02 | degenerate |" in rq3 and "| left out (degenerate) |\n" in rq3
+    # each method's best beta among the question's rows; the validation's choice over the whole experiment
+    assert "| dpo <- sft | 0.1 | 0.600 [0.550, 0.650] |" in rq3 and "| dpo <- guide | 0.1 | 0.590" in rq3
+    assert "| dpo <- guide |" not in rq1
+    assert "dpo <- guide beta 0.1, is not one of these rows; of these rows, not distinguishable from it on " in rq1
+    assert "the test prompts: dpo <- sft beta 0.1, dpo <- guide beta 0.5.\n" in rq3
+    assert "Best setting by the validation rule: **dpo <- guide beta 0.1**" in _section(
+        text, "All settings: best by validation"
+    )
+    pairs = _section(text, "The pairs")
+    assert "| train | 97 | 1 | 0 | 0 | 2 |\n| validation | 36 | 0 | 0 | 0 | 0 |\n" in pairs
+    assert "Prompts: held-out test prompts (the win rates') 256; validation prompts 36;" in pairs
+    assert "![reward-KL frontier](img/smollm2-frontier.png)" in _section(text, "Figures")
+    # timed outside the runner: said in the header, and the commit's uncommitted changes are not claimed either way
+    assert (
+        "- **Wall time**: 60 min 0 s, one invocation of the command; it was timed outside the evidence runner" in text
+    )
+    assert "- **Commit**: `78221e0` (the last commit before it started; uncommitted changes not recorded)\n" in text
+
+
+def test_the_smollm2_page_and_columns_say_not_run_yet_without_data():
+    assert "**Not run yet.**" in pages.page(STUDIES["smollm2"], None)
+    text = compare.paper_page(lambda key: None)
+    assert text.count("Beside [`smollm2`](smollm2.md), its RQ") == 5
+
+
+def test_the_paper_page_reads_each_smollm2_column_from_its_questions_rows():
+    text = compare.paper_page(lambda key: smollm2_data() if key == "smollm2" else None)
+    smollm2 = [part.split("\n## ")[0] for part in text.split("### SmolLM2-135M-Instruct\n")[1:]]
+    table1, _, table3, table4, table5 = smollm2
+    assert "| 0.5 | - | - | 0.550 [0.500, 0.600] | - | beta 0.5 vs SFT | not in the paper's grid |" in table1
+    assert "guide" not in table1.split("\n\n", 1)[1]  # RQ1's rows only
+    # RQ2 at equal beta: DPO at 0.1, not DPO's best over its three betas
+    assert (
+        "| DPO | 16.25 | 0.605 | 359.4 | 0.01 | 0.600 [0.550, 0.650] | 0.550 | 60.00 [55.00, 65.00] | 0.1 |" in table3
+    )
+    assert "| Probability (posterior) | 12.84 | 0.697 | 744.5 | 100 | 0.450 [0.400, 0.500] |" in table3
+    assert "| 0.5 | - | - | - | - | 0.620 [0.570, 0.670] | - | no other-family reference in this study |" in table4
+    assert "| 0.590 [0.540, 0.640] (`guide`, beta 0.1) | vs self-reference | no (opposite, within noise) |" in table5
+
+
+def test_best_among_is_the_validation_rule_per_method():
+    by_setting = results_of(SMOLLM2_ROWS, "dpo <- guide beta 0.1", [])["by_setting"]
+    best = {r["method"]: r["best_beta"] for r in compare.best_among(by_setting)}
+    # the degenerate guide setting never best; one beta each for the reference-free objectives
+    assert best == {"SFT": None, "dpo <- sft": 0.1, "posterior": 0.1, "likelihood": 0.1, "dpo <- guide": 0.1}
+    rq2 = compare.subset({"rows": SMOLLM2_ROWS, "by_setting": by_setting}, SMOLLM2_QUESTIONS[1])
+    assert [(r["objective"], r["beta"]) for r in rq2["by_setting"]] == [
+        ("sft", None), ("dpo", 0.1), ("posterior", 0.1), ("likelihood", 0.1)
+    ]  # fmt: skip
+
+
+REFERENCE_METHODS = [
+    run_row("sft", "sft", None, None, 0.52, 0.0, val=0.5),
+    run_row("dpo-sft-b1-s0", "dpo", "sft", 1, 0.58, 0.24, val=0.6),
+    run_row("dpo-sft-b0.1-s0", "dpo", "sft", 0.1, 0.55, 1.4, val=0.55),
+    run_row("dpo-tr-b1-s0", "dpo", "tr", 1, 0.57, 0.5, kl_sft=1.0, val=0.58),
+    run_row("dpo-tr-b0.1-s0", "dpo", "tr", 0.1, 0.50, 2.0, kl_sft=3.17, val=0.5),
+    run_row("simpo-b1-s0", "simpo", None, 1, 0.45, 6.5, val=0.4),
+    run_row("alpha_dpo-sft-b2.5-s0", "alpha_dpo", "sft", 2.5, 0.31, 9.0, val=0.3, status="degenerate"),
+]
+SIMILARITY = {"sft": {"model": "world:sft", "kind": "fixed"}, "tr": {"model": "world:sft", "kind": "moving"}}
+
+
+def reference_methods_data() -> dict:
+    results = results_of(REFERENCE_METHODS, "dpo <- tr beta 1", ["dpo <- sft beta 1"], ("alpha_dpo <- sft beta 2.5",))
+    results["similarity"] = {"references": SIMILARITY}
+    step = {"command": ["dporef", "swap-reference"], "files": {"results.json": results}}
+    return HAND | {"key": "reference_methods_world", "steps": {"swap": step}}
+
+
+def test_the_reference_methods_summary_is_computed_as_by_hand():
+    text = blocks.summary(reference_methods_data(), ROOT / "docs" / "objectives.md")
+    assert text.split("\n\n", 1)[1] == (
+        "- **The validation's choice**: dpo <- tr beta 1, test win rate 0.570 [0.520, 0.620], KL to SFT 1.00 "
+        "[0.80, 1.20].\n"
+        "- **Not distinguishable from it** on the test prompts (simultaneous 95% intervals over 4 comparisons): 1: "
+        "dpo <- sft beta 1.\n"
+        "- **Worse than it**: 3: dpo <- sft beta 0.1, dpo <- tr beta 0.1, simpo beta 1. **Better**: none.\n"
+        # tied: tr at 1 (1.00) and sft at 1 (0.24); worse: 1.40, 3.17, 6.50
+        "- **KL to SFT** (nats): the choice and the settings tied with it 0.24 to 1.00; the worse ones 1.40 to "
+        "6.50.\n"
+        "- **Left out as degenerate**: 1: alpha_dpo <- sft beta 2.5.\n"
+        # below the SFT row's 0.52: tr at 0.1 (0.50), simpo (0.45), alpha-DPO (0.31)
+        "- **Win rate below the SFT model's own** (0.520 [0.470, 0.570]): dpo <- tr beta 0.1 0.500 [0.450, 0.550], "
+        "KL 3.17; simpo beta 1 0.450 [0.400, 0.500], KL 6.50; alpha_dpo <- sft beta 2.5 0.310 [0.260, 0.360], KL "
+        "9.00.\n"
+    )
+
+
+def test_the_moving_block_sets_each_moving_reference_beside_the_fixed_one_it_starts_from():
+    text = blocks.moving(reference_methods_data(), ROOT / "docs" / "beyond.md")
+    assert "| beta | `sft` (fixed): win rate | `sft`: KL to SFT | `tr` (moving): win rate | `tr`: KL to SFT |" in text
+    assert "| 1 | 0.580 [0.530, 0.630] | 0.24 [0.19, 0.29] | 0.570 [0.520, 0.620] | 1.00 [0.80, 1.20] |" in text
+    assert "| 0.1 | 0.550 [0.500, 0.600] | 1.40 [1.12, 1.68] | 0.500 [0.450, 0.550] | 3.17 [2.54, 3.80] |" in text
+
+
 def _m(v, lo, hi, degenerate=False):
     return {"v": v, "lo": lo, "hi": hi, "degenerate": degenerate}
 
@@ -220,6 +417,84 @@ def test_a_failed_command_is_resumed_and_its_invocations_add_up(tmp_path, monkey
     assert [i["rc"] for i in runner.Ledger(out).invocations("fake")] == [0]
 
 
+def test_the_report_figures_are_copied_and_named_in_the_data_file(tmp_path):
+    study = Study(
+        "fake",
+        "Fake",
+        "world",
+        (Step("swap", ("swap-reference",), "exp", images=("frontier.png", "results.png")),),
+        "x",
+    )
+    exp, img = tmp_path / "out" / "exp", tmp_path / "img"
+    exp.mkdir(parents=True)
+    (exp / "results.json").write_text(json.dumps({"rows": [], "by_setting": []}))
+    (exp / "frontier.png").write_bytes(b"png")  # no results.png: not named, not copied
+    (img).mkdir()
+    (img / "fake-results.png").write_bytes(b"stale")  # an earlier run's: removed
+    data = runner.collect(study, tmp_path / "out")
+    assert data["steps"]["swap"]["images"] == {"frontier.png": "img/fake-frontier.png"}
+    assert runner.copy_images(study, tmp_path / "out", img) == [img / "fake-frontier.png"]
+    assert sorted(p.name for p in img.iterdir()) == ["fake-frontier.png"]
+    assert "![reward-KL frontier](img/fake-frontier.png)" in pages.figures_section(data)
+    several = Study("fake", "Fake", "world", (Step("a", (), "exp"), Step("b", (), "exp2")), "x")
+    assert runner.image_name(several, several.steps[1], "frontier.png") == "fake-b-frontier.png"
+
+
+def _git_head() -> tuple[int, str] | None:
+    """(commit time, short hash) of HEAD, None outside a git checkout."""
+    out = provenance._git("log", "-1", "--first-parent", "--format=%ct %h")
+    return (int(out.split()[0]), out.split()[1]) if out else None
+
+
+def _adopt_cli(out: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "evidence", "adopt", "smollm2", "--out", str(out), *args]
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+
+
+def test_adopt_records_a_command_timed_outside_the_runner_as_the_runner_would(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "dporef", lambda: pytest.fail("dporef must not run: the adopted command finished"))
+    out, exp = tmp_path / "evidence", tmp_path / "evidence" / "smollm2"
+    study, step = STUDIES["smollm2"], STUDIES["smollm2"].steps[0]
+    started = int(time.time()) - 3600  # `date +%s` an hour ago and now, around the command
+    times = ["--started", str(started), "--ended", str(started + 3600), "--rc", "0"]
+    assert _adopt_cli(out, *times, "--load-start", "1.5").returncode == 2  # nothing ran there: refused
+    exp.mkdir(parents=True)
+    ran = {"study": "swap-reference", "argv": [".venv/bin/dporef", *study.argv(step, str(out))[1:]]}
+    (exp / "command.json").write_text(json.dumps(ran))
+    assert "results.json is missing" in _adopt_cli(out, *times, "--load-start", "1.5").stderr  # rc 0, no results
+    (exp / "results.json").write_text("{}")
+    done = _adopt_cli(out, *times, "--load-start", "1.56 2.57 3.19 3/116 32187", "--load-end", "2.01 2 2 1/1 1")
+    assert done.returncode == 0, done.stderr
+    [entry] = runner.Ledger(out).invocations("smollm2")
+    assert entry["command"] == study.argv(step, str(out)) and entry["step"] == "swap"
+    iso = datetime.datetime.fromtimestamp(started, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert (entry["started"], entry["seconds"], entry["rc"]) == (iso, 3600.0, 0)
+    assert entry["load"] == [1.56, 2.01] and entry["timed_by"] == runner.EXTERNAL
+    assert entry["machine"] == provenance.machine() and entry["dirty"] is None and entry["dirty_count"] is None
+    # the same keys as an invocation the runner timed, and the commit the runner would have recorded at the start
+    assert set(entry) - {"timed_by", "commit_rule"} == set(HAND["invocations"][0]) | {"dirty", "load"}
+    assert _adopt_cli(out, *times, "--load-start", "1.5").returncode == 2  # the same invocation twice: refused
+    assert "60 min 0 s, one invocation of the command; 1-minute load average at the start and end of each " in (
+        wall_time([entry])
+    )
+    assert wall_time([entry]).endswith("it was timed outside the evidence runner (`date +%s` before and after the "
+                                       "same command, recorded by `adopt`)")  # fmt: skip
+    # resuming sees the step finished: nothing run, the adopted invocation is the study's wall time
+    assert runner.run_study(study, out) is True and runner.collect(study, out)["invocations"] == [entry]
+    head = _git_head()
+    if head is not None:  # a git checkout: the last commit before the start
+        when, short = head
+        assert runner.adopt(study, out, when + 1, when + 2, 0, "1")["commit"] == short
+        assert runner.adopt(study, out, when - 1, when + 2, 0, "1")["commit"] != short
+    with pytest.raises(runner.AdoptError, match="written before --started"):  # an earlier invocation's command.json
+        runner.adopt(study, out, int(time.time()) + 3600, int(time.time()) + 3601, 1, "1")
+    ran["argv"][2] = "experiments/rq3_swap_reference/default.yaml"  # another command ran there: refused
+    (exp / "command.json").write_text(json.dumps(ran))
+    with pytest.raises(runner.AdoptError, match="not smollm2's"):
+        runner.adopt(study, out, started, started + 1, 1, "1")
+
+
 # (d) the CLI
 
 
@@ -232,6 +507,7 @@ def test_the_cli_helps_and_lists_every_study_with_its_command():
 
     helped = run("--help")
     assert helped.returncode == 0 and "list" in helped.stdout and "render" in helped.stdout
+    assert "adopt" in helped.stdout
     listed = run("list")
     assert listed.returncode == 0, listed.stderr
     for study in STUDIES.values():
@@ -243,7 +519,7 @@ def test_the_cli_helps_and_lists_every_study_with_its_command():
 
 def test_studies_are_selected_by_key_or_scale_with_what_they_read():
     assert [s.key for s in select(["world"])] == [k for k, s in STUDIES.items() if s.scale == "world"]
-    assert [s.key for s in select(["rq3_smollm2"])] == ["rq1_smollm2", "rq3_smollm2"]
+    assert [s.key for s in select(["smollm2"])] == ["smollm2"]  # the scale and its one study
     assert len(select(None)) == len(STUDIES)
     with pytest.raises(ValueError, match="unknown study"):
         select(["rq9"])
