@@ -111,6 +111,15 @@ def test_a_trial_that_lags_at_its_check_is_pruned_and_never_best(tmp_path):
     assert read(exp_dir / trial["run_id"] / "status.json")["status"] == "stopped"
 
 
+def test_a_budget_smaller_than_the_spread_trials_runs_that_many(tmp_path):
+    """The three spread trials are queued before any runs: a budget of 2 runs two of them (it ran none before)."""
+    result = tune(tmp_path, "--budget", "2")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    summary = read(tmp_path / "rq1_sweep_beta_tune" / "tune.json")
+    spread = [float(f"{math.exp(math.log(0.01) + k * math.log(300)):.3g}") for k in (1 / 6, 1 / 2)]
+    assert [t["beta"] for t in summary["trials"] if t["run_id"]] == spread and summary["runs"] == 2
+
+
 @pytest.mark.parametrize(
     "sets, says",
     [

@@ -114,6 +114,11 @@ def _next_trial(study: optuna.Study, stopped: list[int], links: dict, span: tupl
     return trial.number, float(f"{trial.suggest_float('beta', *span, log=True):.3g}")
 
 
+def _spent(study: optuna.Study) -> int:
+    """Trials of the budget taken: every trial but the spread ones still queued (WAITING until `ask` takes them)."""
+    return sum(t.state != optuna.trial.TrialState.WAITING for t in study.trials)
+
+
 def tune_beta(exp: Experiment, out: Path, source: str, settings: TuneSettings) -> int:
     """Search beta for `exp` with at most `settings.budget` trials, then write the sweep's report and tune.json /
     tune.md. Returns the number of trials that failed."""
@@ -128,7 +133,7 @@ def tune_beta(exp: Experiment, out: Path, source: str, settings: TuneSettings) -
     running = by_number(links)
     stopped = [t.number for t in study.trials if t.state == optuna.trial.TrialState.RUNNING and t.number in running]
     check_steps, failed = None, 0
-    while stopped or len(study.trials) < settings.budget:
+    while stopped or _spent(study) < settings.budget:
         number, beta = _next_trial(study, stopped, links, (low, high))
         tuned = with_betas(exp, [link["beta"] for link in links.values()] + [beta])
         _write_experiment(exp_dir, tuned, source, settings)
