@@ -498,9 +498,9 @@ def test_a_disk_filled_during_a_run_names_the_file_and_leaves_it_unfinished(fini
     shutil.copytree(finished[0], exp_dir)
     shutil.rmtree(exp_dir / RUN)
     first = exp_dir / RUN / ("generations.jsonl" if where == "before the samples" else "run.yaml")
-    patched = "write_samples" if where == "before the samples" else "_clear_attempt"
+    patched = "write_samples" if where == "before the samples" else "clear_attempt"
     original = getattr(run_stage, patched)
-    if patched == "_clear_attempt":
+    if patched == "clear_attempt":
         (exp_dir / RUN).mkdir()
         (exp_dir / RUN / "status.json").write_text('{"status": "interrupted"}')  # an earlier attempt to clear
 

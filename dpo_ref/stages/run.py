@@ -73,7 +73,7 @@ CallbackFactory = Callable[[Prepared, RunSpec], TrainerCallback | None]
 
 
 def _start(prepared: Prepared, run: RunSpec) -> float:
-    """Start the run's directory over (`_clear_attempt`) and return the start time. Called under the run's lock
+    """Start the run's directory over (`clear_attempt`) and return the start time. Called under the run's lock
     (`execute_locked`), so what is there is an interrupted, damaged or outdated attempt, never one another process is
     writing."""
     exp, run_dir = prepared.exp, prepared.exp_dir.run(run.run_id)
