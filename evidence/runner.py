@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from filelock import FileLock
+
 from .provenance import commit, commit_before, load, machine, now
 from .studies import Step, Study
 
@@ -41,20 +43,34 @@ def dporef() -> str:
 class Ledger:
     """`<out>/evidence-ledger.json`: study key -> {"invocations": [...]}, each invocation the step it ran, its exact
     command, when it started, its wall seconds and exit status (None while it runs, or when it was killed), and the
-    commit and machine it ran on."""
+    commit and machine it ran on. Two runners may share one ledger (two studies in two terminals): a save rewrites
+    only the studies this one touched, under a lock, over what the file holds then."""
 
     def __init__(self, out: Path):
         self.path = out / LEDGER
-        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.data = self._read()
+        self._touched: set[str] = set()
+
+    def _read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def invocations(self, key: str) -> list[dict]:
+        self._touched.add(key)
         return self.data.setdefault(key, {"invocations": []})["invocations"]
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
-        tmp.replace(self.path)
+        with FileLock(str(self.path) + ".lock"):
+            merged = self._read()
+            for key in self._touched:
+                if key in self.data:
+                    merged[key] = self.data[key]
+                else:
+                    merged.pop(key, None)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(merged, indent=1) + "\n")
+            tmp.replace(self.path)
+        self.data = merged
 
     def step_done(self, key: str, step: str) -> bool:
         """Whether the last invocation of `step` finished with exit status 0."""
@@ -62,6 +78,7 @@ class Ledger:
         return bool(mine) and mine[-1]["rc"] == 0
 
     def forget(self, key: str) -> None:
+        self._touched.add(key)
         self.data.pop(key, None)
         self.save()
 

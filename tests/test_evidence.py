@@ -417,6 +417,24 @@ def test_a_failed_command_is_resumed_and_its_invocations_add_up(tmp_path, monkey
     assert [i["rc"] for i in runner.Ledger(out).invocations("fake")] == [0]
 
 
+def test_two_runners_sharing_a_ledger_keep_each_others_invocations(tmp_path):
+    # two studies started in two terminals: each runner read the ledger before the other wrote to it
+    first, second = runner.Ledger(tmp_path), runner.Ledger(tmp_path)
+    first.invocations("rq2_world").append({"step": "compare", "rc": None})
+    first.save()
+    second.invocations("smollm2").append({"step": "swap", "rc": None})
+    second.save()
+    first.invocations("rq2_world")[-1]["rc"] = 0
+    first.save()
+    on_disk = json.loads((tmp_path / runner.LEDGER).read_text())
+    assert on_disk == {
+        "rq2_world": {"invocations": [{"step": "compare", "rc": 0}]},
+        "smollm2": {"invocations": [{"step": "swap", "rc": None}]},
+    }
+    runner.Ledger(tmp_path).forget("rq2_world")  # --again on one study leaves the other's record alone
+    assert json.loads((tmp_path / runner.LEDGER).read_text()) == {"smollm2": on_disk["smollm2"]}
+
+
 def test_the_report_figures_are_copied_and_named_in_the_data_file(tmp_path):
     study = Study(
         "fake",
