@@ -13,6 +13,27 @@ def setting_label(row: dict) -> str:
     return row["objective"] + (f" <- {row['reference']}" if row["reference"] else "")
 
 
+MARKERS = "osD^vP<X>*"  # with 10 colours: 100 lines before a colour and a marker repeat together
+
+
+def line_styles(names: list[str]) -> dict[str, dict]:
+    """A colour and a marker per line: matplotlib's cycle repeats its 10 colours, and a study of 16 methods (the
+    reference-methods one) drew two of them in one colour; tab20's pairs of shades sit apart as separate lines."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10" if len(names) <= 10 else "tab20"].colors
+    return {n: {"color": palette[i % len(palette)], "marker": MARKERS[i // len(palette) % len(MARKERS)]}
+            for i, n in enumerate(names)}  # fmt: skip
+
+
+def legend_beside(ax, n_lines: int) -> None:
+    """The legend inside the panel for a few lines, to the right of it for many (where it would hide points)."""
+    if n_lines <= 6:
+        ax.legend(fontsize=8)
+    else:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=1 + n_lines // 16)
+
+
 def error_bars(rows: list[dict], key: str) -> list[list[float]] | list[float]:
     """Asymmetric bars from each row's 95% interval (`key`_lo / _hi), else its s.d. over seeds (else none)."""
     if all(r.get(f"{key}_lo") is not None for r in rows):
@@ -30,13 +51,16 @@ def plot_beta(agg: list[dict], path: Path, title: str, comparison: dict | None =
     for r in agg:
         if r["beta"] is not None:
             lines.setdefault(setting_label(r), []).append(r)
+    style = line_styles(list(lines))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     panels = [("win_rate", "win rate vs SFT"), ("length", "mean length (tokens)"), ("kl", "KL(policy || ref), k1")]
     for ax, (key, label) in zip(axes, panels):
         for name, grp in lines.items():
             grp = sorted(grp, key=lambda r: r["beta"])
             errors = error_bars(grp, key)
-            ax.errorbar([r["beta"] for r in grp], [r[key] for r in grp], yerr=errors, marker="o", capsize=3, label=name)
+            ax.errorbar(
+                [r["beta"] for r in grp], [r[key] for r in grp], yerr=errors, capsize=3, label=name, **style[name]
+            )
             bad = [r for r in grp if r["status"] == "degenerate"]
             marked = "degenerate" if bad and key == "win_rate" else None
             ax.scatter([r["beta"] for r in bad], [r[key] for r in bad], marker="x", s=90, color="red", label=marked)
@@ -50,7 +74,10 @@ def plot_beta(agg: list[dict], path: Path, title: str, comparison: dict | None =
         ax.set_xlabel("beta")
         ax.set_title(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.24), ncol=2)  # below: clear of the points
+    if len(lines) <= 6:
+        axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.24), ncol=2)  # below: clear of the points
+    else:  # below, a long legend squeezes the panels flat
+        legend_beside(axes[-1], len(lines) + 3)
     fig.suptitle(title)
     save_png(fig, path)
 
@@ -78,12 +105,13 @@ def plot_frontier(agg: list[dict], path: Path, title: str) -> None:
         if r["beta"] is not None:
             lines.setdefault(setting_label(r), []).append(r)
     sft = next((r for r in agg if r["objective"] == "sft"), None)
+    style = line_styles(list(lines))
     for ax, (key, label) in zip(axes, [("win_rate", "win rate vs SFT"), ("reward", "judge reward")]):
         for name, grp in lines.items():
             grp = sorted(grp, key=lambda r: r["kl_sft"])
             ax.errorbar(
                 [r["kl_sft"] for r in grp], [r[key] for r in grp], xerr=error_bars(grp, "kl_sft"),
-                yerr=error_bars(grp, key), marker="o", capsize=3, label=name,
+                yerr=error_bars(grp, key), capsize=3, label=name, **style[name],
             )  # fmt: skip
             for r in grp:
                 xy = (r["kl_sft"], r[key])
@@ -93,7 +121,7 @@ def plot_frontier(agg: list[dict], path: Path, title: str) -> None:
         ax.set_xlabel("KL(policy || SFT policy), nats")
         ax.set_title(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    legend_beside(axes[1], len(lines) + (sft is not None))
     fig.suptitle(f"{title}: reward-KL frontier (labels: beta)")
     save_png(fig, path)
 
