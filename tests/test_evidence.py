@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # evidence/ is a top-level package of the repository, not installed with dpo_ref
 
 from evidence import blocks, compare, pages, provenance, render, runner  # noqa: E402
-from evidence.format import wall_time  # noqa: E402
+from evidence.format import commits, wall_time  # noqa: E402
 from evidence.studies import SMOLLM2_QUESTIONS, STUDIES, Step, Study, select  # noqa: E402
 
 # (a) the pages are their data's rendering
@@ -415,6 +415,16 @@ def test_a_failed_command_is_resumed_and_its_invocations_add_up(tmp_path, monkey
     assert runner.run_study(study, out) is False and not (out / runner.LEDGER).exists()
     assert runner.run_study(study, out, again=True) is True  # anew: the output removed, one invocation
     assert [i["rc"] for i in runner.Ledger(out).invocations("fake")] == [0]
+
+
+def test_the_runners_own_pages_do_not_count_as_uncommitted_changes():
+    # a study started while an earlier one's data file lay uncommitted in docs/results/ ran on the commit's code
+    ran = {"commit": "abc1234", "started": "2025-01-02T03:04:05Z"}
+    assert commits([ran | {"dirty": ["docs/results/data/rq2_world.json"], "dirty_count": 1}]) == "`abc1234`"
+    dirty = ran | {"dirty": ["docs/results/rq2_world.md", "dpo_ref/train.py"], "dirty_count": 2}
+    assert commits([dirty]) == "`abc1234` + uncommitted changes"
+    cut = ran | {"dirty": [f"docs/results/img/{k}.png" for k in range(20)], "dirty_count": 21}  # the 21st unknown
+    assert commits([cut]) == "`abc1234` + uncommitted changes"
 
 
 def test_two_runners_sharing_a_ledger_keep_each_others_invocations(tmp_path):
