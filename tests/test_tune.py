@@ -109,6 +109,10 @@ def test_a_trial_that_lags_at_its_check_is_pruned_and_never_best(tmp_path):
     assert metrics["stopped_at_step"] == 3 and metrics["steps"] == 3
     assert [c["step"] for c in trial["checks"]] == [3] and trial["checks"][0]["val_win_rate"] < 1
     assert read(exp_dir / trial["run_id"] / "status.json")["status"] == "stopped"
+    # what the sampler learns from: GPSampler reads complete trials alone, so a pruned trial told as pruned left no
+    # trace and its beta was proposed again; it is told at the validation win rate it was stopped at
+    told = optuna.load_study(study_name="tune-beta", storage=storage(ExperimentDir(exp_dir))).trials[trial["trial"]]
+    assert told.state == optuna.trial.TrialState.COMPLETE and told.value == trial["checks"][0]["val_win_rate"]
 
 
 def test_a_budget_smaller_than_the_spread_trials_runs_that_many(tmp_path):

@@ -3,7 +3,8 @@
 Optuna searches log-beta over the range the experiment's beta grid spans: three trials spread over the range first
 (at 1/6, 1/2 and 5/6 of it in log-beta), then a Gaussian-process sampler (GPSampler: a one-dimensional, noisy,
 expensive objective is what it is for). Each trial is trained and judged on the validation prompts only; a median
-pruner stops a trial whose validation win rate lags the earlier trials' at the same intermediate step. The test
+pruner stops a trial whose validation win rate lags the earlier trials' at the same intermediate step, and the
+sampler learns the value it was stopped at. The test
 prompts are evaluated, as for every run, and reported, but never look at by the search.
 
 Each trial is an ordinary run of the experiment `<name>_tune`: its beta is added to the experiment's grid, so
@@ -78,12 +79,18 @@ def _execute(exp: Experiment, exp_dir: ExperimentDir, run: RunSpec, source: str)
     return read_status(exp_dir.run(run.run_id))
 
 
-def _tell(study: optuna.Study, number: int, exp_dir: ExperimentDir, run: RunSpec, status: str) -> None:
-    """The trial's outcome: its final validation win rate, pruned (its run stopped by the pruner; Optuna keeps its
-    last intermediate value), or failed (diverged, degenerate, failed: never a best beta, as in the beta grids)."""
+def _tell(study: optuna.Study, number: int, exp_dir: ExperimentDir, run: RunSpec, status: str, links: dict) -> None:
+    """The trial's outcome: its final validation win rate; pruned (its run stopped by the pruner): the last
+    validation win rate its pruner saw, told as a value, since GPSampler learns from complete trials alone and
+    proposed a pruned beta again and again (three of six trials at the range's edge, every one pruned); failed
+    (diverged, degenerate, failed: never a best beta, as in the beta grids). tune.json still names a stopped run's
+    trial pruned, and only runs that ended can be best (tune/summary.py)."""
     metrics = read_run(exp_dir.run(run.run_id), run).metrics if status == "done" else None  # checked, or None
+    seen = study.trials[links[run.run_id]["trial"]].intermediate_values if status == "stopped" else {}
     if metrics is not None:
         study.tell(number, metrics["eval"]["val_win_rate"])
+    elif seen:
+        study.tell(number, seen[max(seen)])
     elif status == "stopped":
         study.tell(number, state=optuna.trial.TrialState.PRUNED)
     else:
@@ -154,7 +161,7 @@ def tune_beta(exp: Experiment, out: Path, source: str, settings: TuneSettings) -
         console.rule(f"[bold]trial {number + 1}/{settings.budget}[/]: {run.run_id}")
         status = _execute(tuned, exp_dir, run, source)
         failed += status == "failed"
-        _tell(study, number, exp_dir, run, status)
+        _tell(study, number, exp_dir, run, status, links)
     tuned = with_betas(exp, [link["beta"] for link in links.values()])
     _write_experiment(exp_dir, tuned, source, settings)
     report(exp_dir, tuned, STUDY, data.describe_judge(tuned), extra={"wall_seconds": time.time() - t_start})

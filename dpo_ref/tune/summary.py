@@ -23,7 +23,9 @@ def summarize(exp_dir: ExperimentDir, study: optuna.Study, links: dict, settings
                 "trial": t.number,
                 "run_id": run_id,
                 "beta": row.get("beta"),
-                "state": t.state.name.lower(),
+                # a stopped run's trial is pruned, though told to the sampler at the value it was stopped at
+                "state": "pruned" if row.get("status") == "stopped" else t.state.name.lower(),
+                "run_status": row.get("status"),
                 "val_win_rate": row.get("val_win_rate"),
                 "win_rate": row.get("win_rate"),  # test prompts: reported, never used by the search
                 "win_rate_lo": row.get("win_rate_lo"),
@@ -35,7 +37,7 @@ def summarize(exp_dir: ExperimentDir, study: optuna.Study, links: dict, settings
                 "checks": [{"step": step, "val_win_rate": v} for step, v in sorted(t.intermediate_values.items())],
             }
         )
-    complete = [t for t in trials if t["state"] == "complete" and t["val_win_rate"] is not None]  # a run behind it
+    complete = [t for t in trials if t["run_status"] == "done" and t["val_win_rate"] is not None]  # ran to the end
     best = max(complete, key=lambda t: t["val_win_rate"], default=None)
     runs = {t["run_id"]: t for t in trials if t["run_id"] in results}  # a repeated beta costs nothing more
     seconds = lambda key: sum(t[key] or 0.0 for t in runs.values())  # noqa: E731
