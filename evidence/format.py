@@ -101,23 +101,23 @@ def timed_by(invocations: list[dict]) -> str:
     return "timed around each command by `python -m evidence`"
 
 
-OWN_OUTPUT = "docs/results/"  # what the runner itself writes between studies: not a change to what a study runs
+RENDERED = ("docs/", "README.md")  # what `python -m evidence render` writes between studies; no study reads them
 
 
 def changed_code(invocation: dict) -> bool:
-    """Whether the tree an invocation ran on differed from its commit outside docs/results/ (the pages, data and
-    figures of studies that finished before it, which the runner writes and a later study never reads)."""
+    """Whether the tree an invocation ran on differed from its commit outside the documentation (the pages, data,
+    figures and blocks of studies that finished before it, which the runner itself writes and no study reads)."""
     dirty, count = invocation.get("dirty"), invocation.get("dirty_count")
     if not count:
         return False
     if dirty is None or count > len(dirty):  # paths not recorded, or only the first 20
         return True
-    return any(not path.startswith(OWN_OUTPUT) for path in dirty)
+    return any(not path.startswith(RENDERED) for path in dirty)
 
 
 def commits(invocations: list[dict]) -> str:
-    """The commit(s) the study ran at, each with `+ uncommitted changes` when the tree was dirty outside
-    docs/results/ (not recorded for an invocation timed outside the runner)."""
+    """The commit(s) the study ran at, each with `+ uncommitted changes` when the tree was dirty outside the
+    documentation (not recorded for an invocation timed outside the runner)."""
     seen = []
     for i in invocations:
         text = f"`{i.get('commit') or 'unknown'}`" + (" + uncommitted changes" if changed_code(i) else "")

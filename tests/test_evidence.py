@@ -417,10 +417,11 @@ def test_a_failed_command_is_resumed_and_its_invocations_add_up(tmp_path, monkey
     assert [i["rc"] for i in runner.Ledger(out).invocations("fake")] == [0]
 
 
-def test_the_runners_own_pages_do_not_count_as_uncommitted_changes():
+def test_the_runners_own_renderings_do_not_count_as_uncommitted_changes():
     # a study started while an earlier one's data file lay uncommitted in docs/results/ ran on the commit's code
     ran = {"commit": "abc1234", "started": "2025-01-02T03:04:05Z"}
-    assert commits([ran | {"dirty": ["docs/results/data/rq2_world.json"], "dirty_count": 1}]) == "`abc1234`"
+    rendered = ["docs/results/data/rq2_world.json", "README.md", "docs/results.md"]  # its data, pages and blocks
+    assert commits([ran | {"dirty": rendered, "dirty_count": 3}]) == "`abc1234`"
     dirty = ran | {"dirty": ["docs/results/rq2_world.md", "dpo_ref/train.py"], "dirty_count": 2}
     assert commits([dirty]) == "`abc1234` + uncommitted changes"
     cut = ran | {"dirty": [f"docs/results/img/{k}.png" for k in range(20)], "dirty_count": 21}  # the 21st unknown
