@@ -50,3 +50,4 @@ def test_a_long_legend_sits_beside_the_panels_not_over_them(figures, tmp_path):
         last_panel = fig.axes[-1].get_window_extent()
         assert legend.get_window_extent().x0 >= last_panel.x1
         assert len(legend.get_texts()) >= 16
+        assert "SFT" in [t.get_text() for t in legend.get_texts()]  # the SFT model's entry, as with a short legend

@@ -26,12 +26,17 @@ def line_styles(names: list[str]) -> dict[str, dict]:
             for i, n in enumerate(names)}  # fmt: skip
 
 
-def legend_beside(ax, n_lines: int) -> None:
-    """The legend inside the panel for a few lines, to the right of it for many (where it would hide points)."""
-    if n_lines <= 6:
-        ax.legend(fontsize=8)
+FEW_LINES = 6  # a legend of this many entries fits inside (or below) a panel without hiding or squeezing it
+
+
+def legend_beside(ax, source) -> None:
+    """`source` panel's legend entries on `ax`: inside it for a few, to the right of it for many (inside, they would
+    hide points; below, they squeeze the panels flat)."""
+    handles, labels = source.get_legend_handles_labels()
+    if len(labels) <= FEW_LINES:
+        ax.legend(handles, labels, fontsize=8)
     else:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=1 + n_lines // 16)
+        ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncol=1 + len(labels) // 16)
 
 
 def error_bars(rows: list[dict], key: str) -> list[list[float]] | list[float]:
@@ -74,10 +79,10 @@ def plot_beta(agg: list[dict], path: Path, title: str, comparison: dict | None =
         ax.set_xlabel("beta")
         ax.set_title(label)
         ax.grid(alpha=0.3)
-    if len(lines) <= 6:
+    if len(lines) <= FEW_LINES:
         axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.24), ncol=2)  # below: clear of the points
-    else:  # below, a long legend squeezes the panels flat
-        legend_beside(axes[-1], len(lines) + 3)
+    else:  # the win-rate panel's entries (SFT, best, ringed included) beside the last panel
+        legend_beside(axes[-1], axes[0])
     fig.suptitle(title)
     save_png(fig, path)
 
@@ -121,7 +126,7 @@ def plot_frontier(agg: list[dict], path: Path, title: str) -> None:
         ax.set_xlabel("KL(policy || SFT policy), nats")
         ax.set_title(label)
         ax.grid(alpha=0.3)
-    legend_beside(axes[1], len(lines) + (sft is not None))
+    legend_beside(axes[1], axes[0])
     fig.suptitle(f"{title}: reward-KL frontier (labels: beta)")
     save_png(fig, path)
 

@@ -4,8 +4,8 @@ Optuna searches log-beta over the range the experiment's beta grid spans: three 
 (at 1/6, 1/2 and 5/6 of it in log-beta), then a Gaussian-process sampler (GPSampler: a one-dimensional, noisy,
 expensive objective is what it is for). Each trial is trained and judged on the validation prompts only; a median
 pruner stops a trial whose validation win rate lags the earlier trials' at the same intermediate step, and the
-sampler learns the value it was stopped at. The test
-prompts are evaluated, as for every run, and reported, but never look at by the search.
+sampler learns the value it was stopped at. The test prompts are evaluated, as for every run, and reported, but
+never looked at by the search.
 
 Each trial is an ordinary run of the experiment `<name>_tune`: its beta is added to the experiment's grid, so
 experiment.yaml always lists the trials so far, and `dporef report`, `dporef run-one`, resume and the launchers see
