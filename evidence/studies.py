@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 SMOLLM2 = "experiments/smollm2/study.yaml"
+SMOLLM2_STRONG = "experiments/smollm2/strong.yaml"  # trains the study's `strong` reference (its references.1)
+STRONG_POLICY = "{out}/smollm2_strong/dpo-sft-b0.5-s0/policy"
 SMOLLM2_HINT = "needs `make smollm2` first"
 
 
@@ -168,7 +170,15 @@ STUDIES: dict[str, Study] = {
             "smollm2",
             "RQ1-RQ3 on SmolLM2-135M-Instruct",
             "smollm2",
-            (Step("swap", ("swap-reference", SMOLLM2), "smollm2", pairs=True),),
+            (
+                Step("strong", ("sweep-beta", SMOLLM2_STRONG), "smollm2_strong", images=(), pairs=True),
+                Step(
+                    "swap",
+                    ("swap-reference", SMOLLM2, "--set", f"references.1.model={STRONG_POLICY}"),
+                    "smollm2",
+                    pairs=True,
+                ),
+            ),
             f"the paper's three questions in one experiment (`{SMOLLM2}`) on instruction pairs SmolLM2 samples and "
             f"the instruction checks judge: DPO across beta, DPO against reference-free objectives, DPO against a "
             f"stronger same-family reference ({SMOLLM2_HINT})",

@@ -476,15 +476,17 @@ def _git_head() -> tuple[int, str] | None:
 
 
 def _adopt_cli(out: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "evidence", "adopt", "smollm2", "--out", str(out), *args]
+    command = [sys.executable, "-m", "evidence", "adopt", "reference_methods_world", "--out", str(out), *args]
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
 
 
 def test_adopt_records_a_command_timed_outside_the_runner_as_the_runner_would(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "dporef", lambda: pytest.fail("dporef must not run: the adopted command finished"))
-    out, exp = tmp_path / "evidence", tmp_path / "evidence" / "smollm2"
-    study, step = STUDIES["smollm2"], STUDIES["smollm2"].steps[0]
+    key = "reference_methods_world"  # one command, long enough to be run by hand
+    study, step = STUDIES[key], STUDIES[key].steps[0]
+    out = tmp_path / "evidence"
+    exp = out / step.exp_name
     started = int(time.time()) - 3600  # `date +%s` an hour ago and now, around the command
     times = ["--started", str(started), "--ended", str(started + 3600), "--rc", "0"]
     assert _adopt_cli(out, *times, "--load-start", "1.5").returncode == 2  # nothing ran there: refused
@@ -495,7 +497,7 @@ def test_adopt_records_a_command_timed_outside_the_runner_as_the_runner_would(tm
     (exp / "results.json").write_text("{}")
     done = _adopt_cli(out, *times, "--load-start", "1.56 2.57 3.19 3/116 32187", "--load-end", "2.01 2 2 1/1 1")
     assert done.returncode == 0, done.stderr
-    [entry] = runner.Ledger(out).invocations("smollm2")
+    [entry] = runner.Ledger(out).invocations(key)
     assert entry["command"] == study.argv(step, str(out)) and entry["step"] == "swap"
     iso = datetime.datetime.fromtimestamp(started, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert (entry["started"], entry["seconds"], entry["rc"]) == (iso, 3600.0, 0)
@@ -520,7 +522,7 @@ def test_adopt_records_a_command_timed_outside_the_runner_as_the_runner_would(tm
         runner.adopt(study, out, int(time.time()) + 3600, int(time.time()) + 3601, 1, "1")
     ran["argv"][2] = "experiments/rq3_swap_reference/default.yaml"  # another command ran there: refused
     (exp / "command.json").write_text(json.dumps(ran))
-    with pytest.raises(runner.AdoptError, match="not smollm2's"):
+    with pytest.raises(runner.AdoptError, match=f"not {key}'s"):
         runner.adopt(study, out, started, started + 1, 1, "1")
 
 

@@ -43,6 +43,25 @@ def test_pairs_are_best_and_worst_by_the_checks_and_built_once(init_model):
     assert again[2] == stats and again[0]["train"]["chosen"] == pairs["train"]["chosen"]
 
 
+def test_extra_training_prompts_leave_the_held_out_prompts_as_they_were(init_model):
+    """A reference trained on more pairs must be judged on the prompts of the runs against it and never have trained
+    on them: the extra training prompts come after the held-out ones in the seed's order of prompts."""
+    policy = resolve(f"init:{init_model}")
+    tok = load_tokenizer(policy)
+    n_train, n_val, n_eval, extra = CFG.n_train_prompts, CFG.n_validation_prompts, CFG.n_eval_prompts, 48
+    more = CFG.model_copy(update={"extra_train_prompts": extra})
+    pairs, prompts, stats = build_instruction_pairs(more, policy, tok, batch_size=16, precision="fp32")
+    seed_order = instructions.make_prompts(n_train + n_val + n_eval + extra, CFG.seed)
+    assert prompts == seed_order[n_train + n_val : n_train + n_val + n_eval]
+    assert prompts == build_instruction_pairs(CFG, policy, tok, batch_size=16, precision="fp32")[1]  # as without
+    assert set(pairs["validation"]["prompt"]) <= set(seed_order[n_train : n_train + n_val])
+    train = set(pairs["train"]["prompt"])
+    assert train <= set(seed_order[:n_train] + seed_order[n_train + n_val + n_eval :])
+    assert train & set(seed_order[n_train + n_val + n_eval :])  # some pairs come from the extra prompts
+    assert stats["splits"]["train"]["prompts"] == n_train + extra
+    assert stats["splits"]["validation"]["prompts"] == n_val
+
+
 def test_pairs_are_sampled_in_the_policy_regime_which_keys_the_cache(init_model, monkeypatch):
     """Under bf16 the small policy samples with fp32 weights under bf16 autocast, as it trains and is evaluated; the
     regime is part of the cache key, so pairs sampled under fp32 are not reused under bf16."""

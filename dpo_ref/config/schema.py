@@ -145,6 +145,13 @@ class InstructionsConfig(Strict):
     n_train_prompts: int = Field(256, ge=1, description="Prompts sampled for training pairs (one pair per prompt).")
     n_validation_prompts: int = Field(32, ge=1, description="Prompts sampled for validation pairs.")
     n_eval_prompts: int = Field(64, ge=1, description="Held-out prompts the policies are judged on.")
+    extra_train_prompts: int = Field(
+        0,
+        ge=0,
+        description="Training prompts beyond `n_train_prompts`, drawn after the validation and evaluation prompts, "
+        "so that those stay the ones the same settings give without them: a model trained on more pairs (a stronger "
+        "reference) is judged on the held-out prompts of the runs trained against it, none of which it trained on.",
+    )
     samples_per_prompt: int = Field(
         4, ge=2, description="Policy samples per prompt; `pairing` picks the chosen and the rejected among them."
     )
@@ -180,6 +187,16 @@ class InstructionsConfig(Strict):
         if data.get("length_tolerance") is not None:
             raise ValueError(f"length_tolerance: read by pairing: length_matched only, not by pairing: {pairing}")
         return data
+
+    def identity(self) -> dict:
+        """The settings that decide the pairs, for cache keys and run hashes: `extra_train_prompts` only when some
+        are asked for, so the pairs and runs of experiments written before it keep their keys."""
+        return self.model_dump(exclude=None if self.extra_train_prompts else {"extra_train_prompts"})
+
+    @property
+    def train_prompts(self) -> int:
+        """Every prompt sampled for a training pair."""
+        return self.n_train_prompts + self.extra_train_prompts
 
 
 class DataConfig(Strict):

@@ -77,13 +77,13 @@ class InstructionsSource:
         return PreferenceData(pairs, prompts, notes)
 
     def n_train_pairs(self, exp: Experiment) -> int | None:
-        return exp.instructions.n_train_prompts
+        return exp.instructions.train_prompts
 
     def test_prompts_text(self, exp: Experiment) -> str:
         return f"{exp.instructions.n_eval_prompts} held-out instruction prompts (drawn apart from the pairs')"
 
     def hash_parts(self, exp: Experiment) -> list:
-        return [exp.data.model_dump(), exp.instructions.model_dump()]
+        return [exp.data.model_dump(), exp.instructions.identity()]
 
 
 class FileSource:

@@ -63,7 +63,7 @@ def build_instruction_pairs(
 ) -> tuple[DatasetDict, list[str], dict]:
     """(pairs with splits train/validation, held-out evaluation prompts, statistics), from the cache when built."""
     regime = regime_for(policy, precision)
-    key = content_hash([VERSION, policy.fingerprint, regime.key, cfg.model_dump()])
+    key = content_hash([VERSION, policy.fingerprint, regime.key, cfg.identity()])
     root = cache_root() / "pairs" / f"instructions-{key}"
     with locked(root, on_wait=console.print):  # a second process waits for the first build, then reads it
         if not intact_dir(root, "instruction pairs"):
@@ -154,11 +154,20 @@ def _token_lengths(tokenizer, texts: Sequence[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
+def _prompts(cfg: InstructionsConfig) -> tuple[list[str], list[str]]:
+    """(pair prompts, training then validation; evaluation prompts). The seed's prompts in order are the first
+    `n_train_prompts` training ones, the validation ones, the evaluation ones, then the `extra_train_prompts`: more
+    training prompts leave the held-out ones as they were."""
+    n_train, n_held = cfg.n_train_prompts, cfg.n_validation_prompts + cfg.n_eval_prompts
+    prompts = instructions.make_prompts(cfg.train_prompts + n_held, cfg.seed)
+    train = prompts[:n_train] + prompts[n_train + n_held :]
+    validation = prompts[n_train : n_train + cfg.n_validation_prompts]
+    return train + validation, prompts[n_train + cfg.n_validation_prompts : n_train + n_held]
+
+
 def _build(cfg: InstructionsConfig, policy: ModelRef, tokenizer, batch_size: int, regime: Regime, out: Path) -> None:
     t0 = time.time()
-    n_pair_prompts = cfg.n_train_prompts + cfg.n_validation_prompts
-    prompts = instructions.make_prompts(n_pair_prompts + cfg.n_eval_prompts, cfg.seed)
-    pair_prompts, eval_prompts = prompts[:n_pair_prompts], prompts[n_pair_prompts:]
+    pair_prompts, eval_prompts = _prompts(cfg)
     gens = _sample(cfg, policy, tokenizer, batch_size, regime, pair_prompts)
     scores = [instructions.score(p, r, e) for p, r, e in zip(gens.prompts, gens.responses, gens.ended)]
     lengths = _token_lengths(tokenizer, gens.responses)
@@ -167,7 +176,7 @@ def _build(cfg: InstructionsConfig, policy: ModelRef, tokenizer, batch_size: int
     picked: dict[str, list[tuple[int, int]]] = {s: [] for s in SPLITS}  # token lengths (chosen, rejected) per row
     skipped = {s: dict.fromkeys(SKIP_REASONS[cfg.pairing], 0) for s in SPLITS}
     for i, prompt in enumerate(pair_prompts):
-        split = "train" if i < cfg.n_train_prompts else "validation"
+        split = "train" if i < cfg.train_prompts else "validation"
         at = slice(i * k, (i + 1) * k)
         pick = select_pair(cfg.pairing, scores[at], gens.ended[at], lengths[at], cfg.length_tolerance)
         if isinstance(pick, str):
