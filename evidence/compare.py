@@ -85,7 +85,8 @@ def paper_cell(value, spec: str = ".2f") -> str:
 
 
 def _results(data: dict | None) -> dict | None:
-    return None if data is None else next(iter(data["steps"].values()))["files"]["results.json"]
+    """The results of a study's last command: the one that answers (earlier ones build what it reads)."""
+    return None if data is None else list(data["steps"].values())[-1]["files"]["results.json"]
 
 
 def _by_beta(results: dict) -> dict:
@@ -255,14 +256,17 @@ def table5(results: dict | None, roles: dict[str, str | None]) -> str:
 
 WORLD, SMOLLM2 = "The embedded world", "SmolLM2-135M-Instruct"
 WORLD_ROLES = {"self": "sft", "mistral-v0.2": "strong-same", "llama3-70b": "strong-other", "dpo-trained": None}
-SMOLLM2_ROLES = {"self": "sft", "mistral-v0.2": None, "llama3-70b": None, "dpo-trained": "guide"}
+SMOLLM2_ROLES = {"self": "sft", "mistral-v0.2": "strong", "llama3-70b": None, "dpo-trained": "guide"}
 RQ1, RQ2, RQ3 = SMOLLM2_QUESTIONS
 RQ1_ROWS = ", its RQ1 rows (DPO against the SFT model)"
 RQ2_ROWS = (
     ", its RQ2 rows (DPO against the SFT model, posterior and likelihood at equal beta: each objective at that one "
     "beta, not at a best over several)"
 )
-RQ3_ROWS = ", its RQ3 rows (DPO against the SFT model and against `guide`, the policy `dpo-sft-b0.1-s0` trained)"
+RQ3_ROWS = (
+    ", its RQ3 rows (DPO against the SFT model, against `strong`, SmolLM2 after DPO on four times the prompts, and "
+    "against `guide`, the policy `dpo-sft-b0.1-s0` trained)"
+)
 SECTIONS = [
     (
         1,
@@ -292,10 +296,11 @@ SECTIONS = [
         "with the other-family one at each beta, in the two mistral-7b columns (for tulu-2-7b, a Llama-2 model, "
         "neither reference is of its family as Mistral-7B-Instruct-v0.2 is of mistral-7b's). dporef's world puts "
         "`strong-same` (the SFT model's own tokenizer and architecture) and `strong-other` (another tokenizer) in "
-        "those roles; SmolLM2's study has no other-family reference.",
+        "those roles; SmolLM2's study puts `strong` (SmolLM2 after DPO on four times its prompts) in the same-family "
+        "role and has no other-family reference.",
         [
             (WORLD, "rq3_world", lambda r: table4(r, "strong-same", "strong-other"), ""),
-            (SMOLLM2, "smollm2", lambda r: table4(subset(r, RQ3), "guide", None), RQ3_ROWS),
+            (SMOLLM2, "smollm2", lambda r: table4(subset(r, RQ3), "strong", None), RQ3_ROWS),
         ],
     ),
     (
@@ -304,8 +309,9 @@ SECTIONS = [
         "The best LC win rate (%) over beta of each reference; the last row is the paper's appendix. Each row "
         "compares with the self-reference (the self-reference with SFT): the self-reference row uses both models' "
         "columns, the others mistral-7b's, where the paper's roles hold (see Table 4). dporef's roles: "
-        "`strong-same` as the same-family reference, `strong-other` as the other-family one (the world); `guide`, "
-        "the policy SmolLM2's `dpo-sft-b0.1-s0` trained, as the DPO-trained reference (SmolLM2).",
+        "`strong-same` as the same-family reference, `strong-other` as the other-family one (the world); `strong`, "
+        "SmolLM2 after DPO on four times the prompts, as the same-family one and `guide`, the policy SmolLM2's "
+        "`dpo-sft-b0.1-s0` trained on the study's own pairs, as the DPO-trained reference (SmolLM2).",
         [
             (WORLD, "rq3_world", lambda r: table5(r, WORLD_ROLES), ""),
             (SMOLLM2, "smollm2", lambda r: table5(subset(r, RQ3), SMOLLM2_ROLES), RQ3_ROWS),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 TWO_DECIMALS = {"length", "kl", "kl_sft", "kl_k3", "sft_ref_kl", "sft_ref_kl_k3", "token_log_ratio"}
-TWO_DECIMALS |= {"train_seconds", "eval_seconds", "train_loss"}
+TWO_DECIMALS |= {"train_seconds", "eval_seconds", "train_loss", "chosen_tokens", "rejected_tokens"}
 BETA = {"beta", "best_beta"}
 
 

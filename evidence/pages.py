@@ -7,7 +7,7 @@ pairs' counts where the study records them, and the report's figures copied besi
 from __future__ import annotations
 
 from .blocks import fit_section, question_rows, question_table, tune_comparison
-from .format import cell, commits, date, fmt, machines, setting_name, table, timed_by, wall_time
+from .format import cell, commits, date, fmt, machines, seconds, setting_name, table, timed_by, wall_time
 from .studies import Question, Study
 
 RUN_COLUMNS = ["run_id", "beta", "status", "win_rate", "lc_win_rate", "reward", "length", "eos_rate", "kl", "kl_sft"]
@@ -197,11 +197,44 @@ def pairs_section(pairs: dict | None) -> str:
     if prompts:
         listed = [f"{PROMPT_COUNTS.get(k, k.replace('_', ' '))} {v}" for k, v in prompts.items()]
         text += f"\nPrompts: {'; '.join(listed)}.\n"
-    return text + (
-        "\nThe share of chosen and rejected answers that ended and their mean lengths, and the prompts skipped by "
-        "reason, are in the pairs' cache (`$DPOREF_CACHE/pairs/instructions-<key>/stats.json`, see [Real models]"
-        "(../real-models.md)), not in the experiment directory: not shown here.\n"
+    sampled = pairs.get("sampled")
+    return text + ("\n" + sampled_section(sampled) if sampled else "")
+
+
+SAMPLED_COLUMNS = {
+    "prompts": "prompts sampled",
+    "kept": "pairs kept",
+    "chosen_ended": "chosen ended",
+    "rejected_ended": "rejected ended",
+    "chosen_tokens": "chosen tokens",
+    "rejected_tokens": "rejected tokens",
+}
+
+
+def sampled_section(sampled: dict) -> str:
+    """How sampled pairs were built (`data: instructions`, plan.json's `sampled_pairs`): per split the prompts, the
+    pairs kept and the prompts skipped by reason, and the share of chosen and rejected answers that ended and their
+    mean lengths in tokens (the length confound's signature); then the samples as a whole."""
+    splits = sampled["splits"]
+    reasons = list(dict.fromkeys(r for s in SPLITS for r in splits[s]["skipped"]))
+    rows = [
+        {"split": s} | splits[s] | {f"skipped {r}": splits[s]["skipped"].get(r, 0) for r in reasons} for s in SPLITS
+    ]
+    columns = ["split", "prompts", "kept", *(f"skipped {r}" for r in reasons), *list(SAMPLED_COLUMNS)[2:]]
+    headers = [SAMPLED_COLUMNS.get(c, c) for c in columns]
+    tolerance = sampled.get("length_tolerance")
+    text = (
+        f"How the pairs were sampled (plan.json's `sampled_pairs`): `pairing: {sampled['pairing']}`"
+        + (f", `length_tolerance: {tolerance}`" if tolerance is not None else "")
+        + "; per split the prompts sampled, the pairs kept, the prompts skipped by reason, and the share of chosen "
+        "and rejected answers that ended and their mean length in tokens.\n\n"
     )
+    whole = (
+        f"\nEvery sample, kept or not: mean score {fmt(sampled['sample_mean_score'])}, every check passed "
+        f"{fmt(sampled['sample_all_passed'])}, ended {fmt(sampled['sample_eos_rate'])}, mean length "
+        f"{fmt(sampled['sample_mean_tokens'], 'length')} tokens; built in {seconds(sampled['build_seconds'])}.\n"
+    )
+    return text + table(rows, columns, headers) + whole
 
 
 IMAGE_ALT = {"frontier.png": "reward-KL frontier", "results.png": "win rate, length and KL by beta"}
@@ -231,7 +264,7 @@ def page(study: Study, data: dict | None) -> str:
         return not_run(study)
     parts = [header(study, data)]
     if study.questions:
-        step = next(iter(data["steps"].values()))
+        *before, (_, step) = data["steps"].items()  # the last command answers; the earlier build what it reads
         results = step["files"]["results.json"]
         parts += [question_section(q, results) for q in study.questions]
         comparison = results.get("indistinguishable_from_best")
@@ -240,6 +273,11 @@ def page(study: Study, data: dict | None) -> str:
             parts.append("## All settings: best by validation\n\n" + text)
         if "pairs" in step:
             parts.append("## The pairs\n\n" + pairs_section(step["pairs"]))
+        for name, earlier in before:
+            parts.append(f"## {name}: `{' '.join(earlier['command'])}`\n")
+            parts.append(step_sections(earlier["files"], "###"))
+            if "pairs" in earlier:
+                parts.append("### Its pairs\n\n" + pairs_section(earlier["pairs"]))
     else:
         if {"grid", "tune"} <= set(data["steps"]):
             parts.append("## tune-beta against the grid\n\n" + tune_comparison(data))

@@ -72,10 +72,11 @@ class Ledger:
             tmp.replace(self.path)
         self.data = merged
 
-    def step_done(self, key: str, step: str) -> bool:
-        """Whether the last invocation of `step` finished with exit status 0."""
+    def step_done(self, key: str, step: str, command: list[str]) -> bool:
+        """Whether the last invocation of `step` ran `command` (as the study gives it now: a command changed since,
+        say by a new `--set`, runs again, resuming its experiment) and finished with exit status 0."""
         mine = [i for i in self.invocations(key) if i["step"] == step]
-        return bool(mine) and mine[-1]["rc"] == 0
+        return bool(mine) and mine[-1]["rc"] == 0 and mine[-1]["command"][1:] == command[1:]
 
     def forget(self, key: str) -> None:
         self._touched.add(key)
@@ -129,7 +130,7 @@ def run_study(study: Study, out: Path, again: bool = False) -> bool:
             )
             return False
         present = all(p.is_file() for p in step_files(out, step).values())
-        if ledger.step_done(study.key, step.name) and present:
+        if ledger.step_done(study.key, step.name, study.argv(step, str(out))) and present:
             print(f"evidence: {study.key}/{step.name} finished already ({out / step.exp_name})", flush=True)
             continue
         print(f"evidence: {study.key}/{step.name}: {' '.join(study.argv(step, str(out)))}", flush=True)
@@ -155,7 +156,11 @@ def pairs_counts(exp_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     plan = json.loads(path.read_text())
-    return {"tokenization": plan.get("tokenization"), "prompts": plan.get("prompts")}
+    return {
+        "tokenization": plan.get("tokenization"),
+        "prompts": plan.get("prompts"),
+        "sampled": plan.get("sampled_pairs"),
+    }
 
 
 def collect(study: Study, out: Path) -> dict:

@@ -49,8 +49,8 @@ def rq2_rows(row: dict, rows: list[dict]) -> bool:
 
 
 def rq3_rows(row: dict, rows: list[dict]) -> bool:
-    """RQ3: the SFT row and DPO against the SFT reference and against the guide (the stronger same-family one)."""
-    return _sft(row) or _dpo_against(row, "sft", "guide")
+    """RQ3: the SFT row and DPO against the SFT reference, the stronger same-family one and the Pre-DPO guide."""
+    return _sft(row) or _dpo_against(row, "sft", "strong", "guide")
 
 
 @dataclass(frozen=True)
@@ -87,10 +87,12 @@ SMOLLM2_QUESTIONS = (
     Question(
         "rq3",
         "RQ3: a stronger reference of the same family",
-        "DPO against the SFT model and against `guide`, the policy that `dpo-sft-b0.1-s0` trained (a `kind: trained` "
-        "reference: a stronger model of the same family, as in the paper's appendix), at the same betas, the paper's "
-        "Tables 4 and 5: does the stronger reference help, and does the best beta move? No other real LLM ships "
-        "offline, so there is no other-family reference here.",
+        "DPO against the SFT model, against `strong`, SmolLM2 after DPO on four times the training prompts "
+        f"(`{SMOLLM2_STRONG}`, its prompts drawn apart from this study's validation and test prompts; its own row is "
+        "in the last section), and against `guide`, the policy `dpo-sft-b0.1-s0` trained on this study's pairs (a "
+        "`kind: trained` reference, as Pre-DPO and the paper's appendix), at the same betas, the paper's Tables 4 "
+        "and 5: does a stronger reference help, and does the best beta move? No other real LLM ships offline, so "
+        "there is no other-family reference here.",
         rq3_rows,
     ),
 )

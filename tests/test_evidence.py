@@ -206,6 +206,8 @@ SMOLLM2_ROWS = [
     run_row("dpo-sft-b0.5-s0", "dpo", "sft", 0.5, 0.55, 0.1, val=0.55),
     run_row("dpo-sft-b0.1-s0", "dpo", "sft", 0.1, 0.6, 0.5, val=0.6),
     run_row("dpo-sft-b0.02-s0", "dpo", "sft", 0.02, 0.52, 2.0, val=0.5),
+    run_row("dpo-strong-b0.5-s0", "dpo", "strong", 0.5, 0.64, 0.3, kl_sft=0.8, val=0.56),
+    run_row("dpo-strong-b0.1-s0", "dpo", "strong", 0.1, 0.57, 0.6, kl_sft=1.1, val=0.59),
     run_row("posterior-b0.1-s0", "posterior", None, 0.1, 0.45, 3.0, val=0.45),
     run_row("likelihood-b0.1-s0", "likelihood", None, 0.1, 0.58, 0.7, val=0.57),
     run_row("dpo-guide-b0.5-s0", "dpo", "guide", 0.5, 0.62, 0.2, kl_sft=0.6, val=0.58),
@@ -223,6 +225,14 @@ PAIRS = {
     },
     "prompts": {"test_prompts": 256, "validation_prompts": 36, "validation_pairs_on_test_prompts": 0},
 }
+SPLIT_STATS = {"chosen_ended": 1.0, "rejected_ended": 1.0, "chosen_tokens": 43.526, "rejected_tokens": 55.9}
+SAMPLED = {"pairing": "both_ended", "length_tolerance": None, "build_seconds": 612.4, "sample_mean_tokens": 85.53}
+SAMPLED |= {"sample_mean_score": 0.4242, "sample_all_passed": 0.1307, "sample_eos_rate": 0.5384}
+SAMPLED["splits"] = {
+    "train": {"prompts": 128, "kept": 38, "skipped": {"fewer_than_2_ended": 43, "all_tied": 47}} | SPLIT_STATS,
+    "validation": {"prompts": 48, "kept": 16, "skipped": {"fewer_than_2_ended": 11, "all_tied": 21}} | SPLIT_STATS,
+}
+STRONG_COMMAND = ["dporef", "sweep-beta", "experiments/smollm2/strong.yaml", "--out", "runs/evidence"]
 
 
 def smollm2_data() -> dict:
@@ -231,9 +241,12 @@ def smollm2_data() -> dict:
     adopted = {"step": "swap", "command": SMOLLM2_COMMAND, "started": "2026-12-07T05:40:05Z", "seconds": 3600.4}
     adopted |= {"rc": 0, "commit": "78221e0", "dirty": None, "dirty_count": None, "commit_rule": "the last commit"}
     adopted |= {"machine": {"cpu": "Test CPU", "cores": 2}, "load": [1.56], "timed_by": runner.EXTERNAL}
-    step = {"command": SMOLLM2_COMMAND, "files": {"results.json": results}, "pairs": PAIRS}
-    step["images"] = {"frontier.png": "img/smollm2-frontier.png"}
-    return {"key": "smollm2", "title": STUDIES["smollm2"].title, "invocations": [adopted], "steps": {"swap": step}}
+    step = {"command": SMOLLM2_COMMAND, "files": {"results.json": results}, "pairs": PAIRS | {"sampled": SAMPLED}}
+    step["images"] = {"frontier.png": "img/smollm2-swap-frontier.png"}
+    strong_rows = [SMOLLM2_ROWS[0], run_row("dpo-sft-b0.5-s0", "dpo", "sft", 0.5, 0.61, 1.5, val=0.6)]
+    strong = {"command": STRONG_COMMAND, "files": {"results.json": results_of(strong_rows, "dpo <- sft beta 0.5", [])}}
+    steps = {"strong": strong | {"pairs": PAIRS}, "swap": step}  # the strong step's plan.json predates sampled_pairs
+    return {"key": "smollm2", "title": STUDIES["smollm2"].title, "invocations": [adopted], "steps": steps}
 
 
 def _section(text: str, title: str) -> str:
@@ -248,7 +261,17 @@ def test_the_smollm2_page_has_a_section_per_question_with_its_rows_as_computed_b
     assert run_ids == {
         "rq1": ["sft", "dpo-sft-b0.5-s0", "dpo-sft-b0.1-s0", "dpo-sft-b0.02-s0"],
         "rq2": ["sft", "dpo-sft-b0.1-s0", "posterior-b0.1-s0", "likelihood-b0.1-s0"],
-        "rq3": ["sft", *(f"dpo-{r}-b{b}-s0" for r in ("sft", "guide") for b in ("0.5", "0.1", "0.02"))],
+        "rq3": [
+            "sft",
+            "dpo-sft-b0.5-s0",
+            "dpo-sft-b0.1-s0",
+            "dpo-sft-b0.02-s0",
+            "dpo-strong-b0.5-s0",
+            "dpo-strong-b0.1-s0",
+            "dpo-guide-b0.5-s0",
+            "dpo-guide-b0.1-s0",
+            "dpo-guide-b0.02-s0",
+        ],
     }
     rq1, rq3 = _section(text, SMOLLM2_QUESTIONS[0].title), _section(text, SMOLLM2_QUESTIONS[2].title)
     # no LC win rate in results.json: no column; KL to SFT only where it differs from KL to the reference (RQ3)
@@ -270,7 +293,23 @@ def test_the_smollm2_page_has_a_section_per_question_with_its_rows_as_computed_b
     pairs = _section(text, "The pairs")
     assert "| train | 97 | 1 | 0 | 0 | 2 |\n| validation | 36 | 0 | 0 | 0 | 0 |\n" in pairs
     assert "Prompts: held-out test prompts (the win rates') 256; validation prompts 36;" in pairs
-    assert "![reward-KL frontier](img/smollm2-frontier.png)" in _section(text, "Figures")
+    # how the pairs were sampled, from plan.json's sampled_pairs: skip reasons, ended shares, lengths
+    assert (
+        "| split | prompts sampled | pairs kept | skipped fewer_than_2_ended | skipped all_tied | chosen ended |"
+        in pairs
+    )
+    assert "| train | 128 | 38 | 43 | 47 | 1.000 | 1.000 | 43.53 | 55.90 |\n" in pairs
+    assert "| validation | 48 | 16 | 11 | 21 |" in pairs and "`pairing: both_ended`;" in pairs
+    assert (
+        "Every sample, kept or not: mean score 0.424, every check passed 0.131, ended 0.538, mean length 85.53 "
+        in pairs
+    )
+    assert "tokens; built in 10 min 12 s.\n" in pairs
+    # the command that trains the stronger reference, after the questions it serves: its run, its pairs' counts
+    strong = text.split("## strong: `dporef sweep-beta experiments/smollm2/strong.yaml --out runs/evidence`\n")[1]
+    assert "| dpo-sft-b0.5-s0 | 0.5 | done | 0.610 [0.560, 0.660] |" in strong.split("### Its pairs")[0]
+    assert "| train | 97 | 1 | 0 | 0 | 2 |" in strong.split("### Its pairs")[1] and "sampled_pairs" not in strong
+    assert "![reward-KL frontier (swap)](img/smollm2-swap-frontier.png)" in _section(text, "Figures")
     # timed outside the runner: said in the header, and the commit's uncommitted changes are not claimed either way
     assert (
         "- **Wall time**: 60 min 0 s, one invocation of the command; it was timed outside the evidence runner" in text
@@ -295,7 +334,8 @@ def test_the_paper_page_reads_each_smollm2_column_from_its_questions_rows():
         "| DPO | 16.25 | 0.605 | 359.4 | 0.01 | 0.600 [0.550, 0.650] | 0.550 | 60.00 [55.00, 65.00] | 0.1 |" in table3
     )
     assert "| Probability (posterior) | 12.84 | 0.697 | 744.5 | 100 | 0.450 [0.400, 0.500] |" in table3
-    assert "| 0.5 | - | - | - | - | 0.620 [0.570, 0.670] | - | no other-family reference in this study |" in table4
+    assert "| 0.5 | - | - | - | - | 0.640 [0.590, 0.690] | - | no other-family reference in this study |" in table4
+    assert "| 0.570 [0.520, 0.620] (`strong`, beta 0.1) | vs self-reference | no (opposite, within noise) |" in table5
     assert "| 0.590 [0.540, 0.640] (`guide`, beta 0.1) | vs self-reference | no (opposite, within noise) |" in table5
 
 
@@ -303,7 +343,14 @@ def test_best_among_is_the_validation_rule_per_method():
     by_setting = results_of(SMOLLM2_ROWS, "dpo <- guide beta 0.1", [])["by_setting"]
     best = {r["method"]: r["best_beta"] for r in compare.best_among(by_setting)}
     # the degenerate guide setting never best; one beta each for the reference-free objectives
-    assert best == {"SFT": None, "dpo <- sft": 0.1, "posterior": 0.1, "likelihood": 0.1, "dpo <- guide": 0.1}
+    assert best == {
+        "SFT": None,
+        "dpo <- sft": 0.1,
+        "dpo <- strong": 0.1,
+        "posterior": 0.1,
+        "likelihood": 0.1,
+        "dpo <- guide": 0.1,
+    }
     rq2 = compare.subset({"rows": SMOLLM2_ROWS, "by_setting": by_setting}, SMOLLM2_QUESTIONS[1])
     assert [(r["objective"], r["beta"]) for r in rq2["by_setting"]] == [
         ("sft", None), ("dpo", 0.1), ("posterior", 0.1), ("likelihood", 0.1)
@@ -411,6 +458,12 @@ def test_a_failed_command_is_resumed_and_its_invocations_add_up(tmp_path, monkey
     assert [i["rc"] for i in data["invocations"]] == [3, 0]
     assert data["steps"]["sweep"]["command"] == ["dporef", "sweep-beta", "--out", str(out)]
     assert "2 invocations of the command (resumed" in wall_time(data["invocations"])
+    changed = Study("fake", "Fake", "world", (Step("sweep", ("sweep-beta", "--set", "x=1"), "exp"),), "a fake study")
+    assert runner.run_study(changed, out) is True  # its command changed since: run again, over the same output
+    assert [i["command"][2:] for i in runner.Ledger(out).invocations("fake")] == [["--out", str(out)]] * 2 + [
+        ["--set", "x=1", "--out", str(out)]
+    ]
+    assert (out / "tries").read_text() == "3"
     (out / runner.LEDGER).unlink()  # output the ledger did not time: refused, since its wall time would be wrong
     assert runner.run_study(study, out) is False and not (out / runner.LEDGER).exists()
     assert runner.run_study(study, out, again=True) is True  # anew: the output removed, one invocation

@@ -108,6 +108,12 @@ def test_sweep_on_instruction_pairs(run_study, init_model, tmp_path):
     assert all(r["status"] in ("done", "degenerate") for r in results["rows"])
     exp = tmp_path / "rq1_sweep_beta"
     assert "instruction checks" in (exp / "results.md").read_text()
+    # the experiment says on what pairs it trained: the build's statistics, kept in plan.json
+    sampled = json.loads((exp / "prepared" / "plan.json").read_text())["sampled_pairs"]
+    for split, n in (("train", 24), ("validation", 8)):
+        stats = sampled["splits"][split]
+        assert stats["prompts"] == n == stats["kept"] + sum(stats["skipped"].values())
+    assert sampled["pairing"] == "best_worst"  # the default, with no pairing set
     base = [json.loads(x) for x in (exp / "baseline" / "test.jsonl").read_text().splitlines()]
     assert [b["reward"] for b in base] == [instructions.score(b["prompt"], b["response"], b["ended"]) for b in base]
     for row in results["rows"]:

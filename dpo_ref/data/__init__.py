@@ -36,6 +36,7 @@ class PreferenceData:
     eval_prompts: list  # the test prompts, never among the validation pairs' prompts (`load_data`)
     notes: list[str]  # counts, held-out validation, build statistics: shown to the user
     prompt_counts: dict | None = None  # test / validation prompts and the pairs set aside for them (`load_data`)
+    sampling: dict | None = None  # pairs dporef sampled: how they were built (the pairs' stats.json), for plan.json
 
 
 class WorldSource:
@@ -74,7 +75,7 @@ class InstructionsSource:
         )
         skipped = {split: {k: n for k, n in s["skipped"].items() if n} for split, s in stats["splits"].items()}
         notes = [f"instruction pairs ({stats['pairing']}): {stats['pairs']}; prompts skipped, by reason: {skipped}"]
-        return PreferenceData(pairs, prompts, notes)
+        return PreferenceData(pairs, prompts, notes, sampling=stats)
 
     def n_train_pairs(self, exp: Experiment) -> int | None:
         return exp.instructions.train_prompts

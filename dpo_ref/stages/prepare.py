@@ -49,7 +49,7 @@ from ..store import atomic_dir, atomic_write_json, check_file, clean_stale, cont
 from ..ui import console
 from ..validate import Models, check_pairs, resolve_models
 
-PREPARE_VERSION = "3"  # bump when what prepare writes changes, so old directories are rebuilt (3: strength)
+PREPARE_VERSION = "4"  # bump when what prepare writes changes, so old directories are rebuilt (4: sampled_pairs)
 
 
 def prepare_key(exp: Experiment, models: Models, study: str) -> str:
@@ -215,6 +215,7 @@ def _prepare(exp: Experiment, exp_dir: ExperimentDir, study: str, models: Models
         "models": models.as_dict(),
         "tokenization": tokenization,
         "prompts": loaded.prompt_counts,  # test and validation prompts: disjoint, and how
+        "sampled_pairs": loaded.sampling,  # data: instructions: prompts kept and skipped by reason, lengths, ended
         "reference_scoring": {"computed": engine.computed, "from_cache": engine.cached},
     }
     with atomic_dir(exp_dir.prepared, replace=True) as tmp:
