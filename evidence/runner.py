@@ -179,8 +179,8 @@ def collect(study: Study, out: Path) -> dict:
 
 
 def copy_images(study: Study, out: Path, img_dir: Path) -> list[Path]:
-    """Copy the figures `collect` names into `img_dir`, removing the study's figures there that its report no longer
-    wrote; returns the paths written."""
+    """Copy the figures `collect` names into `img_dir`, removing the study's figures there that it did not write now
+    (its report no longer draws them, or a new command renamed them); returns the paths written."""
     img_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for step in study.steps:
@@ -189,8 +189,8 @@ def copy_images(study: Study, out: Path, img_dir: Path) -> list[Path]:
             if source.is_file():
                 shutil.copyfile(source, target)
                 written.append(target)
-            else:
-                target.unlink(missing_ok=True)
+    for stale in set(img_dir.glob(f"{study.key}-*")) - set(written):
+        stale.unlink()
     return written
 
 

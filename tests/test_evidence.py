@@ -513,10 +513,12 @@ def test_the_report_figures_are_copied_and_named_in_the_data_file(tmp_path):
     (exp / "frontier.png").write_bytes(b"png")  # no results.png: not named, not copied
     (img).mkdir()
     (img / "fake-results.png").write_bytes(b"stale")  # an earlier run's: removed
+    (img / "fake-old-frontier.png").write_bytes(b"stale")  # a step's, by a name the study no longer gives: removed
+    (img / "fake_other-frontier.png").write_bytes(b"png")  # another study's: kept
     data = runner.collect(study, tmp_path / "out")
     assert data["steps"]["swap"]["images"] == {"frontier.png": "img/fake-frontier.png"}
     assert runner.copy_images(study, tmp_path / "out", img) == [img / "fake-frontier.png"]
-    assert sorted(p.name for p in img.iterdir()) == ["fake-frontier.png"]
+    assert sorted(p.name for p in img.iterdir()) == ["fake-frontier.png", "fake_other-frontier.png"]
     assert "![reward-KL frontier](img/fake-frontier.png)" in pages.figures_section(data)
     several = Study("fake", "Fake", "world", (Step("a", (), "exp"), Step("b", (), "exp2")), "x")
     assert runner.image_name(several, several.steps[1], "frontier.png") == "fake-b-frontier.png"
