@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .format import cell, fmt, provenance, seconds, setting_name, table
-from .studies import STUDIES, Question
+from .studies import STUDIES, Question, step_results
 
 OPEN = re.compile(r"^<!-- evidence:(?P<name>[\w:]+) -->$")
 CLOSE = "<!-- /evidence -->"
@@ -21,11 +21,6 @@ BEST_COLUMNS = ["method", "best_beta", "win_rate", "lc_win_rate", "length", "kl_
 
 def not_run(key: str) -> str:
     return f"*Not run yet: `make evidence ONLY={key}` (`python -m evidence run {key}`) measures it.*\n"
-
-
-def _results(data: dict, step: str | None = None) -> dict:
-    steps = data["steps"]
-    return steps[step or next(iter(steps))]["files"]["results.json"]
 
 
 def _sft(results: dict) -> dict | None:
@@ -60,7 +55,7 @@ def against_best(row: dict, comparison: dict | None) -> str:
 def beta_table(data: dict, _file: Path) -> str:
     """A beta sweep: each beta's test win rate with its interval, and how it compares with the validation's
     choice on the test prompts."""
-    results = _results(data)
+    results = step_results(data)
     comparison = results.get("indistinguishable_from_best")
     chosen = f" ({comparison['best']})" if comparison else ""
     rows = []
@@ -76,7 +71,7 @@ def beta_table(data: dict, _file: Path) -> str:
 
 def drift(data: dict, _file: Path) -> str:
     """KL, length and the judge's reward at the ends of the beta grid, against the SFT model's."""
-    results = _results(data)
+    results = step_results(data)
     rows, sft = sorted(_trained(results), key=lambda r: -r["beta"]), _sft(results) or {}
     high, low = rows[0], rows[-1]
     top = max(rows, key=lambda r: r["reward"] if r["reward"] is not None else float("-inf"))
@@ -91,7 +86,7 @@ def drift(data: dict, _file: Path) -> str:
 
 def best(data: dict, _file: Path) -> str:
     """Each method at its best beta (chosen on validation prompts), with the best by validation's comparison."""
-    results = _results(data)
+    results = step_results(data)
     text = provenance(data) + "\n\n"
     if "best" not in results:
         return runs(data, _file)
@@ -108,7 +103,7 @@ def best(data: dict, _file: Path) -> str:
 
 def similarity(data: dict, _file: Path) -> str:
     """swap-reference: how alike each reference is to the SFT policy, how strong it is, and its best beta's win rate."""
-    rows = [r | {"ref": r["reference"]} for r in _results(data).get("best", {}).get("rows", []) if r["reference"]]
+    rows = [r | {"ref": r["reference"]} for r in step_results(data).get("best", {}).get("rows", []) if r["reference"]]
     columns = ["ref", "sft_ref_kl", "token_logp_corr", "strength", "best_beta", "win_rate"]
     headers = ["reference", "KL(SFT \\|\\| ref), k1", "per-token log-prob corr.", "strength", "best beta"]
     return provenance(data) + "\n\n" + table(rows, columns, headers + ["best win rate"])
@@ -118,12 +113,12 @@ def runs(data: dict, _file: Path) -> str:
     """Every run's headline numbers (a study without a best-per-method table)."""
     columns = ["run_id", "win_rate", "lc_win_rate", "length", "eos_rate", "kl"]
     headers = ["run", "win rate", "LC win rate", "length (tokens)", "EOS rate", "KL"]
-    return provenance(data) + "\n\n" + table(_results(data)["rows"], columns, headers)
+    return provenance(data) + "\n\n" + table(step_results(data)["rows"], columns, headers)
 
 
 def tune_comparison(data: dict) -> str:
     """tune-beta's choice and cost against the 9-point grid's best by validation."""
-    grid, tune = _results(data, "grid"), data["steps"]["tune"]["files"]["tune.json"]
+    grid, tune = step_results(data, "grid"), data["steps"]["tune"]["files"]["tune.json"]
     wall = {s: sum(i["seconds"] or 0 for i in data["invocations"] if i["step"] == s) for s in ("grid", "tune")}
     comparison = grid.get("indistinguishable_from_best") or {}
     chosen = next((r for r in _trained(grid) if setting_name(r) == comparison.get("best")), None)
@@ -187,12 +182,12 @@ def fit_section(fit: dict) -> str:
 
 def fit(data: dict, _file: Path) -> str:
     """swap-reference with five fixed references or more: does similarity predict the gain, given strength?"""
-    fitted = (_results(data).get("similarity") or {}).get("fit")
+    fitted = (step_results(data).get("similarity") or {}).get("fit")
     return fit_section(fitted) if fitted else "results.json has no similarity fit (fewer than five references).\n"
 
 
 def _comparison(data: dict) -> tuple[dict, dict | None, dict]:
-    results = _results(data)
+    results = step_results(data)
     return results, results.get("indistinguishable_from_best"), {setting_name(r): r for r in results["by_setting"]}
 
 
@@ -256,7 +251,7 @@ MOVING_KINDS = ("moving", "bema")
 def moving(data: dict, _file: Path) -> str:
     """DPO against each moving reference (TR-DPO, BEMA) beside the fixed reference of the model they start from, at
     each beta: test win rate and KL to the SFT model (from results.json's similarity entries' `kind`)."""
-    results = _results(data)
+    results = step_results(data)
     refs = (results.get("similarity") or {}).get("references") or {}
     moved = [n for n, r in refs.items() if r.get("kind") in MOVING_KINDS]
     models = {refs[n].get("model") for n in moved}
@@ -321,7 +316,7 @@ def question_table(rows: list[dict], columns: list[str]) -> str:
 def question_block(question: Question, data: dict) -> str:
     """One question of a study: its runs' headline numbers with their intervals and their place against the
     validation's choice."""
-    rows = question_rows(question, _results(data))
+    rows = question_rows(question, step_results(data))
     return provenance(data) + "\n\n" + (question_table(rows, QUESTION_COLUMNS) if rows else "No run answers it.\n")
 
 

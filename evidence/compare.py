@@ -8,7 +8,7 @@ from collections.abc import Callable
 from .format import cell, fmt, provenance
 from .format import label as label_of
 from .paper import CITATION, DEGENERATE, SFT, TABLE1, TABLE2, TABLE3, TABLE4, TABLE5
-from .studies import SMOLLM2_QUESTIONS, Question
+from .studies import SMOLLM2_QUESTIONS, Question, step_results
 
 RULE = """\
 Each row of a table compares two settings, named in its "effect" column (e.g. beta 0.1 against the SFT model). The
@@ -84,11 +84,6 @@ def paper_cell(value, spec: str = ".2f") -> str:
     return value if value == DEGENERATE else format(value, spec)
 
 
-def _results(data: dict | None) -> dict | None:
-    """The results of a study's last command: the one that answers (earlier ones build what it reads)."""
-    return None if data is None else list(data["steps"].values())[-1]["files"]["results.json"]
-
-
 def _by_beta(results: dict) -> dict:
     return {r["beta"]: r for r in results["by_setting"] if r["objective"] in ("dpo", "sft")}
 
@@ -100,7 +95,7 @@ def _markdown(headers: list[str], rows: list[list[str]]) -> str:
 
 def _beside(key: str, data: dict | None, body: Callable[[dict | None], str], rows: str = "") -> str:
     head = provenance(data) if data is not None else f"**Not run yet**: `make evidence ONLY={key}` runs it."
-    return f"Beside [`{key}`]({key}.md){rows}. {head}\n\n" + body(_results(data))
+    return f"Beside [`{key}`]({key}.md){rows}. {head}\n\n" + body(None if data is None else step_results(data))
 
 
 BEST_RULE = "the highest mean validation win rate; a degenerate setting, or one with no validation win rate, never"

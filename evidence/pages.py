@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .blocks import fit_section, question_rows, question_table, tune_comparison
 from .format import cell, commits, date, fmt, machines, seconds, setting_name, table, timed_by, wall_time
-from .studies import Question, Study
+from .studies import Question, Study, step_results
 
 RUN_COLUMNS = ["run_id", "beta", "status", "win_rate", "lc_win_rate", "reward", "length", "eos_rate", "kl", "kl_sft"]
 RUN_COLUMNS += ["rank_acc_reward", "rank_acc_policy"]
@@ -265,7 +265,7 @@ def page(study: Study, data: dict | None) -> str:
     parts = [header(study, data)]
     if study.questions:
         *before, (_, step) = data["steps"].items()  # the last command answers; the earlier build what it reads
-        results = step["files"]["results.json"]
+        results = step_results(data)
         parts += [question_section(q, results) for q in study.questions]
         comparison = results.get("indistinguishable_from_best")
         if comparison:

@@ -26,6 +26,13 @@ class Step:
     pairs: bool = False  # whether the page shows the pairs' counts (the prepare stage's plan.json)
 
 
+def step_results(data: dict, step: str | None = None) -> dict:
+    """results.json of a study's data file: of the command `step`, else of its last command, the one that answers
+    (earlier commands build what it reads, as SmolLM2's stronger reference)."""
+    steps = data["steps"]
+    return (steps[step] if step else list(steps.values())[-1])["files"]["results.json"]
+
+
 def _sft(row: dict) -> bool:
     return row["objective"] == "sft"
 

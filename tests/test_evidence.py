@@ -317,6 +317,15 @@ def test_the_smollm2_page_has_a_section_per_question_with_its_rows_as_computed_b
     assert "- **Commit**: `78221e0` (the last commit before it started; uncommitted changes not recorded)\n" in text
 
 
+def test_the_smollm2_docs_blocks_answer_from_the_study_not_from_its_reference_command():
+    """The data file's first command trains the stronger reference (its own sft and dpo-sft-b0.5-s0 rows, win rate
+    0.610); the docs' question blocks take the study's rows, as its page does."""
+    load = lambda key: smollm2_data() if key == "smollm2" else None  # noqa: E731
+    rq3 = blocks.render_block("smollm2:rq3", Path("docs/results.md"), load)
+    assert "| dpo-strong-b0.1-s0 | 0.1 | 0.570 [0.520, 0.620] |" in rq3 and "| dpo-guide-b0.1-s0 |" in rq3
+    assert "0.610" not in rq3 and "0.610" not in blocks.render_block("smollm2:rq1", Path("docs/results.md"), load)
+
+
 def test_the_smollm2_page_and_columns_say_not_run_yet_without_data():
     assert "**Not run yet.**" in pages.page(STUDIES["smollm2"], None)
     text = compare.paper_page(lambda key: None)
